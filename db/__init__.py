@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, sessions with tenant scoping, Alembic migrations."""

@@ -1,0 +1,251 @@
+"""SQLAlchemy models. Every table carries ``tenant_id``; timestamps are epoch milliseconds.
+
+Milliseconds as integers are what the API speaks, sort the same on SQLite and
+PostgreSQL, and keep the embedded default free of time zone surprises.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+# JSONB on PostgreSQL (compact, indexable), plain JSON text on SQLite.
+JsonType = JSON().with_variant(JSONB(), "postgresql")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JsonType, list[Any]: JsonType}
+
+
+class TenantMixin:
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    created_at: Mapped[int] = mapped_column(BigInteger, nullable=False, default=now_ms)
+    updated_at: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, default=now_ms, onupdate=now_ms
+    )
+
+
+class Account(TenantMixin, Base):
+    __tablename__ = "accounts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    account_name: Mapped[str] = mapped_column(String(255), nullable=False)
+    email_address: Mapped[str] = mapped_column(String(320), nullable=False)
+    # Lower-cased address: uniqueness within a tenant ignores case.
+    email_normalized: Mapped[str] = mapped_column(String(320), nullable=False)
+    protocol: Mapped[str] = mapped_column(String(8), nullable=False)
+    hostname: Mapped[str] = mapped_column(String(253), nullable=False)
+    port: Mapped[int] = mapped_column(Integer, nullable=False)
+    encryption: Mapped[str] = mapped_column(String(16), nullable=False)
+    username: Mapped[str] = mapped_column(String(320), nullable=False)
+    password_key_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    password_ciphertext: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    smtp_hostname: Mapped[str] = mapped_column(String(253), nullable=False)
+    smtp_port: Mapped[int] = mapped_column(Integer, nullable=False)
+    smtp_encryption: Mapped[str] = mapped_column(String(16), nullable=False)
+    is_sync_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    sync_interval: Mapped[int] = mapped_column(Integer, nullable=False, default=300)
+    last_sync_at: Mapped[int | None] = mapped_column(BigInteger)
+    is_syncing: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # The sync task currently pending or running for this account, if any.
+    sync_task_id: Mapped[str | None] = mapped_column(String(64))
+    is_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    deleted_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    folders: Mapped[list[Folder]] = relationship(back_populates="account", lazy="raise")
+
+    __table_args__ = (
+        # One live account per address and tenant; deleted ones free the address.
+        Index(
+            "uq_accounts_tenant_email_live",
+            "tenant_id",
+            "email_normalized",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL"),
+        ),
+        Index("ix_accounts_owner", "tenant_id", "user_id", "created_at"),
+    )
+
+
+class Folder(TenantMixin, Base):
+    __tablename__ = "folders"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    display_name: Mapped[str] = mapped_column(Text, nullable=False)
+    type: Mapped[str] = mapped_column(String(16), nullable=False, default="custom")
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("folders.id", ondelete="SET NULL"))
+    delimiter: Mapped[str | None] = mapped_column(String(8))
+    uidvalidity: Mapped[int | None] = mapped_column(BigInteger)
+    uidnext: Mapped[int | None] = mapped_column(BigInteger)
+    highest_modseq: Mapped[int | None] = mapped_column(BigInteger)
+    last_seen_uid: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    message_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    unread_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    synced_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    account: Mapped[Account] = relationship(back_populates="folders", lazy="raise")
+
+    __table_args__ = (Index("uq_folders_account_name", "account_id", "name", unique=True),)
+
+
+class Message(TenantMixin, Base):
+    __tablename__ = "messages"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    )
+    folder_id: Mapped[str] = mapped_column(
+        ForeignKey("folders.id", ondelete="CASCADE"), nullable=False
+    )
+    # IMAP UID within the folder's UIDVALIDITY, or the POP3 UIDL; null for local copies
+    # not yet seen on the server.
+    uid: Mapped[int | None] = mapped_column(BigInteger)
+    pop_uidl: Mapped[str | None] = mapped_column(String(255))
+    modseq: Mapped[int | None] = mapped_column(BigInteger)
+    internet_message_id: Mapped[str | None] = mapped_column(Text)
+    in_reply_to: Mapped[str | None] = mapped_column(Text)
+    references: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)
+    conversation_id: Mapped[str | None] = mapped_column(String(64))
+    from_address: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    from_name: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    to_addresses: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)
+    cc_addresses: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)
+    bcc_addresses: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)
+    reply_to: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)
+    subject: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    preview: Mapped[str] = mapped_column(String(200), nullable=False, default="")
+    body_text: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    body_html: Mapped[str | None] = mapped_column(Text)
+    headers: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
+    flags: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)
+    labels: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)
+    is_read: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    is_starred: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    is_spam: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    is_deleted: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    is_draft: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    size: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    attachment_count: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    received_at: Mapped[int] = mapped_column(BigInteger, nullable=False, default=now_ms)
+    # Parse problems worth keeping (one bad message never stops a sync).
+    defects: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)
+    # Bumped by every local change that still has to be written to the server; the
+    # write-back job clears it when done, and sync does not overwrite flags meanwhile.
+    pending_changes: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+    __table_args__ = (
+        Index("uq_messages_folder_uid", "folder_id", "uid", unique=True),
+        Index("ix_messages_folder_received", "folder_id", "received_at", "id"),
+        Index("ix_messages_folder_from", "folder_id", "from_address", "id"),
+        Index("ix_messages_account_msgid", "account_id", "internet_message_id"),
+        Index("ix_messages_conversation", "account_id", "conversation_id"),
+    )
+
+
+class Attachment(TenantMixin, Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    )
+    message_id: Mapped[str] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), nullable=False
+    )
+    filename: Mapped[str] = mapped_column(Text, nullable=False)
+    mime_type: Mapped[str] = mapped_column(String(255), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    content_id: Mapped[str | None] = mapped_column(Text)
+    is_inline: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    storage_key: Mapped[str] = mapped_column(Text, nullable=False)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (Index("ix_attachments_message", "message_id"),)
+
+
+class Draft(TenantMixin, Base):
+    __tablename__ = "drafts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    account_id: Mapped[str] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE"), nullable=False
+    )
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
+    internet_message_id: Mapped[str] = mapped_column(Text, nullable=False)
+    # Where the draft was appended on the server, once it was.
+    folder_name: Mapped[str | None] = mapped_column(Text)
+    imap_uid: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+
+
+class Task(TenantMixin, Base):
+    """A background job and what became of it. Its id is the Dramatiq message id."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    account_id: Mapped[str | None] = mapped_column(
+        ForeignKey("accounts.id", ondelete="CASCADE")
+    )
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    progress: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    payload: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JsonType)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[int | None] = mapped_column(BigInteger)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index(
+            "uq_tasks_idempotency",
+            "tenant_id",
+            "user_id",
+            "kind",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index("ix_tasks_account", "account_id", "kind", "status"),
+    )
+
+
+TENANT_TABLES = ("accounts", "folders", "messages", "attachments", "drafts", "tasks")

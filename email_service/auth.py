@@ -1,0 +1,138 @@
+"""Token authentication for both security schemes of the spec.
+
+The spec names ``bearer_info`` and ``header_info`` as the schemes' info functions.
+Both judge the *whole* request, not just their own credential: Connexion accepts a
+request as soon as one scheme passes, so an invalid bearer token beside a valid
+``X-Auth-Token`` would otherwise be let through (connexion issue #1767). Here any
+credential that is present must be valid, and all of them must name the same caller.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import jwt
+from connexion.exceptions import OAuthProblem
+
+from email_service.identity import Caller
+
+ALGORITHM = "HS256"
+LEEWAY_SECONDS = 5
+
+
+class AuthError(Exception):
+    """A credential is missing, malformed, expired or does not match."""
+
+
+class _HasHeaders(Protocol):
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+
+def issue_token(secret: str, tenant_id: uuid.UUID, user_id: uuid.UUID, ttl: int = 3600) -> str:
+    """A signed token for ``tenant_id``/``user_id`` valid for ``ttl`` seconds."""
+    now = int(time.time())
+    claims = {
+        "tenantId": str(tenant_id),
+        "userId": str(user_id),
+        "sub": str(user_id),
+        "iat": now,
+        "exp": now + ttl,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def decode_token(token: str, secret: str) -> Caller:
+    """Verify ``token`` and return its caller. Raises ``AuthError`` with the reason."""
+    if not token:
+        raise AuthError("empty token")
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["exp", "tenantId", "userId"]},
+            leeway=LEEWAY_SECONDS,
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise AuthError("token expired") from exc
+    except jwt.MissingRequiredClaimError as exc:
+        raise AuthError(f"token lacks the '{exc.claim}' claim") from exc
+    except jwt.InvalidTokenError as exc:
+        raise AuthError("token is malformed or its signature is invalid") from exc
+    try:
+        return Caller(_uuid_claim(claims, "tenantId"), _uuid_claim(claims, "userId"))
+    except ValueError as exc:
+        raise AuthError(str(exc)) from exc
+
+
+def _uuid_claim(claims: Mapping[str, Any], name: str) -> uuid.UUID:
+    value = claims.get(name)
+    if not isinstance(value, str):
+        raise ValueError(f"the '{name}' claim must be a UUID string")
+    try:
+        return uuid.UUID(value)
+    except ValueError as exc:
+        raise ValueError(f"the '{name}' claim must be a UUID string") from exc
+
+
+def authenticate(headers: Mapping[str, str], secret: str) -> Caller:
+    """The caller named by every credential in ``headers``. Raises ``AuthError``."""
+    callers: list[Caller] = []
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            raise AuthError("the Authorization header must use the Bearer scheme")
+        callers.append(decode_token(token.strip(), secret))
+    header_token = headers.get("x-auth-token")
+    if header_token is not None:
+        caller = decode_token(header_token.strip(), secret)
+        tenant, user = headers.get("x-tenant-id"), headers.get("x-user-id")
+        if tenant is None or user is None:
+            raise AuthError("X-Auth-Token needs X-Tenant-ID and X-User-ID headers")
+        if not _same_uuid(tenant, caller.tenant_id) or not _same_uuid(user, caller.user_id):
+            raise AuthError("X-Tenant-ID or X-User-ID does not match the token")
+        callers.append(caller)
+    if not callers:
+        raise AuthError("no credentials")
+    if any(other != callers[0] for other in callers[1:]):
+        raise AuthError("the credentials name different callers")
+    return callers[0]
+
+
+def _same_uuid(text: str, expected: uuid.UUID) -> bool:
+    try:
+        return uuid.UUID(text.strip()) == expected
+    except ValueError:
+        return False
+
+
+def _token_info(request: _HasHeaders) -> dict[str, str]:
+    # Imported here: the runtime imports the web layer's modules, not the reverse.
+    from email_service.runtime import get_runtime
+
+    secret = get_runtime().settings.jwt_secret
+    assert secret is not None  # load_settings always fills it
+    try:
+        caller = authenticate(request.headers, secret.get_secret_value())
+    except AuthError as exc:
+        raise OAuthProblem(detail=f"Invalid credentials: {exc}") from None
+    return {"sub": str(caller.user_id), "tenantId": str(caller.tenant_id), "userId": str(caller.user_id)}
+
+
+def bearer_info(token: str, request: _HasHeaders) -> dict[str, str]:
+    """Connexion info function of ``BearerAuth``."""
+    return _token_info(request)
+
+
+def header_info(api_key: str, request: _HasHeaders, required_scopes: Any = None) -> dict[str, str]:
+    """Connexion info function of ``HeaderAuth``."""
+    return _token_info(request)
+
+
+def caller_from_token_info(token_info: Mapping[str, str]) -> Caller:
+    return Caller(uuid.UUID(token_info["tenantId"]), uuid.UUID(token_info["userId"]))

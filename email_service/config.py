@@ -1,0 +1,127 @@
+"""Configuration, read once from the environment.
+
+Every setting has a safe embedded default so that ``email-service serve`` works on a
+fresh machine with nothing configured: SQLite and blobs under ``DATA_DIR``, an
+in-process task worker, an in-memory rate limiter, and development secrets generated
+once and kept in ``DATA_DIR``. Production sets ``DATABASE_URL``, ``REDIS_URL``,
+``JWT_SECRET``, ``CREDENTIAL_KEYS`` and the ``S3_*`` settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+log = logging.getLogger(__name__)
+
+DEV_SECRETS_FILE = "dev-secrets.json"
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """All settings of the service; field names are the environment variable names."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    data_dir: Path = Field(default_factory=lambda: Path.cwd() / "data")
+    database_url: str | None = None
+    redis_url: str | None = None
+    jwt_secret: SecretStr | None = None
+    # "kid1:BASE64KEY,kid2:BASE64KEY" - the first key encrypts, all of them decrypt.
+    credential_keys: SecretStr | None = None
+
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_bucket: str = "email-attachments"
+    s3_region: str = "us-east-1"
+    s3_secure: bool = True
+    # The host clients reach for presigned URLs, when it differs from the internal one.
+    s3_public_endpoint: str | None = None
+    s3_public_secure: bool | None = None
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "text"
+
+    # Hosts or networks (CIDR) that mail connections may reach even though they are
+    # loopback or private. Empty by default: such addresses are refused.
+    mail_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    mail_allow_plaintext: bool = False
+    mail_ca_file: str | None = None
+    mail_timeout: float = 30.0
+
+    task_max_retries: int = 5
+    sync_batch_size: int = 500
+    presign_ttl_seconds: int = 3600
+
+    @field_validator("mail_allowed_hosts", mode="before")
+    @classmethod
+    def _hosts_from_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @property
+    def embedded(self) -> bool:
+        """True when running without an external broker (in-process worker)."""
+        return self.redis_url is None
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            url = self.database_url
+            # Accept the plain URLs operators usually have; SQLAlchemy needs the driver.
+            if url.startswith("postgres://"):
+                url = "postgresql://" + url[len("postgres://") :]
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url[len("postgresql://") :]
+            return url
+        return f"sqlite:///{self.data_dir / 'email-service.sqlite3'}"
+
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+
+def _dev_secrets(data_dir: Path) -> dict[str, str]:
+    """Development secrets, generated once and kept in the data directory."""
+    path = data_dir / DEV_SECRETS_FILE
+    if path.exists():
+        loaded: dict[str, str] = json.loads(path.read_text())
+        return loaded
+    data_dir.mkdir(parents=True, exist_ok=True)
+    values = {
+        "jwt_secret": "dev-only-" + secrets.token_urlsafe(32),
+        "credential_keys": "dev1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(values, handle)
+    return values
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment, filling development secrets if absent."""
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.jwt_secret is None or settings.credential_keys is None:
+        dev = _dev_secrets(settings.data_dir)
+        log.warning(
+            "JWT_SECRET or CREDENTIAL_KEYS is not set: using development secrets kept in %s. "
+            "Do not use them in production.",
+            settings.data_dir / DEV_SECRETS_FILE,
+        )
+        if settings.jwt_secret is None:
+            settings.jwt_secret = SecretStr(dev["jwt_secret"])
+        if settings.credential_keys is None:
+            settings.credential_keys = SecretStr(dev["credential_keys"])
+    return settings

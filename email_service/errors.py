@@ -1,0 +1,114 @@
+"""Domain exceptions. Services raise these; ``email_service.web.errors`` answers them.
+
+Each carries the HTTP-free facts of the failure: a status class, a short error name, a
+stable machine code and a message for people. The message never includes secrets.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status = 500
+    error = "Internal server error"
+    code = "INTERNAL_ERROR"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ServiceError):
+    status = 400
+    error = "Bad request"
+    code = "VALIDATION_ERROR"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    error = "Unauthorized"
+    code = "UNAUTHORIZED"
+
+
+class NotFound(ServiceError):
+    status = 404
+    error = "Not found"
+    code = "NOT_FOUND"
+
+
+class AccountNotFound(NotFound):
+    code = "ACCOUNT_NOT_FOUND"
+
+    def __init__(self, account_id: str) -> None:
+        super().__init__(f"No account with id '{account_id}'")
+
+
+class FolderNotFound(NotFound):
+    code = "FOLDER_NOT_FOUND"
+
+    def __init__(self, folder_id: str) -> None:
+        super().__init__(f"No folder with id '{folder_id}' in this account")
+
+
+class MessageNotFound(NotFound):
+    code = "MESSAGE_NOT_FOUND"
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(f"No message with id '{message_id}' in this account")
+
+
+class AttachmentNotFound(NotFound):
+    code = "ATTACHMENT_NOT_FOUND"
+
+    def __init__(self, attachment_id: str) -> None:
+        super().__init__(f"No attachment with id '{attachment_id}' in this account")
+
+
+class TaskNotFound(NotFound):
+    code = "TASK_NOT_FOUND"
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"No task with id '{task_id}'")
+
+
+class Conflict(ServiceError):
+    status = 409
+    error = "Conflict"
+    code = "CONFLICT"
+
+
+class DuplicateEmail(Conflict):
+    error = "Email conflict"
+    code = "EMAIL_DUPLICATE"
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"The address '{address}' is already registered in this tenant")
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    error = "Payload too large"
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class RateLimited(ServiceError):
+    status = 429
+    error = "Rate limit exceeded"
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotImplementedYet(ServiceError):
+    status = 501
+    error = "Not implemented"
+    code = "NOT_IMPLEMENTED"
+
+
+class DependencyUnavailable(ServiceError):
+    status = 503
+    error = "Service unavailable"
+    code = "DEPENDENCY_UNAVAILABLE"

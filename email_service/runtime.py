@@ -1,0 +1,79 @@
+"""The service's long-lived parts, built once from the settings.
+
+Both the web app and the workers build one ``Runtime``; each outside system sits
+behind a small interface with a production and an embedded implementation, chosen
+here by configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from db.session import Database
+from email_service.blobstore import BlobStore, LocalBlobStore, S3BlobStore
+from email_service.config import Settings
+from email_service.crypto import KeyRing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    keyring: KeyRing
+    blobs: BlobStore
+    redis: Any | None = None
+    # Hooks the worker layer registers so services can queue jobs without importing it.
+    extras: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.db.dispose()
+        if self.redis is not None:
+            self.redis.close()
+
+
+_current: Runtime | None = None
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """Create the runtime for ``settings`` (connections are opened lazily)."""
+    assert settings.credential_keys is not None
+    db = Database.from_url(settings.resolved_database_url())
+    keyring = KeyRing.parse(settings.credential_keys.get_secret_value())
+    blobs: BlobStore
+    if settings.s3_endpoint:
+        if settings.s3_access_key is None or settings.s3_secret_key is None:
+            raise ValueError("S3_ENDPOINT needs S3_ACCESS_KEY and S3_SECRET_KEY")
+        blobs = S3BlobStore(
+            settings.s3_endpoint,
+            settings.s3_access_key.get_secret_value(),
+            settings.s3_secret_key.get_secret_value(),
+            settings.s3_bucket,
+            region=settings.s3_region,
+            secure=settings.s3_secure,
+            public_endpoint=settings.s3_public_endpoint,
+            public_secure=settings.s3_public_secure,
+        )
+    else:
+        blobs = LocalBlobStore(settings.blob_dir())
+    redis_client = None
+    if settings.redis_url:
+        import redis
+
+        redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    return Runtime(settings=settings, db=db, keyring=keyring, blobs=blobs, redis=redis_client)
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    global _current
+    _current = runtime
+
+
+def get_runtime() -> Runtime:
+    if _current is None:
+        raise RuntimeError("the service runtime is not initialised")
+    return _current

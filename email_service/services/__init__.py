@@ -1,0 +1,1 @@
+"""Use cases. Each takes a ``Scope``, raises ``email_service.errors``, and only flushes."""

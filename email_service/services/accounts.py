@@ -1,0 +1,174 @@
+"""Mail accounts: create, read, update, soft-delete; credentials encrypted at rest."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from db.models import Account, new_id, now_ms
+from email_service.crypto import Sealed
+from email_service.errors import AccountNotFound, DuplicateEmail
+from email_service.runtime import Runtime
+from email_service.scope import Scope
+from email_service.services import present
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SMTP_PORTS = {"tls": 465, "starttls": 587, "none": 25}
+_INCOMING_PREFIXES = ("imap.", "pop3.", "pop.")
+
+
+def default_smtp_host(incoming_host: str) -> str:
+    """``imap.example.com`` → ``smtp.example.com``; any other host is kept as is."""
+    lowered = incoming_host.lower()
+    for prefix in _INCOMING_PREFIXES:
+        if lowered.startswith(prefix) and len(lowered) > len(prefix):
+            return "smtp." + incoming_host[len(prefix) :]
+    return incoming_host
+
+
+def credential_context(row: Account) -> str:
+    # Binds the ciphertext to this account of this tenant (AES-GCM associated data).
+    return f"account:{row.tenant_id}:{row.id}"
+
+
+def seal_password(runtime: Runtime, row: Account, password: str) -> None:
+    sealed = runtime.keyring.encrypt(password, credential_context(row))
+    row.password_key_id = sealed.key_id
+    row.password_ciphertext = sealed.ciphertext
+
+
+def account_password(runtime: Runtime, row: Account) -> str:
+    """The account's mail password, decrypted. Raises ``crypto.DecryptionError``."""
+    sealed = Sealed(row.password_key_id, row.password_ciphertext)
+    return runtime.keyring.decrypt(sealed, credential_context(row))
+
+
+def load_account(scope: Scope, account_id: str, *, for_update: bool = False) -> Account:
+    """The caller's live account ``account_id``. Raises ``AccountNotFound`` otherwise.
+
+    Another tenant's or user's account is "not found" too: existence is not disclosed.
+    """
+    query = select(Account).where(
+        Account.id == account_id,
+        Account.tenant_id == scope.caller.tenant_id,
+        Account.user_id == scope.caller.user_id,
+        Account.deleted_at.is_(None),
+    )
+    if for_update:
+        query = query.with_for_update()
+    row = scope.session.scalars(query).one_or_none()
+    if row is None:
+        raise AccountNotFound(account_id)
+    return row
+
+
+def list_accounts(scope: Scope, limit: int, offset: int) -> dict[str, Any]:
+    owned = (
+        Account.tenant_id == scope.caller.tenant_id,
+        Account.user_id == scope.caller.user_id,
+        Account.deleted_at.is_(None),
+    )
+    total = scope.session.scalar(select(func.count()).select_from(Account).where(*owned)) or 0
+    rows = scope.session.scalars(
+        select(Account)
+        .where(*owned)
+        .order_by(Account.created_at, Account.id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return {
+        "accounts": [present.account(row, with_username=False) for row in rows],
+        "pagination": {"total": total, "limit": limit, "offset": offset},
+    }
+
+
+def create_account(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
+    address = body["emailAddress"].strip()
+    normalized = address.lower()
+    _ensure_address_free(scope, normalized, address)
+    encryption = body.get("encryption", "tls")
+    smtp_encryption = body.get("smtpEncryption", encryption)
+    row = Account(
+        id=new_id(),
+        tenant_id=scope.caller.tenant_id,
+        user_id=scope.caller.user_id,
+        account_name=body["accountName"],
+        email_address=address,
+        email_normalized=normalized,
+        protocol=body.get("protocol", "imap"),
+        hostname=body["hostname"],
+        port=body["port"],
+        encryption=encryption,
+        username=body["username"],
+        smtp_hostname=body.get("smtpHostname") or default_smtp_host(body["hostname"]),
+        smtp_port=body.get("smtpPort") or DEFAULT_SMTP_PORTS[smtp_encryption],
+        smtp_encryption=smtp_encryption,
+        is_sync_enabled=body.get("isSyncEnabled", True),
+        sync_interval=body.get("syncInterval", 300),
+        is_enabled=True,
+        is_syncing=False,
+    )
+    seal_password(scope.runtime, row, body["password"])
+    scope.session.add(row)
+    try:
+        scope.session.flush()
+    except IntegrityError as exc:
+        # Two creates raced past the check above; the unique index decided.
+        raise DuplicateEmail(address) from exc
+    log.info("account created", extra={"account_id": row.id})
+    return present.account(row)
+
+
+def _ensure_address_free(scope: Scope, normalized: str, address: str) -> None:
+    taken = scope.session.scalar(
+        select(Account.id).where(
+            Account.tenant_id == scope.caller.tenant_id,
+            Account.email_normalized == normalized,
+            Account.deleted_at.is_(None),
+        )
+    )
+    if taken is not None:
+        raise DuplicateEmail(address)
+
+
+def get_account(scope: Scope, account_id: str) -> dict[str, Any]:
+    return present.account(load_account(scope, account_id))
+
+
+_UPDATABLE = {
+    "accountName": "account_name",
+    "hostname": "hostname",
+    "port": "port",
+    "encryption": "encryption",
+    "username": "username",
+    "smtpHostname": "smtp_hostname",
+    "smtpPort": "smtp_port",
+    "smtpEncryption": "smtp_encryption",
+    "isSyncEnabled": "is_sync_enabled",
+    "syncInterval": "sync_interval",
+    "isEnabled": "is_enabled",
+}
+
+
+def update_account(scope: Scope, account_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    row = load_account(scope, account_id, for_update=True)
+    for field, attribute in _UPDATABLE.items():
+        if field in body:
+            setattr(row, attribute, body[field])
+    if "password" in body:
+        seal_password(scope.runtime, row, body["password"])
+    row.updated_at = now_ms()
+    scope.session.flush()
+    return present.account(row)
+
+
+def delete_account(scope: Scope, account_id: str) -> None:
+    row = load_account(scope, account_id, for_update=True)
+    row.deleted_at = now_ms()
+    row.is_enabled = False
+    row.is_sync_enabled = False
+    scope.session.flush()

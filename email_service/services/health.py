@@ -1,0 +1,33 @@
+"""Whether the service's stores answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from email_service.errors import DependencyUnavailable
+from email_service.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "email_service"
+
+
+def check(runtime: Runtime) -> dict[str, Any]:
+    """A healthy report, or ``DependencyUnavailable`` naming what failed."""
+    failing: list[str] = []
+    try:
+        runtime.db.ping()
+    except Exception as exc:
+        log.warning("health: database unavailable: %s", type(exc).__name__)
+        failing.append("database")
+    if runtime.redis is not None:
+        try:
+            runtime.redis.ping()
+        except Exception as exc:
+            log.warning("health: redis unavailable: %s", type(exc).__name__)
+            failing.append("redis")
+    if failing:
+        raise DependencyUnavailable(f"Unavailable: {', '.join(failing)}")
+    return {"status": "healthy", "service": SERVICE_NAME, "timestamp": int(time.time() * 1000)}

@@ -1,0 +1,168 @@
+"""Reading mirrored mail: folders, message pages, message details, attachment bytes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import load_only
+
+from db.models import Attachment, Folder, Message
+from email_service.blobstore import BlobNotFound
+from email_service.errors import AttachmentNotFound, FolderNotFound, MessageNotFound
+from email_service.scope import Scope
+from email_service.services import present
+from email_service.services.accounts import load_account
+
+_SUMMARY_COLUMNS = (
+    Message.id,
+    Message.tenant_id,
+    Message.account_id,
+    Message.folder_id,
+    Message.from_address,
+    Message.from_name,
+    Message.to_addresses,
+    Message.cc_addresses,
+    Message.bcc_addresses,
+    Message.subject,
+    Message.preview,
+    Message.is_read,
+    Message.is_starred,
+    Message.is_spam,
+    Message.is_deleted,
+    Message.labels,
+    Message.attachment_count,
+    Message.received_at,
+    Message.created_at,
+    Message.updated_at,
+)
+
+
+def list_folders(scope: Scope, account_id: str) -> dict[str, Any]:
+    account = load_account(scope, account_id)
+    rows = scope.session.scalars(
+        select(Folder)
+        .where(Folder.account_id == account.id, Folder.tenant_id == scope.caller.tenant_id)
+        # INBOX first, then by name, which puts every parent before its children.
+        .order_by(case((Folder.type == "inbox", 0), else_=1), Folder.name)
+    ).all()
+    return {"folders": [present.folder(row) for row in rows], "total": len(rows)}
+
+
+def _load_folder(scope: Scope, account_id: str, folder_id: str) -> Folder:
+    account = load_account(scope, account_id)
+    row = scope.session.scalars(
+        select(Folder).where(
+            Folder.id == folder_id,
+            Folder.account_id == account.id,
+            Folder.tenant_id == scope.caller.tenant_id,
+        )
+    ).one_or_none()
+    if row is None:
+        raise FolderNotFound(folder_id)
+    return row
+
+
+def list_messages(
+    scope: Scope,
+    account_id: str,
+    folder_id: str,
+    *,
+    limit: int,
+    offset: int,
+    sort: str,
+    read_filter: str,
+) -> dict[str, Any]:
+    folder = _load_folder(scope, account_id, folder_id)
+    conditions = [Message.folder_id == folder.id, Message.tenant_id == scope.caller.tenant_id]
+    if read_filter == "read":
+        conditions.append(Message.is_read.is_(True))
+    elif read_filter == "unread":
+        conditions.append(Message.is_read.is_(False))
+
+    field, _, direction = sort.partition(":")
+    column = Message.from_address if field == "from" else Message.received_at
+    ordering = (column.desc(), Message.id.desc()) if direction == "desc" else (column.asc(), Message.id.asc())
+
+    total = scope.session.scalar(select(func.count()).select_from(Message).where(*conditions)) or 0
+    # Deferred join: find the page's ids on the narrow index first, then load only those
+    # rows. A deep OFFSET then skips index entries instead of whole message rows.
+    page_ids = (
+        select(Message.id).where(*conditions).order_by(*ordering).limit(limit).offset(offset)
+    ).subquery()
+    rows = scope.session.scalars(
+        select(Message)
+        .options(load_only(*_SUMMARY_COLUMNS))
+        .join(page_ids, page_ids.c.id == Message.id)
+        .order_by(*ordering)
+    ).all()
+    return {
+        "messages": [present.message_summary(row) for row in rows],
+        "pagination": {"total": total, "limit": limit, "offset": offset},
+    }
+
+
+def load_message(scope: Scope, account_id: str, message_id: str) -> Message:
+    account = load_account(scope, account_id)
+    row = scope.session.scalars(
+        select(Message).where(
+            Message.id == message_id,
+            Message.account_id == account.id,
+            Message.tenant_id == scope.caller.tenant_id,
+        )
+    ).one_or_none()
+    if row is None:
+        raise MessageNotFound(message_id)
+    return row
+
+
+def message_detail(scope: Scope, row: Message) -> dict[str, Any]:
+    attachments = scope.session.scalars(
+        select(Attachment)
+        .where(Attachment.message_id == row.id, Attachment.tenant_id == scope.caller.tenant_id)
+        .order_by(Attachment.created_at, Attachment.id)
+    ).all()
+    ttl = scope.runtime.settings.presign_ttl_seconds
+    blobs = scope.runtime.blobs
+    return present.message_detail(
+        row,
+        [
+            present.attachment(
+                item, blobs.presigned_url(item.storage_key, ttl, item.filename, item.mime_type)
+            )
+            for item in attachments
+        ],
+    )
+
+
+def get_message(scope: Scope, account_id: str, message_id: str) -> dict[str, Any]:
+    return message_detail(scope, load_message(scope, account_id, message_id))
+
+
+@dataclass(frozen=True)
+class AttachmentContent:
+    filename: str
+    mime_type: str
+    size: int
+    chunks: Iterator[bytes]
+
+
+def open_attachment(scope: Scope, account_id: str, attachment_id: str) -> AttachmentContent:
+    """The attachment's bytes as a stream. Raises ``AttachmentNotFound``."""
+    account = load_account(scope, account_id)
+    row = scope.session.scalars(
+        select(Attachment).where(
+            Attachment.id == attachment_id,
+            Attachment.account_id == account.id,
+            Attachment.tenant_id == scope.caller.tenant_id,
+        )
+    ).one_or_none()
+    if row is None:
+        raise AttachmentNotFound(attachment_id)
+    try:
+        chunks = scope.runtime.blobs.stream(row.storage_key)
+    except BlobNotFound as exc:
+        raise AttachmentNotFound(attachment_id) from exc
+    return AttachmentContent(row.filename, row.mime_type, row.size, chunks)

@@ -1,0 +1,1 @@
+"""HTTP glue: the Connexion app's resolver, error mapping and request scope."""

@@ -1,0 +1,79 @@
+"""Request validators that name the offending field and never echo its value.
+
+Connexion's stock messages start with the rejected value (``'hunter2' is too short``)
+and log it at INFO: for a password that puts a secret in a response and a log. These
+validators describe the problem by field name and rule only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connexion.datastructures import MediaTypeDict
+from connexion.exceptions import BadRequestProblem
+from connexion.json_schema import Draft4RequestValidator, Draft4Validator
+from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
+from jsonschema import ValidationError
+from jsonschema.exceptions import best_match
+
+
+def describe(error: ValidationError) -> str:
+    """A value-free description of a JSON Schema failure."""
+    rule, limit = error.validator, error.validator_value
+    if rule in {"required", "additionalProperties"}:
+        return str(error.message)
+    reasons: dict[str, str] = {
+        "type": f"must be of type {limit}",
+        "minLength": f"must be at least {limit} characters long",
+        "maxLength": f"must be at most {limit} characters long",
+        "minimum": f"must be at least {limit}",
+        "maximum": f"must be at most {limit}",
+        "minItems": f"must have at least {limit} items",
+        "maxItems": f"must have at most {limit} items",
+        "enum": f"must be one of {', '.join(map(str, limit)) if isinstance(limit, list) else limit}",
+        "format": f"must be a valid {limit}",
+        "pattern": "has characters or a shape that is not allowed",
+        "nullable": "must not be null",
+    }
+    return reasons.get(str(rule), f"is invalid ({rule})")
+
+
+def field_path(error: ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path)
+
+
+class BodyValidator(JSONRequestBodyValidator):
+    def _validate(self, body: Any) -> dict[str, Any] | None:
+        if body is None:
+            if self._required:
+                raise BadRequestProblem(detail="The request body is required")
+            return None
+        validator = Draft4RequestValidator(self._schema, format_checker=Draft4Validator.FORMAT_CHECKER)
+        error = best_match(validator.iter_errors(body))
+        if error is None:
+            return None
+        path = field_path(error)
+        if error.validator in {"required", "additionalProperties"} or not path:
+            where = f" in '{path}'" if path else ""
+            raise BadRequestProblem(detail=f"{describe(error)}{where}")
+        raise BadRequestProblem(detail=f"'{path}' {describe(error)}")
+
+
+class ParamValidator(ParameterValidator):
+    @staticmethod
+    def validate_parameter(
+        parameter_type: str, value: Any, param: dict[str, Any], param_name: str | None = None
+    ) -> str | None:
+        message = ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
+        if message is None or message.startswith("Missing"):
+            return message
+        schema = param.get("schema", param)
+        error = best_match(Draft4Validator(schema).iter_errors(value))
+        reason = describe(error) if error is not None else "is invalid"
+        return f"{parameter_type.capitalize()} parameter '{param['name']}' {reason}"
+
+
+def validator_map() -> dict[str, Any]:
+    body = MediaTypeDict(dict(VALIDATOR_MAP["body"]))
+    body["*/*json"] = BodyValidator
+    return {**VALIDATOR_MAP, "parameter": ParamValidator, "body": body}

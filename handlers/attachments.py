@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import flask
+
+from email_service.blobstore import content_disposition
+from email_service.services import mailbox
+from email_service.web.context import request_scope
+
+
+def download_attachment(account_id: str, attachment_id: str) -> flask.Response:
+    with request_scope() as scope:
+        content = mailbox.open_attachment(scope, account_id, attachment_id)
+    return flask.Response(
+        content.chunks,
+        mimetype=content.mime_type,
+        headers={
+            "Content-Disposition": content_disposition(content.filename),
+            "Content-Length": str(content.size),
+            "X-Content-Type-Options": "nosniff",
+        },
+    )

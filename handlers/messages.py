@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from typing import Any
+
+from email_service.errors import NotImplementedYet
+from email_service.services import mailbox
+from email_service.web.context import request_scope
+
+
+def list_messages(
+    account_id: str,
+    folder_id: str,
+    limit: int = 50,
+    offset: int = 0,
+    sort: str = "receivedAt:desc",
+    filter_: str = "all",
+) -> tuple[dict[str, Any], int]:
+    with request_scope() as scope:
+        page = mailbox.list_messages(
+            scope, account_id, folder_id, limit=limit, offset=offset, sort=sort, read_filter=filter_
+        )
+    return page, 200
+
+
+def get_message(account_id: str, message_id: str) -> tuple[dict[str, Any], int]:
+    with request_scope() as scope:
+        return mailbox.get_message(scope, account_id, message_id), 200
+
+
+def update_message(account_id: str, message_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    raise NotImplementedYet("Changing message flags is not available yet")

@@ -1,0 +1,148 @@
+"""Shared fixtures: a PostgreSQL database of our own, the app, callers and tokens.
+
+The database is created once per test run under a fresh non-superuser role (superusers
+bypass row-level security, so tests must not connect as one), migrated once, and
+emptied after every test.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from db.migrate import upgrade
+from db.models import TENANT_TABLES
+from email_service.app import create_app
+from email_service.auth import issue_token
+from email_service.config import Settings, load_settings
+from email_service.identity import Caller
+from email_service.runtime import Runtime, build_runtime, set_runtime
+
+# pytest_plugins = ["tests.servers.plugin"]
+
+PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TEST_PG_PORT", "5432"))
+TEST_JWT_SECRET = "test-only-" + secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class PgDatabase:
+    name: str
+    role: str
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://{self.role}@{PG_HOST}:{PG_PORT}/{self.name}"
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[PgDatabase]:
+    suffix = uuid.uuid4().hex[:10]
+    db = PgDatabase(name=f"email_test_{suffix}", role=f"email_test_{suffix}")
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{db.role}" LOGIN NOSUPERUSER NOBYPASSRLS')
+        admin.execute(f'CREATE DATABASE "{db.name}" OWNER "{db.role}"')
+    try:
+        yield db
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+            admin.execute(f'DROP ROLE IF EXISTS "{db.role}"')
+
+
+def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "jwt_secret": TEST_JWT_SECRET,
+        "credential_keys": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "mail_allowed_hosts": ["127.0.0.1", "localhost"],
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@pytest.fixture(scope="session")
+def settings(pg_database: PgDatabase, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return make_settings(tmp_path_factory.mktemp("data"), pg_database.url)
+
+
+@pytest.fixture(scope="session")
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    rt = build_runtime(settings)
+    upgrade(rt.db.engine)
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def app(runtime: Runtime):  # type: ignore[no-untyped-def]
+    return create_app(runtime=runtime, validate_responses=True)
+
+
+@pytest.fixture(autouse=True)
+def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "runtime" not in request.fixturenames:
+        return
+    rt: Runtime = request.getfixturevalue("runtime")
+    set_runtime(rt)
+    with rt.db.engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {', '.join(TENANT_TABLES)} CASCADE"))
+
+
+@pytest.fixture
+def client(app, runtime: Runtime):  # type: ignore[no-untyped-def]
+    set_runtime(runtime)
+    with app.test_client() as test_client:
+        yield test_client
+
+
+@dataclass(frozen=True)
+class Identity:
+    caller: Caller
+    token: str
+
+    @property
+    def bearer(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def header_auth(self) -> dict[str, str]:
+        return {
+            "X-Auth-Token": self.token,
+            "X-Tenant-ID": str(self.caller.tenant_id),
+            "X-User-ID": str(self.caller.user_id),
+        }
+
+
+def new_identity(tenant_id: uuid.UUID | None = None) -> Identity:
+    caller = Caller(tenant_id or uuid.uuid4(), uuid.uuid4())
+    return Identity(caller, issue_token(TEST_JWT_SECRET, caller.tenant_id, caller.user_id))
+
+
+@pytest.fixture
+def alice() -> Identity:
+    return new_identity()
+
+
+@pytest.fixture
+def bob_same_tenant(alice: Identity) -> Identity:
+    """Another user of alice's tenant."""
+    return new_identity(alice.caller.tenant_id)
+
+
+@pytest.fixture
+def mallory() -> Identity:
+    """A user of another tenant."""
+    return new_identity()
