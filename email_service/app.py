@@ -62,4 +62,8 @@ def create_app(
 
 def create_app_from_env() -> FlaskApp:
     """Factory for ``uvicorn --factory``: each server process builds its own app."""
-    return create_app()
+    from email_service.logging_setup import configure
+
+    settings = load_settings()
+    configure(settings)
+    return create_app(settings)

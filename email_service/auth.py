@@ -121,7 +121,11 @@ def _token_info(request: _HasHeaders) -> dict[str, str]:
         caller = authenticate(request.headers, secret.get_secret_value())
     except AuthError as exc:
         raise OAuthProblem(detail=f"Invalid credentials: {exc}") from None
-    return {"sub": str(caller.user_id), "tenantId": str(caller.tenant_id), "userId": str(caller.user_id)}
+    return {
+        "sub": str(caller.user_id),
+        "tenantId": str(caller.tenant_id),
+        "userId": str(caller.user_id),
+    }
 
 
 def bearer_info(token: str, request: _HasHeaders) -> dict[str, str]:

@@ -30,7 +30,9 @@ class BlobStore(Protocol):
     def stream(self, key: str) -> Iterator[bytes]:
         """The blob's bytes in chunks. Raises ``BlobNotFound``."""
 
-    def presigned_url(self, key: str, ttl_seconds: int, filename: str, content_type: str) -> str | None:
+    def presigned_url(
+        self, key: str, ttl_seconds: int, filename: str, content_type: str
+    ) -> str | None:
         """A time-limited GET URL, or None when this store cannot make one."""
 
     def delete(self, key: str) -> None:
@@ -71,7 +73,9 @@ class LocalBlobStore:
             raise BlobNotFound(key) from exc
         return _read_chunks(handle)
 
-    def presigned_url(self, key: str, ttl_seconds: int, filename: str, content_type: str) -> str | None:
+    def presigned_url(
+        self, key: str, ttl_seconds: int, filename: str, content_type: str
+    ) -> str | None:
         return None
 
     def delete(self, key: str) -> None:
@@ -137,7 +141,9 @@ class S3BlobStore:
             raise
         return _stream_response(response)
 
-    def presigned_url(self, key: str, ttl_seconds: int, filename: str, content_type: str) -> str | None:
+    def presigned_url(
+        self, key: str, ttl_seconds: int, filename: str, content_type: str
+    ) -> str | None:
         return self._public.presigned_get_object(
             self.bucket,
             key,
@@ -167,7 +173,8 @@ def content_disposition(filename: str, disposition: str = "attachment") -> str:
     """A Content-Disposition value safe for any file name (RFC 6266 / RFC 5987)."""
     from urllib.parse import quote
 
-    ascii_name = "".join(
-        ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\' else "_" for ch in filename
-    ) or "attachment"
+    ascii_name = (
+        "".join(ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\' else "_" for ch in filename)
+        or "attachment"
+    )
     return f"{disposition}; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -27,5 +27,7 @@ def get_message(account_id: str, message_id: str) -> tuple[dict[str, Any], int]:
         return mailbox.get_message(scope, account_id, message_id), 200
 
 
-def update_message(account_id: str, message_id: str, body: dict[str, Any]) -> tuple[dict[str, Any], int]:
+def update_message(
+    account_id: str, message_id: str, body: dict[str, Any]
+) -> tuple[dict[str, Any], int]:
     raise NotImplementedYet("Changing message flags is not available yet")

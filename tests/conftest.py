@@ -29,7 +29,9 @@ from email_service.runtime import Runtime, build_runtime, set_runtime
 
 # pytest_plugins = ["tests.servers.plugin"]
 
-PG_ADMIN_DSN = os.environ.get("TEST_PG_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+PG_ADMIN_DSN = os.environ.get(
+    "TEST_PG_ADMIN_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+)
 PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("TEST_PG_PORT", "5432"))
 TEST_JWT_SECRET = "test-only-" + secrets.token_hex(16)
@@ -146,3 +148,29 @@ def bob_same_tenant(alice: Identity) -> Identity:
 def mallory() -> Identity:
     """A user of another tenant."""
     return new_identity()
+
+
+@pytest.fixture(scope="session")
+def live_server(app, runtime: Runtime) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The app behind a real uvicorn server on a free port, for tests that need real HTTP."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    set_runtime(runtime)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)

@@ -78,7 +78,9 @@ def seed_folder(
             tenant_id=caller.tenant_id,
             account_id=account_id,
             name=name,
-            display_name=name.rsplit("/", 1)[-1].title() if name == "INBOX" else name.rsplit("/", 1)[-1],
+            display_name=name.rsplit("/", 1)[-1].title()
+            if name == "INBOX"
+            else name.rsplit("/", 1)[-1],
             type=folder_type,
             parent_id=parent_id,
             delimiter="/",

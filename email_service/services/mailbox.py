@@ -84,7 +84,11 @@ def list_messages(
 
     field, _, direction = sort.partition(":")
     column = Message.from_address if field == "from" else Message.received_at
-    ordering = (column.desc(), Message.id.desc()) if direction == "desc" else (column.asc(), Message.id.asc())
+    ordering = (
+        (column.desc(), Message.id.desc())
+        if direction == "desc"
+        else (column.asc(), Message.id.asc())
+    )
 
     total = scope.session.scalar(select(func.count()).select_from(Message).where(*conditions)) or 0
     # Deferred join: find the page's ids on the narrow index first, then load only those

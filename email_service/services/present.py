@@ -72,9 +72,7 @@ def message_summary(row: Message) -> dict[str, Any]:
     }
 
 
-def message_detail(
-    row: Message, attachments: list[dict[str, Any]]
-) -> dict[str, Any]:
+def message_detail(row: Message, attachments: list[dict[str, Any]]) -> dict[str, Any]:
     body = message_summary(row)
     body.update(
         {

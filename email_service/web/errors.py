@@ -15,6 +15,7 @@ from typing import Any
 
 import flask
 from connexion import FlaskApp
+from connexion.context import operation
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
@@ -39,7 +40,9 @@ _BY_STATUS: dict[int, tuple[str, str]] = {
 }
 
 
-def error_body(status: int, message: str, *, error: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_body(
+    status: int, message: str, *, error: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     default_error, default_code = _BY_STATUS.get(status, ("Error", f"HTTP_{status}"))
     return {
         "error": error or default_error,
@@ -49,7 +52,9 @@ def error_body(status: int, message: str, *, error: str | None = None, code: str
     }
 
 
-def _connexion_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> ConnexionResponse:
+def _connexion_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> ConnexionResponse:
     return ConnexionResponse(
         status_code=status,
         mimetype="application/json",
@@ -176,6 +181,23 @@ def install(app: FlaskApp) -> None:
     app.add_error_handler(Exception, _unexpected)
     app.app.register_error_handler(ServiceError, _flask_service_error)
     app.app.register_error_handler(Exception, _flask_unexpected)
+    app.app.before_request(_require_operation)
+
+
+def _require_operation() -> flask.Response | None:
+    """Refuse requests that reach Flask without passing Connexion's routing.
+
+    Starlette and werkzeug match some paths differently (a path parameter holding a
+    newline matches in Flask only). Such a request skipped validation and security,
+    so it must not reach a handler; for the client it is an unknown route.
+    """
+    try:
+        operation.operation_id  # noqa: B018 - raises outside an operation context
+    except RuntimeError:
+        response = flask.jsonify(error_body(404, f"No route for {flask.request.path!r}"))
+        response.status_code = 404
+        return response
+    return None
 
 
 def set_routes(paths: dict[str, dict[str, Any]]) -> None:

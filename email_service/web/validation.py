@@ -30,12 +30,16 @@ def describe(error: ValidationError) -> str:
         "maximum": f"must be at most {limit}",
         "minItems": f"must have at least {limit} items",
         "maxItems": f"must have at most {limit} items",
-        "enum": f"must be one of {', '.join(map(str, limit)) if isinstance(limit, list) else limit}",
+        "enum": f"must be one of {_listing(limit)}",
         "format": f"must be a valid {limit}",
         "pattern": "has characters or a shape that is not allowed",
         "nullable": "must not be null",
     }
     return reasons.get(str(rule), f"is invalid ({rule})")
+
+
+def _listing(values: Any) -> str:
+    return ", ".join(map(str, values)) if isinstance(values, list) else str(values)
 
 
 def field_path(error: ValidationError) -> str:
@@ -48,7 +52,9 @@ class BodyValidator(JSONRequestBodyValidator):
             if self._required:
                 raise BadRequestProblem(detail="The request body is required")
             return None
-        validator = Draft4RequestValidator(self._schema, format_checker=Draft4Validator.FORMAT_CHECKER)
+        validator = Draft4RequestValidator(
+            self._schema, format_checker=Draft4Validator.FORMAT_CHECKER
+        )
         error = best_match(validator.iter_errors(body))
         if error is None:
             return None

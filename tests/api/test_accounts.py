@@ -36,7 +36,11 @@ def test_password_is_stored_encrypted_not_hashed(client, alice: Identity, runtim
 
 def test_smtp_settings_default_from_incoming_server(client, alice: Identity) -> None:
     tls = create_account(client, alice.bearer, hostname="imap.mail.example", encryption="tls")
-    assert (tls["smtpHostname"], tls["smtpPort"], tls["smtpEncryption"]) == ("smtp.mail.example", 465, "tls")
+    assert (tls["smtpHostname"], tls["smtpPort"], tls["smtpEncryption"]) == (
+        "smtp.mail.example",
+        465,
+        "tls",
+    )
     starttls = create_account(client, alice.bearer, hostname="mx.example", encryption="starttls")
     assert (starttls["smtpHostname"], starttls["smtpPort"], starttls["smtpEncryption"]) == (
         "mx.example",
@@ -58,13 +62,17 @@ def test_duplicate_address_in_tenant_is_409_ignoring_case(
 ) -> None:
     first = create_account(client, alice.bearer, emailAddress="Shared@Example.test")
     again = client.post(
-        "/api/accounts", json=account_body(emailAddress="shared@example.TEST"), headers=bob_same_tenant.bearer
+        "/api/accounts",
+        json=account_body(emailAddress="shared@example.TEST"),
+        headers=bob_same_tenant.bearer,
     )
     assert again.status_code == 409
     assert again.json()["code"] == "EMAIL_DUPLICATE"
     # Another tenant may register the same address.
     other = client.post(
-        "/api/accounts", json=account_body(emailAddress="shared@example.test"), headers=mallory.bearer
+        "/api/accounts",
+        json=account_body(emailAddress="shared@example.test"),
+        headers=mallory.bearer,
     )
     assert other.status_code == 201
     assert first["id"] != other.json()["id"]
@@ -97,12 +105,21 @@ def test_update_changes_given_fields_and_reencrypts_password(
     created = create_account(client, alice.bearer, password="first-password")
     response = client.put(
         f"/api/accounts/{created['id']}",
-        json={"accountName": "Renamed", "port": 143, "encryption": "starttls", "password": "second-password"},
+        json={
+            "accountName": "Renamed",
+            "port": 143,
+            "encryption": "starttls",
+            "password": "second-password",
+        },
         headers=alice.bearer,
     )
     assert response.status_code == 200
     updated = response.json()
-    assert (updated["accountName"], updated["port"], updated["encryption"]) == ("Renamed", 143, "starttls")
+    assert (updated["accountName"], updated["port"], updated["encryption"]) == (
+        "Renamed",
+        143,
+        "starttls",
+    )
     assert updated["emailAddress"] == created["emailAddress"]
     assert updated["updatedAt"] >= created["updatedAt"]
     with runtime.db.transaction(alice.caller.tenant_id) as session:
@@ -113,12 +130,15 @@ def test_update_changes_given_fields_and_reencrypts_password(
 def test_email_address_cannot_change(client, alice: Identity) -> None:
     created = create_account(client, alice.bearer)
     response = client.put(
-        f"/api/accounts/{created['id']}", json={"emailAddress": "new@example.test"}, headers=alice.bearer
+        f"/api/accounts/{created['id']}",
+        json={"emailAddress": "new@example.test"},
+        headers=alice.bearer,
     )
     assert response.status_code == 400
     assert "emailAddress" in response.json()["message"]
-    assert client.get(f"/api/accounts/{created['id']}", headers=alice.bearer).json()["emailAddress"] == (
-        created["emailAddress"]
+    assert (
+        client.get(f"/api/accounts/{created['id']}", headers=alice.bearer).json()["emailAddress"]
+        == (created["emailAddress"])
     )
 
 
@@ -149,6 +169,8 @@ def test_missing_required_field_names_it(client, alice: Identity) -> None:
 
 
 def test_short_password_is_rejected(client, alice: Identity) -> None:
-    response = client.post("/api/accounts", json=account_body(password="short"), headers=alice.bearer)
+    response = client.post(
+        "/api/accounts", json=account_body(password="short"), headers=alice.bearer
+    )
     assert response.status_code == 400
     assert "short" not in response.json()["message"]  # the password is not echoed back

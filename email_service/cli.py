@@ -1,0 +1,118 @@
+"""The ``email-service`` command: serve, migrate, token, rotate-keys, worker, scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import uuid
+from collections.abc import Sequence
+
+from email_service.config import Settings, load_settings
+
+log = logging.getLogger("email_service")
+
+
+def _configure_logging(settings: Settings) -> None:
+    from email_service.logging_setup import configure
+
+    configure(settings)
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    if settings.database_url is None:
+        # The embedded default has nobody to run migrations for it.
+        _migrate(settings)
+    uvicorn.run(
+        "email_service.app:create_app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=settings.log_level.lower(),
+        timeout_graceful_shutdown=args.graceful_timeout,
+        access_log=False,
+    )
+    return 0
+
+
+def _migrate(settings: Settings) -> None:
+    from db.migrate import upgrade
+    from db.session import make_engine
+
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    _migrate(settings)
+    print("database is at the latest schema")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from email_service.auth import issue_token
+
+    assert settings.jwt_secret is not None
+    print(issue_token(settings.jwt_secret.get_secret_value(), args.tenant, args.user, args.ttl))
+    return 0
+
+
+def cmd_rotate_keys(_args: argparse.Namespace, settings: Settings) -> int:
+    from email_service.runtime import build_runtime
+    from email_service.services.keys import rotate_credentials
+
+    runtime = build_runtime(settings)
+    try:
+        count = rotate_credentials(runtime)
+    finally:
+        runtime.close()
+    print(f"re-encrypted {count} credential(s) with key '{runtime.keyring.primary_id}'")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="email-service", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=5000)
+    serve.add_argument("--workers", type=int, default=1, help="server processes")
+    serve.add_argument(
+        "--graceful-timeout",
+        type=int,
+        default=25,
+        help="seconds to finish in-flight requests after SIGTERM",
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+    migrate = commands.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    token = commands.add_parser("token", help="print a JWT for the configured secret")
+    token.add_argument("--tenant", type=uuid.UUID, required=True)
+    token.add_argument("--user", type=uuid.UUID, required=True)
+    token.add_argument("--ttl", type=int, default=3600, help="seconds of validity")
+    token.set_defaults(handler=cmd_token)
+
+    rotate = commands.add_parser("rotate-keys", help="re-encrypt credentials with the primary key")
+    rotate.set_defaults(handler=cmd_rotate_keys)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings()
+    _configure_logging(settings)
+    result: int = args.handler(args, settings)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Credential key rotation across all tenants (a maintenance command)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from db.models import Account
+from email_service.crypto import Sealed
+from email_service.runtime import Runtime
+from email_service.services.accounts import credential_context
+
+BATCH = 200
+
+
+def rotate_credentials(runtime: Runtime) -> int:
+    """Re-encrypt every password not under the primary key; returns how many changed.
+
+    Runs in batches, each in its own transaction, so a large table is not locked for
+    long and an interrupted run can simply be started again.
+    """
+    changed = 0
+    while True:
+        with runtime.db.transaction(system=True) as session:
+            rows = session.scalars(
+                select(Account)
+                .where(Account.password_key_id != runtime.keyring.primary_id)
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                context = credential_context(row)
+                password = runtime.keyring.decrypt(
+                    Sealed(row.password_key_id, row.password_ciphertext), context
+                )
+                sealed = runtime.keyring.encrypt(password, context)
+                row.password_key_id = sealed.key_id
+                row.password_ciphertext = sealed.ciphertext
+            changed += len(rows)
+        if len(rows) < BATCH:
+            return changed

@@ -1,0 +1,133 @@
+"""Every way a credential can be wrong answers 401 with an ErrorResponse."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import jwt
+import pytest
+
+from tests.conftest import TEST_JWT_SECRET, Identity, new_identity
+
+
+def _token(
+    claims: dict[str, object], secret: str = TEST_JWT_SECRET, algorithm: str = "HS256"
+) -> str:
+    return jwt.encode(claims, secret, algorithm=algorithm)
+
+
+def _claims(**overrides: object) -> dict[str, object]:
+    claims: dict[str, object] = {
+        "tenantId": str(uuid.uuid4()),
+        "userId": str(uuid.uuid4()),
+        "exp": int(time.time()) + 600,
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _unsigned(claims: dict[str, object]) -> str:
+    return jwt.encode(claims, key=None, algorithm="none")  # type: ignore[arg-type]
+
+
+BAD_BEARERS = {
+    "bad signature": _token(_claims(), secret="not-the-secret-" + "x" * 40),
+    "alg none": _unsigned(_claims()),
+    "HS512 algorithm": _token(_claims(), secret=TEST_JWT_SECRET * 3, algorithm="HS512"),
+    "expired": _token(_claims(exp=int(time.time()) - 3600)),
+    "no exp": _token(_claims(exp=None)),
+    "no tenantId": _token(_claims(tenantId=None)),
+    "no userId": _token(_claims(userId=None)),
+    "tenantId not a uuid": _token(_claims(tenantId="tenant-1")),
+    "userId not a string": _token(_claims(userId=42)),
+    "garbage": "not.a.jwt",
+    "empty": "",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BEARERS))
+def test_bad_bearer_token_is_401(client, case: str) -> None:
+    response = client.get("/api/accounts", headers={"Authorization": f"Bearer {BAD_BEARERS[case]}"})
+    assert response.status_code == 401
+    body = response.json()
+    assert body["code"] == "UNAUTHORIZED" and body["error"] == "Unauthorized"
+    assert isinstance(body["timestamp"], int)
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BEARERS))
+def test_bad_header_token_is_401(client, case: str) -> None:
+    claims = jwt.decode(
+        BAD_BEARERS["bad signature"], options={"verify_signature": False}
+    )  # any well-formed ids for the companion headers
+    response = client.get(
+        "/api/accounts",
+        headers={
+            "X-Auth-Token": BAD_BEARERS[case],
+            "X-Tenant-ID": str(claims["tenantId"]),
+            "X-User-ID": str(claims["userId"]),
+        },
+    )
+    assert response.status_code == 401
+
+
+def test_no_credentials_is_401(client) -> None:
+    response = client.get("/api/accounts")
+    assert response.status_code == 401
+    assert response.json()["code"] == "UNAUTHORIZED"
+
+
+def test_non_bearer_authorization_scheme_is_401(client, alice: Identity) -> None:
+    response = client.get("/api/accounts", headers={"Authorization": f"Basic {alice.token}"})
+    assert response.status_code == 401
+
+
+def test_valid_bearer_and_valid_header_auth_both_work(client, alice: Identity) -> None:
+    assert client.get("/api/accounts", headers=alice.bearer).status_code == 200
+    assert client.get("/api/accounts", headers=alice.header_auth).status_code == 200
+    assert (
+        client.get("/api/accounts", headers={**alice.bearer, **alice.header_auth}).status_code
+        == 200
+    )
+
+
+@pytest.mark.parametrize(
+    "change",
+    ["tenant mismatch", "user mismatch", "tenant missing", "user missing", "tenant not a uuid"],
+)
+def test_header_claim_mismatch_is_401(client, alice: Identity, change: str) -> None:
+    headers = alice.header_auth
+    if change == "tenant mismatch":
+        headers["X-Tenant-ID"] = str(uuid.uuid4())
+    elif change == "user mismatch":
+        headers["X-User-ID"] = str(uuid.uuid4())
+    elif change == "tenant missing":
+        del headers["X-Tenant-ID"]
+    elif change == "user missing":
+        del headers["X-User-ID"]
+    else:
+        headers["X-Tenant-ID"] = "acme"
+    assert client.get("/api/accounts", headers=headers).status_code == 401
+
+
+def test_invalid_bearer_beside_valid_header_auth_is_401(client, alice: Identity) -> None:
+    headers = {**alice.header_auth, "Authorization": "Bearer " + BAD_BEARERS["bad signature"]}
+    assert client.get("/api/accounts", headers=headers).status_code == 401
+
+
+def test_invalid_header_token_beside_valid_bearer_is_401(client, alice: Identity) -> None:
+    headers = {**alice.bearer, "X-Auth-Token": "", "X-Tenant-ID": "x", "X-User-ID": "y"}
+    assert client.get("/api/accounts", headers=headers).status_code == 401
+
+
+def test_two_valid_credentials_of_different_callers_is_401(client, alice: Identity) -> None:
+    other = new_identity()
+    headers = {**alice.bearer, **other.header_auth}
+    assert client.get("/api/accounts", headers=headers).status_code == 401
+
+
+def test_health_needs_no_credentials(client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "healthy" and body["service"] == "email_service"
