@@ -1,0 +1,232 @@
+"""POP3 client session (poplib) for accounts that only offer POP3.
+
+:class:`Pop3Session` is a context manager: connect (after the outbound connection guard),
+TLS per the endpoint (``tls`` = POP3S, ``starttls`` = STLS, ``none`` = plaintext; the
+certificate is always verified), USER/PASS; on exit QUIT. Nothing is ever deleted.
+All failures surface as :mod:`email_service.mail.errors` exceptions.
+"""
+
+from __future__ import annotations
+
+import poplib
+import re
+import ssl
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from types import TracebackType
+from typing import Any
+
+from .endpoint import MailEndpoint, endpoint_guard, tls_context
+from .errors import (
+    MailAuthError,
+    MailConnectionError,
+    MailError,
+    MailProtocolError,
+    describe_network_error,
+    redact,
+)
+
+__all__ = ["Pop3Session"]
+
+# Read message lines in pieces of at most this size. poplib's own reader refuses lines
+# over 2048 bytes, which real messages (unwrapped HTML, long base64) exceed.
+_READ_CHUNK = 64 * 1024
+
+_RESP_CODE_RE = re.compile(r"^-ERR \[([A-Z/-]+)\]", re.IGNORECASE)
+
+
+class Pop3Session:
+    """An authenticated POP3 connection (context manager; not thread-safe).
+
+    Raises (from every method): :class:`MailAuthError` (USER/PASS rejected),
+    :class:`MailConnectionError` (network/TLS trouble, mailbox temporarily locked),
+    :class:`MailProtocolError` (a command was refused, e.g. no such message or no UIDL).
+    The connection guard's own exception propagates unchanged.
+    """
+
+    def __init__(self, endpoint: MailEndpoint) -> None:
+        self._endpoint = endpoint
+        self._pop: poplib.POP3 | None = None
+        self._broken = False
+
+    def __enter__(self) -> Pop3Session:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Connect, secure and log in (what ``__enter__`` does)."""
+        if self._pop is not None:
+            raise RuntimeError("the POP3 session is already open")
+        ep = self._endpoint
+        # Before any resolution or socket; the guard's refusal is not wrapped.
+        endpoint_guard(ep.host, ep.port)
+        try:
+            with self._errors("connecting"):
+                if ep.encryption == "tls":
+                    self._pop = poplib.POP3_SSL(
+                        ep.host, ep.port, timeout=ep.timeout, context=tls_context(ep.ca_file)
+                    )
+                else:
+                    self._pop = poplib.POP3(ep.host, ep.port, timeout=ep.timeout)
+                if ep.encryption == "starttls":
+                    self._stls()
+            with self._errors("logging in"):
+                self._login()
+        except BaseException:
+            self._broken = True
+            self.close()
+            raise
+
+    def _stls(self) -> None:
+        pop = self._require_open()
+        try:
+            caps = pop.capa()
+        except poplib.error_proto:
+            caps = {}  # no CAPA at all: certainly no STLS
+        if "STLS" not in caps:
+            # Going on in plaintext would expose the password; a missing STLS may also
+            # mean someone in the path stripped it.
+            raise MailConnectionError(
+                f"the POP3 server at {self._endpoint.address} does not offer STLS; "
+                "refusing to continue without TLS"
+            )
+        pop.stls(tls_context(self._endpoint.ca_file))
+
+    def _login(self) -> None:
+        pop = self._require_open()
+        ep = self._endpoint
+        try:
+            pop.user(ep.username)
+            pop.pass_(ep.password)
+        except poplib.error_proto as exc:
+            text = redact(_text(exc), ep.password)
+            if text.endswith("EOF"):
+                raise
+            code_match = _RESP_CODE_RE.match(text)
+            code = code_match.group(1).upper() if code_match else ""
+            # RFC 2449/3206 response codes tell "try later" apart from "wrong password".
+            if code in ("IN-USE", "LOGIN-DELAY", "SYS/TEMP"):
+                raise MailConnectionError(
+                    f"the POP3 server at {ep.address} cannot log in now: {text}"
+                ) from None
+            raise MailAuthError(
+                f"the POP3 server rejected the username or password ({text})"
+            ) from None
+
+    def close(self) -> None:
+        """QUIT and close; safe to call more than once. Never raises."""
+        pop, self._pop = self._pop, None
+        if pop is None:
+            return
+        if not self._broken:
+            with suppress(Exception):  # the work is done; QUIT is courtesy
+                pop.quit()
+                return
+        with suppress(Exception):
+            pop.close()
+
+    @property
+    def tls_version(self) -> str | None:
+        """The negotiated TLS version (``"TLSv1.3"``), or ``None`` for plaintext/closed."""
+        sock = getattr(self._pop, "sock", None)
+        return sock.version() if isinstance(sock, ssl.SSLSocket) else None
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        where = self._endpoint.address
+        password = self._endpoint.password
+        try:
+            yield
+        except MailError:
+            raise
+        except poplib.error_proto as exc:
+            text = redact(_text(exc), password)
+            if text.endswith("EOF") or text == "line too long":
+                self._broken = True
+                raise MailConnectionError(
+                    f"the POP3 connection to {where} broke while {action}: {text}"
+                ) from exc
+            raise MailProtocolError(f"the POP3 server at {where} refused {action}: {text}") from exc
+        except (OSError, EOFError) as exc:
+            self._broken = True
+            description, cert_error = describe_network_error(exc)
+            description = redact(description, password)
+            if action == "connecting":
+                message = f"cannot connect to the POP3 server at {where}: {description}"
+            else:
+                message = f"the POP3 connection to {where} failed while {action}: {description}"
+            raise MailConnectionError(message, certificate_error=cert_error) from exc
+
+    def _require_open(self) -> poplib.POP3:
+        if self._pop is None:
+            raise RuntimeError("the POP3 session is not open (use it as a context manager)")
+        return self._pop
+
+    def stat(self) -> tuple[int, int]:
+        """``(message count, mailbox size in octets)`` from STAT."""
+        pop = self._require_open()
+        with self._errors("STAT"):
+            count, size = pop.stat()
+            return count, size
+
+    def uidl(self) -> dict[str, int]:
+        """Map each message's unique id to its message number (UIDL).
+
+        Message numbers are valid for this session only; unique ids persist. Ids are
+        decoded as Latin-1 so any byte string round-trips. Raises
+        :class:`MailProtocolError` when the server has no UIDL.
+        """
+        pop = self._require_open()
+        with self._errors("UIDL"):
+            _resp, lines, _octets = pop.uidl()
+        result: dict[str, int] = {}
+        for line in lines:
+            fields = line.split(None, 1)
+            if len(fields) != 2 or not fields[0].isdigit():
+                raise MailProtocolError(f"the POP3 server sent a malformed UIDL line: {line!r}")
+            result[fields[1].strip().decode("latin-1")] = int(fields[0])
+        return result
+
+    def retrieve(self, number: int) -> bytes:
+        """The raw bytes of message ``number`` (RETR), with dot-stuffing undone.
+
+        Line endings are kept as the server sent them (CRLF on the wire). Raises
+        :class:`MailProtocolError` for a message number that does not exist.
+        """
+        pop = self._require_open()
+        with self._errors(f"retrieving message {number}"):
+            # poplib.retr() splits into lines and refuses lines over 2048 bytes; read the
+            # multi-line reply ourselves instead.
+            internals: Any = pop  # poplib's command helpers are private (not in typeshed)
+            internals._putcmd(f"RETR {int(number)}")
+            internals._getresp()  # raises error_proto on -ERR
+            out = bytearray()
+            at_line_start = True
+            readline = pop.file.readline
+            while True:
+                piece = readline(_READ_CHUNK)
+                if not piece:
+                    raise poplib.error_proto("-ERR EOF")
+                if at_line_start:
+                    if piece in (b".\r\n", b".\n"):
+                        break
+                    if piece.startswith(b"."):
+                        piece = piece[1:]  # a line starting with "." was sent as ".."
+                out += piece
+                at_line_start = piece.endswith(b"\n")
+            return bytes(out)
+
+
+def _text(exc: BaseException) -> str:
+    value = exc.args[0] if exc.args else exc
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)

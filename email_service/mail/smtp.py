@@ -1,0 +1,307 @@
+"""Send one message over SMTP (smtplib) and classify the outcome.
+
+:func:`send` opens a connection (after the outbound connection guard), secures it per the
+endpoint (``tls`` = SMTPS, ``starttls`` = STARTTLS, refused if not offered; certificates
+always verified), authenticates when a username is set, and runs one MAIL/RCPT/DATA
+transaction. Outcomes:
+
+* every recipient accepted, or some refused → :class:`SmtpResult` (refusals listed; the
+  caller decides what a partial delivery means);
+* 4xx replies, network failures, timeouts → :class:`SmtpTransientError` (retry later);
+* 5xx replies → :class:`SmtpPermanentError` with the server's reply (and the refused
+  recipients when every recipient was refused with 5xx);
+* rejected credentials → :class:`MailAuthError`.
+
+The password is never logged: smtplib's debug output stays off and every message built
+from server text is redacted.
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from base64 import b64encode
+from collections.abc import Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field
+
+from .endpoint import MailEndpoint, endpoint_guard, tls_context
+from .errors import (
+    MailAuthError,
+    MailError,
+    SmtpPermanentError,
+    SmtpTransientError,
+    describe_network_error,
+    redact,
+)
+
+__all__ = ["SmtpResult", "send"]
+
+_BARE_LINE_END_RE = re.compile(rb"\r\n|\r|\n")
+
+
+@dataclass(frozen=True)
+class SmtpResult:
+    """A message the server accepted for at least one recipient.
+
+    ``accepted``: recipients the server took; ``refused``: recipient → ``(code, reply)``
+    for the ones it refused at RCPT; ``reply``: the server's final reply to DATA (usually
+    carries the queue id).
+    """
+
+    accepted: tuple[str, ...]
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    reply: str = ""
+
+
+def send(
+    endpoint: MailEndpoint,
+    envelope_from: str,
+    recipients: Sequence[str],
+    raw: bytes,
+    *,
+    local_hostname: str | None = None,
+) -> SmtpResult:
+    """Send ``raw`` (a complete RFC 5322 message) from ``envelope_from`` to ``recipients``.
+
+    ``envelope_from`` may be ``""`` (null reverse-path). Bare LF/CR line ends in ``raw``
+    are converted to CRLF (SMTP requires it; bare LFs are also the stuff of SMTP
+    smuggling). ``local_hostname`` is the EHLO name (default: smtplib's FQDN lookup).
+
+    Raises :class:`SmtpTransientError`, :class:`SmtpPermanentError`,
+    :class:`MailAuthError`, ``ValueError`` (no recipients), or the connection guard's own
+    exception. A timeout after the message data was sent is reported as transient although
+    the server may have accepted it: a retry can then deliver a duplicate.
+    """
+    if isinstance(recipients, str):
+        raise ValueError("recipients must be a sequence of addresses, not one string")
+    recipients = list(dict.fromkeys(recipients))
+    if not recipients:
+        raise ValueError("at least one recipient is required")
+    # Before any resolution or socket; the guard's refusal is not wrapped.
+    endpoint_guard(endpoint.host, endpoint.port)
+    smtp: smtplib.SMTP | None = None
+    stage = "connecting"
+    try:
+        context = tls_context(endpoint.ca_file) if endpoint.encryption != "none" else None
+        # Host and port go to the constructor (which connects): smtplib takes the TLS
+        # server_hostname (SNI and certificate name check) from there only.
+        if endpoint.encryption == "tls":
+            smtp = smtplib.SMTP_SSL(
+                endpoint.host,
+                endpoint.port,
+                local_hostname=local_hostname,
+                timeout=endpoint.timeout,
+                context=context,
+            )
+        else:
+            smtp = smtplib.SMTP(
+                endpoint.host,
+                endpoint.port,
+                local_hostname=local_hostname,
+                timeout=endpoint.timeout,
+            )
+        smtp.ehlo_or_helo_if_needed()
+        if endpoint.encryption == "starttls":
+            stage = "starting TLS"
+            if not smtp.has_extn("starttls"):
+                # Plaintext would expose the password and the message; a missing STARTTLS
+                # may also be a downgrade by someone in the path.
+                raise SmtpTransientError(
+                    None,
+                    "STARTTLS not offered",
+                    f"the SMTP server at {endpoint.address} does not offer STARTTLS; "
+                    "refusing to continue without TLS",
+                )
+            smtp.starttls(context=context)
+            smtp.ehlo()
+        if endpoint.username:
+            stage = "authenticating"
+            _authenticate(smtp, endpoint)
+        stage = "sending"
+        return _transaction(smtp, endpoint, envelope_from, recipients, raw)
+    except MailError:
+        raise
+    except smtplib.SMTPResponseException as exc:
+        raise _reply_error(exc.smtp_code, _text(exc.smtp_error), endpoint, stage) from exc
+    except smtplib.SMTPServerDisconnected as exc:
+        raise SmtpTransientError(
+            None,
+            redact(str(exc) or "connection closed", endpoint.password),
+            f"the SMTP server at {endpoint.address} closed the connection while {stage}",
+        ) from exc
+    except smtplib.SMTPNotSupportedError as exc:
+        text = redact(str(exc), endpoint.password)
+        raise SmtpPermanentError(554, text, message=f"SMTP {stage} failed: {text}") from exc
+    except (OSError, EOFError) as exc:
+        description, _cert_error = describe_network_error(exc)
+        description = redact(description, endpoint.password)
+        if stage == "connecting":
+            message = f"cannot connect to the SMTP server at {endpoint.address}: {description}"
+        else:
+            message = (
+                f"the SMTP connection to {endpoint.address} failed while {stage}: {description}"
+            )
+        raise SmtpTransientError(None, description, message) from exc
+    finally:
+        if smtp is not None:
+            _close(smtp)
+
+
+def _authenticate(smtp: smtplib.SMTP, endpoint: MailEndpoint) -> None:
+    if not smtp.has_extn("auth"):
+        hint = (
+            "; it probably requires TLS first: use encryption 'starttls' or 'tls'"
+            if endpoint.encryption == "none"
+            else ""
+        )
+        raise MailAuthError(
+            f"the SMTP server at {endpoint.address} does not offer authentication "
+            f"on this connection{hint}"
+        )
+    mechanisms = smtp.esmtp_features.get("auth", "").upper().split()
+    try:
+        if endpoint.username.isascii() and endpoint.password.isascii():
+            smtp.login(endpoint.username, endpoint.password)
+        elif "PLAIN" in mechanisms:
+            # smtplib encodes AUTH data as ASCII; send SASL PLAIN in UTF-8 ourselves.
+            token = b64encode(f"\0{endpoint.username}\0{endpoint.password}".encode()).decode()
+            code, reply = smtp.docmd("AUTH", "PLAIN " + token)
+            if code not in (235, 503):
+                raise smtplib.SMTPAuthenticationError(code, reply)
+        else:
+            raise MailAuthError(
+                "the SMTP server offers no authentication method that can carry a "
+                "non-ASCII username or password"
+            )
+    except smtplib.SMTPAuthenticationError as exc:
+        code, text = exc.smtp_code, redact(_text(exc.smtp_error), endpoint.password)
+        if code == 538 or "encryption" in text.lower():
+            raise MailAuthError(
+                f"the SMTP server requires TLS before authenticating ({code} {text}); "
+                "use encryption 'starttls' or 'tls'"
+            ) from None
+        if 400 <= code < 500:
+            raise SmtpTransientError(
+                code, text, f"the SMTP server cannot authenticate now: {code} {text}"
+            ) from None
+        raise MailAuthError(
+            f"the SMTP server rejected the username or password ({code} {text})"
+        ) from None
+    except smtplib.SMTPNotSupportedError as exc:  # pragma: no cover - checked above
+        raise MailAuthError(f"the SMTP server does not support authentication ({exc})") from None
+    except smtplib.SMTPResponseException:
+        raise
+    except smtplib.SMTPException as exc:  # "No suitable authentication method found."
+        offered = " ".join(mechanisms) or "none"
+        raise MailAuthError(
+            f"the SMTP server offers no supported authentication method (offered: {offered})"
+        ) from exc
+
+
+def _transaction(
+    smtp: smtplib.SMTP,
+    endpoint: MailEndpoint,
+    envelope_from: str,
+    recipients: list[str],
+    raw: bytes,
+) -> SmtpResult:
+    password = endpoint.password
+    data = raw
+    if raw.count(b"\n") != raw.count(b"\r\n") or raw.count(b"\r") != raw.count(b"\r\n"):
+        data = _BARE_LINE_END_RE.sub(b"\r\n", raw)
+
+    options: list[str] = []
+    if smtp.has_extn("size"):
+        # Lets the server refuse an oversized message before we upload it.
+        options.append(f"SIZE={len(data)}")
+    if smtp.has_extn("8bitmime") and any(b > 0x7F for b in data):
+        options.append("BODY=8BITMIME")
+    if not all(a.isascii() for a in (envelope_from, *recipients)):
+        if not smtp.has_extn("smtputf8"):
+            raise SmtpPermanentError(
+                553,
+                "5.6.7 SMTPUTF8 not offered (reply generated by this client)",
+                message="the SMTP server does not accept internationalised (non-ASCII) "
+                "addresses (no SMTPUTF8)",
+            )
+        options.append("SMTPUTF8")
+
+    code, reply = smtp.mail(envelope_from, options)
+    if code != 250:
+        _reset(smtp)
+        raise _reply_error(code, redact(_text(reply), password), endpoint, "MAIL FROM")
+
+    accepted: list[str] = []
+    refused: dict[str, tuple[int, str]] = {}
+    for recipient in recipients:
+        code, reply = smtp.rcpt(recipient)
+        if code in (250, 251):
+            accepted.append(recipient)
+        else:
+            refused[recipient] = (code, redact(_text(reply), password))
+    if not accepted:
+        _reset(smtp)
+        first_code, first_reply = next(iter(refused.values()))
+        summary = "; ".join(f"{r}: {c} {t}" for r, (c, t) in refused.items())
+        if all(c >= 500 for c, _ in refused.values()):
+            raise SmtpPermanentError(
+                first_code,
+                first_reply,
+                refused,
+                message=f"the SMTP server refused every recipient: {summary}",
+            )
+        # At least one refusal was temporary (4xx): the whole message can be retried.
+        transient_code, transient_reply = next((c, t) for c, t in refused.values() if c < 500)
+        raise SmtpTransientError(
+            transient_code,
+            transient_reply,
+            f"the SMTP server refused every recipient, some temporarily: {summary}",
+        )
+
+    code, reply = smtp.data(data)  # raises SMTPDataError unless DATA got 354
+    text = redact(_text(reply), password)
+    if code != 250:
+        raise _reply_error(code, text, endpoint, "DATA", dict.fromkeys(accepted, (code, text)))
+    return SmtpResult(accepted=tuple(accepted), refused=refused, reply=f"{code} {text}")
+
+
+def _reply_error(
+    code: int,
+    reply: str,
+    endpoint: MailEndpoint,
+    stage: str,
+    recipients: dict[str, tuple[int, str]] | None = None,
+) -> MailError:
+    """Classify an SMTP reply code: 4xx (and unknown) transient, 5xx permanent."""
+    reply = redact(reply, endpoint.password)
+    if 500 <= code < 600:
+        return SmtpPermanentError(
+            code,
+            reply,
+            recipients,
+            message=f"the SMTP server rejected the message ({stage}): {code} {reply}",
+        )
+    return SmtpTransientError(
+        code, reply, f"the SMTP server could not take the message now ({stage}): {code} {reply}"
+    )
+
+
+def _reset(smtp: smtplib.SMTP) -> None:
+    with suppress(Exception):  # the connection is closed right after anyway
+        smtp.rset()
+
+
+def _close(smtp: smtplib.SMTP) -> None:
+    # Once DATA got its 250 the message is the server's; a failing QUIT must not turn a
+    # delivered message into an error (a retry would send it twice).
+    with suppress(Exception):
+        smtp.quit()
+    with suppress(Exception):
+        smtp.close()
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
