@@ -58,6 +58,7 @@ __all__ = [
     "ImapSession",
     "RemoteFolder",
     "is_valid_keyword",
+    "special_use_by_name",
 ]
 
 #: RFC 6154 special-use attributes, in their canonical spelling.
@@ -145,6 +146,20 @@ class FetchedMessage:
     size: int
     raw: bytes
     modseq: int | None
+
+
+def special_use_by_name(folder: RemoteFolder) -> str | None:
+    """The special use a client would guess from ``folder``'s name alone, if any.
+
+    For servers that do not mark their special folders: ``Sent Items`` is ``\\Sent``,
+    ``Spam`` is ``\\Junk`` and so on, compared case-insensitively with the last path
+    component. The server's own attribute, when present, always wins over this guess.
+    """
+    leaf = folder.name.rsplit(folder.delimiter, 1)[-1] if folder.delimiter else folder.name
+    for use, names in _FALLBACK_SPECIAL_NAMES.items():
+        if leaf.lower() in names:
+            return use
+    return None
 
 
 def is_valid_keyword(name: str) -> bool:

@@ -460,6 +460,9 @@ _BOUNDARY_PARAMETER_BYTES = re.compile(
 )
 
 
+_RFC2231_CONTINUATION = re.compile(rb"\*[0-9]+\*\s*=")
+
+
 def _fast_draft(raw: bytes) -> _Draft | None:
     """Read ``raw`` with fast-mail-parser, or return None to leave it to the stdlib.
 
@@ -474,11 +477,13 @@ def _fast_draft(raw: bytes) -> _Draft | None:
       text/plain (RFC 2045), the fast parser as an attachment;
     - text that looks like UTF-8 read as Windows-1252 (see ``_misread_utf8``);
     - an mbox ``From `` envelope line before the headers: the stdlib sets it aside,
-      the fast parser reads it as a header.
+      the fast parser reads it as a header;
+    - RFC 2231 continued, percent-encoded parameters (``filename*0*=``): it decodes each
+      piece alone and breaks a character split across two pieces.
     Address headers it reads differently (comments, groups) are re-read by the stdlib
     one by one, which is far cheaper than handing over the whole message.
     """
-    if raw.startswith(b"From "):
+    if raw.startswith(b"From ") or _RFC2231_CONTINUATION.search(raw):
         return None
     try:
         mail = fast_mail_parser.parse_email(raw)
@@ -663,7 +668,7 @@ def _stdlib_addresses(name: str, value: str, defects: list[str]) -> list[tuple[s
         header = email_policy.default.header_factory(name, value)
         addresses = [
             (address.display_name, _bare_address(address.addr_spec))
-            for address in header.addresses  # type: ignore[attr-defined]
+            for address in header.addresses
             if address.addr_spec and address.addr_spec != "<>"
         ]
     except Exception:
@@ -695,14 +700,15 @@ def _collect_part(
     content_type_header = part.get("content-type")
     if content_type_header is not None:
         _note_defects(
-            getattr(content_type_header, "defects", ()), "a Content-Type header", draft.defects
+            getattr(content_type_header, "defects", []), "a Content-Type header", draft.defects
         )
     maintype = part.get_content_maintype()
     if maintype == "multipart":
         payload = part.get_payload()
         if isinstance(payload, list):
             for child in payload:
-                _collect_parts(child, draft, depth + 1, linesep)
+                if isinstance(child, Message):
+                    _collect_parts(child, draft, depth + 1, linesep)
         elif isinstance(payload, str) and payload.strip():
             # No boundary was found, so the "parts" are one run of text; showing it is
             # better than losing it.
@@ -715,9 +721,8 @@ def _collect_part(
         data = _message_bytes(part, linesep)
         draft.attachments.append(_stdlib_part(part, content_type, disposition, data))
         return
-    data = part.get_payload(decode=True)
-    if not isinstance(data, bytes):
-        data = b""
+    decoded: object = part.get_payload(decode=True)
+    data = decoded if isinstance(decoded, bytes) else b""
     if content_type in ("text/plain", "text/html") and disposition != "attachment":
         text = _decode_text(data, part.get_content_charset(), draft.defects)
         (draft.texts if content_type == "text/plain" else draft.htmls).append(text)

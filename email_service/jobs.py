@@ -1,0 +1,53 @@
+"""The interface services use to queue background work, without knowing the broker.
+
+``workers/`` implements it with Dramatiq (Redis in production, an in-memory broker on the
+embedded default) and installs it on the runtime. A job is prepared first, so its id can
+be stored in the task row, and sent only after that row is committed (``Scope.after_commit``):
+a worker can never pick up a job whose row does not exist yet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class PreparedJob(Protocol):
+    @property
+    def job_id(self) -> str:
+        """The broker's message id; also the task's id."""
+
+    def send(self) -> None:
+        """Hand the job to the broker."""
+
+
+class JobQueue(Protocol):
+    def prepare(self, actor: str, task_id: str, **kwargs: Any) -> PreparedJob:
+        """A job for ``actor``, not yet sent.
+
+        The job's id is ``task_id`` (the broker keeps it across retries); the actor is
+        called with ``task_id`` and the other JSON-able keyword arguments.
+        """
+
+
+class NoJobQueue:
+    """Stands in until a queue is installed: preparing a job is a programming error."""
+
+    def prepare(self, actor: str, task_id: str, **kwargs: Any) -> PreparedJob:
+        raise RuntimeError(f"no job queue is installed; cannot queue {actor!r}")
+
+
+class RetryLater(Exception):
+    """Raised by a job's service when the job should run again after a backoff.
+
+    The service has already recorded why (task status ``retry``); any other exception
+    is a bug and is not retried blindly.
+    """
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """Which run of a job this is: ``number`` counts from 0; ``last`` means no retry follows."""
+
+    number: int
+    last: bool

@@ -1,0 +1,58 @@
+"""What every sync run shares: its counters and its handle on the database."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from db.session import Database
+from email_service.services.sync.store import MessageStore, Skipped
+
+# A batch is also cut short at this many bytes of raw mail, which bounds a worker's memory
+# whatever the batch size (a few huge messages in a row).
+MAX_BATCH_BYTES = 32 * 1024 * 1024
+
+
+@dataclass
+class SyncCounts:
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    folders: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def result(self) -> dict[str, object]:
+        result: dict[str, object] = {
+            "messagesAdded": self.added,
+            "messagesUpdated": self.updated,
+            "messagesRemoved": self.removed,
+            "foldersSync": self.folders,
+        }
+        if self.skipped:
+            result["messagesSkipped"] = len(self.skipped)
+            result["skipped"] = [entry.as_dict() for entry in self.skipped[:100]]
+        return result
+
+
+@dataclass
+class SyncJob:
+    """What one sync run needs: where to write, what to sync, how to report."""
+
+    db: Database
+    tenant_id: uuid.UUID
+    account_id: str
+    store: MessageStore
+    force: bool
+    only_folders: frozenset[str] | None
+    batch_size: int
+    progress: Callable[[float], None]
+    counts: SyncCounts = field(default_factory=SyncCounts)
+    blob_keys: list[str] = field(default_factory=list)
+
+    def transaction(self) -> AbstractContextManager[Session]:
+        """A short unit of work of its own: each batch commits on its own."""
+        return self.db.transaction(self.tenant_id)

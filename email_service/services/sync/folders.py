@@ -1,0 +1,173 @@
+"""Folder rows from the server's folder list: types, display names and the hierarchy."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import case, delete, func, select
+from sqlalchemy.orm import Session
+
+from db.models import Folder, Message, new_id, now_ms
+from email_service.mail.imap import RemoteFolder, special_use_by_name
+from email_service.services.sync.store import remove_messages
+
+_TYPE_BY_SPECIAL_USE = {
+    "\\Sent": "sent",
+    "\\Drafts": "drafts",
+    "\\Junk": "spam",
+    "\\Trash": "trash",
+}
+
+
+@dataclass(frozen=True)
+class LocalFolder:
+    """What a sync needs to know about a stored folder, detached from any session."""
+
+    id: str
+    name: str
+    type: str
+    uidvalidity: int | None
+    uidnext: int | None
+    highest_modseq: int | None
+    last_seen_uid: int
+    message_count: int
+
+    @classmethod
+    def of(cls, row: Folder) -> LocalFolder:
+        return cls(
+            row.id,
+            row.name,
+            row.type,
+            row.uidvalidity,
+            row.uidnext,
+            row.highest_modseq,
+            row.last_seen_uid,
+            row.message_count,
+        )
+
+
+def folder_types(remote: list[RemoteFolder]) -> dict[str, str]:
+    """The API ``type`` of every folder: inbox, sent, drafts, spam, trash or custom.
+
+    The server's SPECIAL-USE attributes decide; where the server marks no folder for a
+    use, a well-known name (``Sent Items``, ``Spam``...) stands in, first match wins.
+    """
+    types: dict[str, str] = {}
+    marked = {folder.special_use for folder in remote if folder.special_use}
+    for folder in remote:
+        if folder.name.upper() == "INBOX":
+            types[folder.name] = "inbox"
+            continue
+        use = folder.special_use
+        if use is None:
+            guess = special_use_by_name(folder)
+            if guess is not None and guess not in marked and guess in _TYPE_BY_SPECIAL_USE:
+                kind = _TYPE_BY_SPECIAL_USE[guess]
+                if kind not in types.values():
+                    use = guess
+        types[folder.name] = _TYPE_BY_SPECIAL_USE.get(use or "", "custom")
+    return types
+
+
+def display_name(folder: RemoteFolder) -> str:
+    if folder.name.upper() == "INBOX":
+        return "Inbox"
+    if folder.delimiter:
+        return folder.name.rsplit(folder.delimiter, 1)[-1]
+    return folder.name
+
+
+def _parent_name(folder: RemoteFolder, names: set[str]) -> str | None:
+    """The nearest ancestor that is itself a stored folder."""
+    if not folder.delimiter:
+        return None
+    parts = folder.name.split(folder.delimiter)
+    for depth in range(len(parts) - 1, 0, -1):
+        candidate = folder.delimiter.join(parts[:depth])
+        if candidate in names:
+            return candidate
+    return None
+
+
+@dataclass
+class FolderChanges:
+    folders: list[LocalFolder]
+    removed_messages: int
+    blob_keys: list[str]
+
+
+def reconcile_folders(
+    session: Session, tenant_id: uuid.UUID, account_id: str, remote: list[RemoteFolder]
+) -> FolderChanges:
+    """Make the stored folders match ``remote`` (selectable folders only).
+
+    New folders are created, renamed types and parents updated, and folders gone from
+    the server removed together with their messages (the caller deletes the blobs).
+    """
+    selectable = [folder for folder in remote if folder.selectable]
+    names = {folder.name for folder in selectable}
+    types = folder_types(selectable)
+    existing = {
+        row.name: row
+        for row in session.scalars(
+            select(Folder).where(Folder.account_id == account_id, Folder.tenant_id == tenant_id)
+        )
+    }
+    gone = [row for name, row in existing.items() if name not in names]
+    removed_ids: list[str] = []
+    blob_keys: list[str] = []
+    if gone:
+        removed_ids = list(
+            session.scalars(
+                select(Message.id).where(Message.folder_id.in_([row.id for row in gone]))
+            )
+        )
+        blob_keys = remove_messages(session, removed_ids)
+        # Children first would be needed without ON DELETE SET NULL on parent_id.
+        session.execute(delete(Folder).where(Folder.id.in_([row.id for row in gone])))
+    for row in gone:
+        del existing[row.name]
+    stamp = now_ms()
+    for folder in selectable:
+        current = existing.get(folder.name)
+        if current is None:
+            current = Folder(
+                id=new_id(),
+                tenant_id=tenant_id,
+                account_id=account_id,
+                name=folder.name,
+                last_seen_uid=0,
+                message_count=0,
+                unread_count=0,
+                created_at=stamp,
+            )
+            session.add(current)
+            existing[folder.name] = current
+        current.display_name = display_name(folder)
+        current.type = types[folder.name]
+        current.delimiter = folder.delimiter
+    session.flush()
+    for folder in selectable:
+        parent = _parent_name(folder, names)
+        existing[folder.name].parent_id = existing[parent].id if parent else None
+    session.flush()
+    return FolderChanges(
+        folders=[LocalFolder.of(existing[folder.name]) for folder in selectable],
+        removed_messages=len(removed_ids),
+        blob_keys=blob_keys,
+    )
+
+
+def refresh_counts(session: Session, folder_id: str) -> None:
+    """Set the folder's messageCount and unreadCount from its stored messages."""
+    total, unread = session.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(case((Message.is_read.is_(False), 1), else_=0)), 0),
+        ).where(Message.folder_id == folder_id)
+    ).one()
+    row = session.get(Folder, folder_id)
+    if row is not None:
+        row.message_count = int(total)
+        row.unread_count = int(unread)

@@ -1,0 +1,237 @@
+"""Mirroring an IMAP account: folders, new messages, flag changes and expunges.
+
+Per folder, the saved state (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the last UID stored)
+decides how little needs asking:
+
+* nothing changed (same UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ, with CONDSTORE): one
+  EXAMINE and done;
+* UIDVALIDITY changed: every stored message of the folder is void, the folder is rebuilt;
+* otherwise expunges come from QRESYNC ``VANISHED`` (or a UID comparison), flag changes
+  from CONDSTORE ``CHANGEDSINCE`` (or a sweep of every flag), and new mail is the UIDs
+  above the last one stored, fetched with ``BODY.PEEK[]`` so nothing is marked read.
+
+``force`` trusts none of the saved state: every UID and every flag is compared.
+
+New mail is stored batch by batch, each batch in its own transaction together with the
+folder's "last UID stored", so a sync that is cut off resumes where it stopped and
+never stores a message twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from sqlalchemy import select, update
+
+from db.models import Folder, Message, now_ms
+from email_service.mail.imap import FetchedMessage, FolderState, ImapSession
+from email_service.mail.mime import parse_message
+from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
+from email_service.services.sync.folders import LocalFolder, reconcile_folders, refresh_counts
+from email_service.services.sync.store import (
+    FlagState,
+    FolderTarget,
+    Incoming,
+    remove_messages,
+)
+
+log = logging.getLogger(__name__)
+
+
+def sync_imap(job: SyncJob, imap: ImapSession) -> None:
+    """Mirror every folder (or ``job.only_folders``) of the account behind ``imap``."""
+    remote = imap.list_folders()
+    with job.transaction() as session:
+        changes = reconcile_folders(session, job.tenant_id, job.account_id, remote)
+    job.counts.removed += changes.removed_messages
+    job.blob_keys.extend(changes.blob_keys)
+    folders = [
+        folder
+        for folder in changes.folders
+        if job.only_folders is None or folder.name in job.only_folders
+    ]
+    for position, folder in enumerate(folders):
+
+        def folder_progress(fraction: float, position: int = position) -> None:
+            job.progress(100.0 * (position + fraction) / len(folders))
+
+        sync_folder(job, imap, folder, folder_progress)
+        job.counts.folders += 1
+        folder_progress(1.0)
+
+
+def sync_folder(
+    job: SyncJob,
+    imap: ImapSession,
+    folder: LocalFolder,
+    progress: Callable[[float], None],
+) -> None:
+    state = imap.select(folder.name, readonly=True)
+    rebuild = folder.uidvalidity is not None and folder.uidvalidity != state.uidvalidity
+    full = job.force or rebuild or folder.uidvalidity is None
+    if not full and _unchanged(folder, state):
+        _finish_folder(job, folder, state)
+        return
+
+    known: dict[int, tuple[str, list[str], int]] = {}
+    with job.transaction() as session:
+        if rebuild:
+            log.info("UIDVALIDITY of %s changed: rebuilding the folder", folder.name)
+            stale = list(session.scalars(select(Message.id).where(Message.folder_id == folder.id)))
+            job.blob_keys.extend(remove_messages(session, stale))
+            job.counts.removed += len(stale)
+            session.execute(
+                update(Folder)
+                .where(Folder.id == folder.id)
+                .values(last_seen_uid=0, highest_modseq=None, uidvalidity=state.uidvalidity)
+            )
+        else:
+            for message_id, uid, flags, pending in session.execute(
+                select(Message.id, Message.uid, Message.flags, Message.pending_changes).where(
+                    Message.folder_id == folder.id, Message.uid.is_not(None)
+                )
+            ):
+                known[uid] = (message_id, flags, pending)
+
+    server_uids: list[int] | None = None
+    if known:
+        if full or not imap.supports_qresync or folder.highest_modseq is None:
+            server_uids = imap.uids()
+            present = set(server_uids)
+            gone = [uid for uid in known if uid not in present]
+        else:
+            gone = imap.vanished_since(folder.highest_modseq, known)
+        if gone:
+            with job.transaction() as session:
+                job.blob_keys.extend(remove_messages(session, [known[uid][0] for uid in gone]))
+            job.counts.removed += len(gone)
+            for uid in gone:
+                del known[uid]
+
+    if known:
+        if full or folder.highest_modseq is None:
+            changed = imap.flags()
+        else:
+            changed, _ = imap.changed_since(folder.highest_modseq)
+        _apply_flags(job, folder, known, changed)
+
+    if full:
+        if server_uids is None:
+            server_uids = imap.uids()
+        new_uids = [uid for uid in server_uids if uid not in known]
+    else:
+        new_uids = imap.uids_above(folder.last_seen_uid)
+        new_uids = [uid for uid in new_uids if uid not in known]
+    if new_uids:
+        _fetch_new(job, imap, folder, new_uids, progress)
+    _finish_folder(job, folder, state)
+
+
+def _unchanged(folder: LocalFolder, state: FolderState) -> bool:
+    return (
+        state.highestmodseq is not None
+        and folder.highest_modseq == state.highestmodseq
+        and folder.uidnext == state.uidnext
+        and folder.uidvalidity == state.uidvalidity
+    )
+
+
+def _apply_flags(
+    job: SyncJob,
+    folder: LocalFolder,
+    known: dict[int, tuple[str, list[str], int]],
+    changed: dict[int, tuple[str, ...]],
+) -> None:
+    updates: list[tuple[str, FlagState]] = []
+    for uid, flags in changed.items():
+        entry = known.get(uid)
+        if entry is None:
+            continue  # new mail; fetched below
+        message_id, stored, pending = entry
+        if pending:
+            continue  # a local change is still being written to the server; it wins
+        state = FlagState.of(flags)
+        if state.flags != sorted(stored):
+            updates.append((message_id, state))
+    if not updates:
+        return
+    in_spam = folder.type == "spam"
+    with job.transaction() as session:
+        for message_id, state in updates:
+            session.execute(
+                update(Message)
+                .where(Message.id == message_id, Message.pending_changes == 0)
+                .values(**state.columns(in_spam_folder=in_spam), updated_at=now_ms())
+            )
+    job.counts.updated += len(updates)
+
+
+def _fetch_new(
+    job: SyncJob,
+    imap: ImapSession,
+    folder: LocalFolder,
+    uids: list[int],
+    progress: Callable[[float], None],
+) -> None:
+    target = FolderTarget(
+        tenant_id=job.tenant_id,
+        account_id=job.account_id,
+        folder_id=folder.id,
+        folder_name=folder.name,
+        is_spam=folder.type == "spam",
+    )
+    done = 0
+    for batch in _batches(imap.fetch(uids, batch_size=job.batch_size), job.batch_size):
+        items = [_incoming(message) for message in batch]
+        highest = max(message.uid for message in batch)
+        with job.transaction() as session:
+            outcome = job.store.add_batch(session, target, items)
+            session.execute(
+                update(Folder)
+                .where(Folder.id == folder.id, Folder.last_seen_uid < highest)
+                .values(last_seen_uid=highest)
+            )
+        job.counts.added += outcome.added
+        job.counts.skipped.extend(outcome.skipped)
+        done += len(batch)
+        progress(done / len(uids))
+
+
+def _incoming(message: FetchedMessage) -> Incoming:
+    return Incoming(
+        parsed=parse_message(message.raw),
+        size=message.size,
+        flags=message.flags,
+        received_at=message.internaldate,
+        uid=message.uid,
+        modseq=message.modseq,
+    )
+
+
+def _batches(messages: Iterator[FetchedMessage], size: int) -> Iterator[list[FetchedMessage]]:
+    batch: list[FetchedMessage] = []
+    batch_bytes = 0
+    for message in messages:
+        batch.append(message)
+        batch_bytes += len(message.raw)
+        if len(batch) >= size or batch_bytes >= MAX_BATCH_BYTES:
+            yield batch
+            batch, batch_bytes = [], 0
+    if batch:
+        yield batch
+
+
+def _finish_folder(job: SyncJob, folder: LocalFolder, state: FolderState) -> None:
+    with job.transaction() as session:
+        session.execute(
+            update(Folder)
+            .where(Folder.id == folder.id)
+            .values(
+                uidvalidity=state.uidvalidity,
+                uidnext=state.uidnext,
+                highest_modseq=state.highestmodseq,
+                synced_at=now_ms(),
+            )
+        )
+        refresh_counts(session, folder.id)

@@ -1,0 +1,131 @@
+"""Background tasks: the row a job reports into, and what callers read of it.
+
+A task row is created in the request's transaction together with the job that will run
+it; the job is sent after commit. Workers then move the row through
+``pending → started → (retry →)* success | failure``, each step in a short transaction
+of its own so the API sees progress while the job runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+
+from db.models import Task, new_id, now_ms
+from email_service.errors import TaskNotFound
+from email_service.runtime import Runtime
+from email_service.scope import Scope
+from email_service.services import present
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("pending", "started", "retry")
+FINISHED = ("success", "failure")
+# A task is "stuck" when it neither started nor reported anything for this long; a new
+# request then replaces it instead of waiting for it forever (a lost enqueue, say).
+STALE_AFTER_MS = 15 * 60 * 1000
+
+
+def queue_task(
+    scope: Scope,
+    kind: str,
+    actor: str,
+    *,
+    account_id: str | None,
+    payload: dict[str, Any],
+    idempotency_key: str | None = None,
+) -> Task:
+    """Create the task row and arrange for its job to be sent once the row is committed."""
+    task_id = new_id()
+    job = scope.runtime.jobs.prepare(actor, task_id, tenant_id=str(scope.caller.tenant_id))
+    row = Task(
+        id=task_id,
+        tenant_id=scope.caller.tenant_id,
+        user_id=scope.caller.user_id,
+        account_id=account_id,
+        kind=kind,
+        status="pending",
+        progress=0,
+        payload=payload,
+        idempotency_key=idempotency_key,
+    )
+    scope.session.add(row)
+    scope.session.flush()
+    scope.after_commit(job.send)
+    return row
+
+
+def is_active(row: Task | None, now: int | None = None) -> bool:
+    """Whether ``row`` is still going (and not stuck)."""
+    if row is None or row.status not in ACTIVE:
+        return False
+    return (now or now_ms()) - row.updated_at < STALE_AFTER_MS
+
+
+def get_task(scope: Scope, task_id: str) -> dict[str, Any]:
+    """The caller's task ``task_id``. Raises ``TaskNotFound`` for anyone else's."""
+    row = scope.session.scalars(
+        select(Task).where(
+            Task.id == task_id,
+            Task.tenant_id == scope.caller.tenant_id,
+            Task.user_id == scope.caller.user_id,
+        )
+    ).one_or_none()
+    if row is None:
+        raise TaskNotFound(task_id)
+    return present.task(row)
+
+
+class TaskReport:
+    """How a running job writes its progress and outcome into its task row.
+
+    Every method commits at once, in a transaction of its own, so that a failure of
+    the job's own work can never roll back what it reported.
+    """
+
+    def __init__(self, runtime: Runtime, tenant_id: uuid.UUID, task_id: str) -> None:
+        self.runtime = runtime
+        self.tenant_id = tenant_id
+        self.task_id = task_id
+        self._progress = -1
+
+    def load(self) -> Task | None:
+        with self.runtime.db.transaction(self.tenant_id) as session:
+            return session.get(Task, self.task_id)
+
+    def _update(self, **values: Any) -> None:
+        with self.runtime.db.transaction(self.tenant_id) as session:
+            row = session.get(Task, self.task_id, with_for_update=True)
+            if row is None:
+                return
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.updated_at = now_ms()
+
+    def started(self, attempt: int) -> None:
+        self._update(
+            status="started", attempts=attempt + 1, started_at=now_ms(), error=None, progress=0
+        )
+        self._progress = 0
+
+    def progress(self, percent: float) -> None:
+        """Record progress (0-100); only whole-percent changes reach the database."""
+        value = max(0, min(99, int(percent)))
+        if value != self._progress:
+            self._progress = value
+            self._update(progress=value)
+
+    def succeeded(self, result: dict[str, Any] | None) -> None:
+        self._update(status="success", progress=100, result=result, finished_at=now_ms())
+
+    def retrying(self, error: str) -> None:
+        self._update(status="retry", error=error)
+
+    def failed(self, error: str, result: dict[str, Any] | None = None) -> None:
+        values: dict[str, Any] = {"status": "failure", "error": error, "finished_at": now_ms()}
+        if result is not None:
+            values["result"] = result
+        self._update(**values)

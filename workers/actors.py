@@ -1,0 +1,52 @@
+"""Dramatiq actors: thin, idempotent, ids in; the work happens in ``email_service``."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import dramatiq
+from dramatiq.middleware import CurrentMessage
+
+from email_service.jobs import Attempt, RetryLater
+from email_service.runtime import Runtime
+from email_service.services import sync
+
+
+def _attempt(max_retries: int) -> Attempt:
+    message = CurrentMessage.get_current_message()
+    number = int(message.options.get("retries", 0)) if message is not None else 0
+    return Attempt(number=number, last=number >= max_retries)
+
+
+def declare_actors(
+    broker: dramatiq.Broker, runtime: Runtime
+) -> dict[str, dramatiq.Actor[Any, Any]]:
+    """Bind this service's actors to ``broker``, working against ``runtime``."""
+    settings = runtime.settings
+    max_retries = settings.task_max_retries
+
+    def retry_when(retries: int, exc: BaseException) -> bool:
+        # Services raise RetryLater after recording why; anything else is a bug that
+        # another run would only repeat (the task row says "failure" in that case).
+        return isinstance(exc, RetryLater) and retries < max_retries
+
+    options: dict[str, Any] = {
+        "broker": broker,
+        "retry_when": retry_when,
+        "min_backoff": settings.task_min_backoff_ms,
+        "max_backoff": settings.task_max_backoff_ms,
+    }
+
+    def sync_account(task_id: str, tenant_id: str) -> None:
+        sync.run_sync(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
+
+    declare = dramatiq.actor
+    return {
+        sync.SYNC_ACTOR: declare(
+            actor_name=sync.SYNC_ACTOR,
+            queue_name="sync",
+            time_limit=settings.sync_time_limit_ms,
+            **options,
+        )(sync_account),
+    }

@@ -1,0 +1,55 @@
+"""The Dramatiq broker and the job queue the services see.
+
+Redis in production (``REDIS_URL``), an in-memory broker on the embedded default. Each
+runtime gets a broker of its own and actors bound to it (no global broker), so a
+process — or a test run — can hold more than one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq.brokers.stub import StubBroker
+from dramatiq.middleware import CurrentMessage, default_middleware
+
+from email_service.config import Settings
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    middleware = [m() for m in default_middleware] + [CurrentMessage()]
+    if settings.redis_url:
+        from dramatiq.brokers.redis import RedisBroker
+
+        return RedisBroker(
+            url=settings.redis_url, namespace=settings.queue_namespace, middleware=middleware
+        )
+    return StubBroker(middleware=middleware)
+
+
+@dataclass(frozen=True)
+class _Job:
+    broker: dramatiq.Broker
+    message: dramatiq.Message[Any]
+
+    @property
+    def job_id(self) -> str:
+        return str(self.message.message_id)
+
+    def send(self) -> None:
+        self.broker.enqueue(self.message)
+
+
+class DramatiqJobs:
+    """``email_service.jobs.JobQueue`` on a Dramatiq broker."""
+
+    def __init__(self, broker: dramatiq.Broker, actors: dict[str, dramatiq.Actor[Any, Any]]):
+        self.broker = broker
+        self.actors = actors
+
+    def prepare(self, actor: str, task_id: str, **kwargs: Any) -> _Job:
+        message = self.actors[actor].message_with_options(kwargs={"task_id": task_id, **kwargs})
+        # The task row's id is the message id: stable across retries, and what the
+        # worker is handed back.
+        return _Job(self.broker, message.copy(message_id=task_id))
