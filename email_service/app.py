@@ -8,11 +8,13 @@ from typing import Any
 
 import yaml
 from connexion import FlaskApp
+from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
 from email_service.config import Settings, load_settings
 from email_service.runtime import Runtime, build_runtime, set_runtime
 from email_service.web import errors
+from email_service.web.middleware import ObservabilityMiddleware
 from email_service.web.resolver import OperationResolver
 from email_service.web.validation import validator_map
 
@@ -57,6 +59,10 @@ def create_app(
     )
     errors.install(app)
     errors.set_routes(spec["paths"])
+    # Outermost, so error responses get the request id too and /metrics skips auth.
+    app.add_middleware(
+        ObservabilityMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, spec=spec
+    )
     return app
 
 

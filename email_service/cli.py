@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import shutil
 import sys
+import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from email_service.config import Settings, load_settings
 
@@ -25,17 +30,54 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url is None:
         # The embedded default has nobody to run migrations for it.
         _migrate(settings)
-    uvicorn.run(
-        "email_service.app:create_app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=settings.log_level.lower(),
-        timeout_graceful_shutdown=args.graceful_timeout,
-        access_log=False,
-    )
+    with _metrics_multiprocess_dir(args.workers):
+        uvicorn.run(
+            "email_service.app:create_app_from_env",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_level=settings.log_level.lower(),
+            # Keep our handler (JSON, redaction, request ids) for uvicorn's records too.
+            log_config=None,
+            timeout_graceful_shutdown=args.graceful_timeout,
+            access_log=False,  # email_service.web.middleware writes the access log
+        )
     return 0
+
+
+PROMETHEUS_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def _metrics_multiprocess_dir(workers: int) -> Iterator[None]:
+    """Give the server processes one prometheus-client multiprocess directory.
+
+    With several processes each would otherwise count only its own requests, and a
+    scrape would see whichever process answered it. An operator-provided directory is
+    emptied of the previous run's files (as prometheus-client requires); without one,
+    N > 1 workers get a temporary directory, removed on exit. The variable must be set
+    before the server processes start and import ``email_service.metrics``, so this
+    process does not import prometheus-client at all.
+    """
+    configured = os.environ.get(PROMETHEUS_MULTIPROC_DIR)
+    if configured:
+        directory = Path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink()
+        yield
+        return
+    if workers <= 1:
+        yield
+        return
+    directory = Path(tempfile.mkdtemp(prefix="email-service-metrics-"))
+    os.environ[PROMETHEUS_MULTIPROC_DIR] = str(directory)
+    try:
+        yield
+    finally:
+        del os.environ[PROMETHEUS_MULTIPROC_DIR]
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _migrate(settings: Settings) -> None:

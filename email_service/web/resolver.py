@@ -14,6 +14,11 @@ def snake_case(name: str) -> str:
     return _CAMEL_BOUNDARY.sub("_", name).lower()
 
 
+def handler_name(tag: str, operation_id: str) -> str:
+    """The dotted name of the function serving ``operation_id`` (first tag ``tag``)."""
+    return f"handlers.{snake_case(tag)}.{snake_case(operation_id)}"
+
+
 class OperationResolver(Resolver):
     """``listAccounts`` tagged ``Accounts`` resolves to ``handlers.accounts.list_accounts``."""
 
@@ -21,5 +26,4 @@ class OperationResolver(Resolver):
         tags = operation._operation.get("tags") or []
         if not tags:
             raise ValueError(f"operation {operation.operation_id} has no tag to find its module")
-        module = snake_case(tags[0])
-        return f"handlers.{module}.{snake_case(operation.operation_id)}"
+        return handler_name(tags[0], operation.operation_id)

@@ -1,0 +1,203 @@
+"""Prometheus metrics of the service, and the small functions that record them.
+
+Every process of the service - API server processes, Dramatiq workers, the scheduler -
+imports this module and records through the ``observe_*`` helpers below; nothing else
+touches the metric objects. The HTTP metrics are recorded by
+``email_service.web.middleware``; the task, sync and SMTP helpers are for the job code.
+
+Label values are a small fixed set (the contract's operation ids and enums), never ids,
+addresses or paths: each distinct value is a time series kept forever by Prometheus.
+The helpers raise ``ValueError`` for a value outside that set, which tests catch.
+
+Several processes: prometheus-client's multiprocess mode is on when
+``PROMETHEUS_MULTIPROC_DIR`` is set *before this module is first imported* (the metric
+objects pick their storage at creation). Each process then writes its values to files
+there and :func:`exposition` adds them up, so any one process answers for all of them.
+``email-service serve --workers N`` (N > 1) sets the variable up itself (and empties a
+directory an operator set), before any server process imports this module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, get_args
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from email_service.mail.errors import (
+    MailAuthError,
+    MailError,
+    SmtpPermanentError,
+    SmtpTransientError,
+)
+from email_service.mail.smtp import SmtpResult
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# The contract's enums (TaskStatusResponse.kind / .status).
+TaskKind = Literal["sync", "send", "draft", "flags"]
+TaskStatus = Literal["pending", "started", "success", "failure", "retry"]
+# How one SMTP submission ended (email_service.mail.smtp.send and its exceptions).
+SmtpOutcome = Literal[
+    "sent",  # every recipient accepted
+    "partial",  # accepted for some recipients, refused for others
+    "transient_error",  # 4xx reply, network failure or timeout: will be retried
+    "permanent_error",  # 5xx reply: the message was rejected
+    "auth_error",  # the server refused the account's credentials
+    "blocked",  # the outbound connection guard refused the destination
+]
+
+TASK_KINDS: frozenset[str] = frozenset(get_args(TaskKind))
+TASK_STATUSES: frozenset[str] = frozenset(get_args(TaskStatus))
+SMTP_OUTCOMES: frozenset[str] = frozenset(get_args(SmtpOutcome))
+
+#: ``operation`` label of requests that matched no operation of the spec (unknown
+#: routes, the Swagger UI, /openapi.json): the path itself would be unbounded.
+UNROUTED = "unrouted"
+
+_HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A sync fetches a whole folder in batches: seconds to an hour.
+_SYNC_BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+
+HTTP_REQUESTS = Counter(
+    "email_service_http_requests",
+    "HTTP requests answered, by the spec's operationId and response status.",
+    ["operation", "status"],
+)
+HTTP_REQUEST_DURATION = Histogram(
+    "email_service_http_request_duration_seconds",
+    "Time from receiving a request to handing over the last byte of its response.",
+    ["operation"],
+    buckets=_HTTP_BUCKETS,
+)
+TASKS = Counter(
+    "email_service_tasks",
+    "Background task state changes, by task kind and the status entered.",
+    ["kind", "status"],
+)
+SYNC_DURATION = Histogram(
+    "email_service_sync_duration_seconds",
+    "Duration of completed mailbox syncs.",
+    buckets=_SYNC_BUCKETS,
+)
+MESSAGES_SYNCED = Counter(
+    "email_service_messages_synced",
+    "Messages stored or updated by mailbox syncs.",
+)
+SMTP_RESULTS = Counter(
+    "email_service_smtp_results",
+    "Outcomes of SMTP submissions.",
+    ["result"],
+)
+RATE_LIMIT_STORE_ERRORS = Counter(
+    "email_service_rate_limit_store_errors",
+    "Requests admitted uncounted because the rate limit store (Redis) failed.",
+)
+
+
+def _check(value: str, allowed: frozenset[str], what: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {sorted(allowed)}, not {value!r}")
+    return value
+
+
+def observe_request(operation: str | None, status: int, duration_s: float) -> None:
+    """Record one answered HTTP request (called by the web middleware only).
+
+    ``operation`` is the spec's operationId, or ``None`` when the request matched none
+    (recorded as :data:`UNROUTED`).
+    """
+    label = operation or UNROUTED
+    HTTP_REQUESTS.labels(operation=label, status=str(status)).inc()
+    HTTP_REQUEST_DURATION.labels(operation=label).observe(max(duration_s, 0.0))
+
+
+def observe_task(kind: TaskKind | str, status: TaskStatus | str) -> None:
+    """Count a task entering ``status``: call it wherever a task row's status changes.
+
+    ``kind`` is one of ``sync, send, draft, flags`` and ``status`` one of ``pending,
+    started, success, failure, retry`` (the contract's enums). Raises ``ValueError`` for
+    anything else.
+    """
+    TASKS.labels(
+        kind=_check(kind, TASK_KINDS, "task kind"),
+        status=_check(status, TASK_STATUSES, "task status"),
+    ).inc()
+
+
+def observe_sync(duration_s: float, messages: int) -> None:
+    """Record one finished mailbox sync: how long it took and how many messages it stored.
+
+    ``messages`` counts messages added or updated (0 is fine). Raises ``ValueError`` for
+    a negative duration or count.
+    """
+    if duration_s < 0 or messages < 0:
+        raise ValueError("sync duration and message count cannot be negative")
+    SYNC_DURATION.observe(duration_s)
+    MESSAGES_SYNCED.inc(messages)
+
+
+def observe_smtp(result: SmtpOutcome | str) -> None:
+    """Count one SMTP submission by how it ended (see :data:`SmtpOutcome`).
+
+    :func:`smtp_outcome` turns what ``email_service.mail.smtp.send`` returned or raised
+    into the value: ``observe_smtp(smtp_outcome(result_or_exception))``. Raises
+    ``ValueError`` for a value outside :data:`SmtpOutcome`.
+    """
+    SMTP_RESULTS.labels(result=_check(result, SMTP_OUTCOMES, "SMTP result")).inc()
+
+
+def observe_rate_limit_store_error() -> None:
+    """Count one request admitted without counting because the limiter's store failed."""
+    RATE_LIMIT_STORE_ERRORS.inc()
+
+
+def smtp_outcome(outcome: SmtpResult | MailError) -> SmtpOutcome:
+    """Classify what ``mail.smtp.send`` returned (an ``SmtpResult``) or raised.
+
+    The connection guard's refusal is not a mail error (the guard picks its exception):
+    the code that catches it records ``observe_smtp("blocked")`` itself. Raises
+    ``TypeError`` for anything that is neither an ``SmtpResult`` nor a mail error.
+    """
+    if isinstance(outcome, SmtpResult):
+        return "partial" if outcome.refused else "sent"
+    if isinstance(outcome, MailAuthError):
+        return "auth_error"
+    if isinstance(outcome, SmtpPermanentError):
+        return "permanent_error"
+    if isinstance(outcome, SmtpTransientError):
+        return "transient_error"
+    raise TypeError(f"not an SMTP outcome: {type(outcome).__name__}")
+
+
+def multiprocess_dir() -> Path | None:
+    """The multiprocess directory of this process, or None in single-process mode."""
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def registry() -> CollectorRegistry:
+    """The registry to expose: every process's values in multiprocess mode, else ours.
+
+    In multiprocess mode a fresh registry is built per call, as prometheus-client
+    prescribes (a collector registered on the global registry would be exported twice).
+    """
+    directory = multiprocess_dir()
+    if directory is None:
+        return REGISTRY
+    aggregate = CollectorRegistry()
+    MultiProcessCollector(aggregate, path=str(directory))
+    return aggregate
+
+
+def exposition(accept: str | None = None) -> tuple[bytes, str]:
+    """The metrics as ``(body, content type)``, in the format the ``Accept`` header asks.
+
+    Without a recognised ``Accept`` this is the Prometheus text format 0.0.4, which
+    every Prometheus version scrapes.
+    """
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry()), content_type
