@@ -91,6 +91,7 @@ class TaskReport:
         self.tenant_id = tenant_id
         self.task_id = task_id
         self._progress = -1
+        self._result: dict[str, Any] | None = None
 
     def load(self) -> Task | None:
         with self.runtime.db.transaction(self.tenant_id) as session:
@@ -111,18 +112,31 @@ class TaskReport:
         )
         self._progress = 0
 
-    def progress(self, percent: float) -> None:
-        """Record progress (0-100); only whole-percent changes reach the database."""
+    def progress(self, percent: float, result: dict[str, Any] | None = None) -> None:
+        """Record progress (0-100) and, optionally, the result so far.
+
+        Only changes reach the database. A job that keeps its partial result here can
+        resume its counts if it is cut off (a worker dying, say) and runs again.
+        """
         value = max(0, min(99, int(percent)))
-        if value != self._progress:
-            self._progress = value
-            self._update(progress=value)
+        if value == self._progress and (result is None or result == self._result):
+            return
+        self._progress = value
+        values: dict[str, Any] = {"progress": value}
+        if result is not None:
+            self._result = result
+            values["result"] = result
+        self._update(**values)
 
     def succeeded(self, result: dict[str, Any] | None) -> None:
         self._update(status="success", progress=100, result=result, finished_at=now_ms())
 
-    def retrying(self, error: str) -> None:
-        self._update(status="retry", error=error)
+    def retrying(self, error: str, result: dict[str, Any] | None = None) -> None:
+        """The job will run again; ``result`` keeps what this attempt achieved."""
+        values: dict[str, Any] = {"status": "retry", "error": error}
+        if result is not None:
+            values["result"] = result
+        self._update(**values)
 
     def failed(self, error: str, result: dict[str, Any] | None = None) -> None:
         values: dict[str, Any] = {"status": "failure", "error": error, "finished_at": now_ms()}

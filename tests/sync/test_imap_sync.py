@@ -138,9 +138,7 @@ def test_first_sync_mirrors_folders_messages_flags_and_threads(
         if expected["html_snippet"]:
             assert expected["html_snippet"] in (full["bodyHtml"] or ""), name
         names = sorted(a["filename"] for a in full["attachments"])
-        wanted = sorted(
-            a["filename"] for a in expected["attachments"] + expected.get("inline", [])
-        )
+        wanted = sorted(a["filename"] for a in expected["attachments"] + expected.get("inline", []))
         if not expected.get("broken"):
             assert names == wanted, name
         assert len(full["preview"]) <= 200
@@ -195,7 +193,10 @@ def test_attachments_download_byte_identical_through_api_and_presigned_url(
         assert "X-Amz-Signature=" in url and "X-Amz-Expires=3600" in url
         with urllib.request.urlopen(url, timeout=10) as blob:
             data = blob.read()
-        assert hashlib.sha256(data).digest() == hashlib.sha256(originals[attachment["filename"]]).digest()
+        assert (
+            hashlib.sha256(data).digest()
+            == hashlib.sha256(originals[attachment["filename"]]).digest()
+        )
 
 
 def test_second_sync_shows_new_mail_flag_changes_expunges_and_deleted_folders(
@@ -269,7 +270,9 @@ def test_uidvalidity_change_rebuilds_the_folder(
     for name in ("plain_ascii", "utf8_qp", "latin1_qp"):
         dovecot.append(mailbox.user, "Archive", samples[name])
     assert sync(api, mailbox)["result"]["messagesAdded"] == 3
-    status = dovecot.doveadm("mailbox", "status", "-u", mailbox.user.email, "uidvalidity", "Archive")
+    status = dovecot.doveadm(
+        "mailbox", "status", "-u", mailbox.user.email, "uidvalidity", "Archive"
+    )
     uidvalidity = int(status.split("=")[1])
     dovecot.doveadm(
         "mailbox", "update", "-u", mailbox.user.email, "--uid-validity", str(uidvalidity + 7),

@@ -26,7 +26,7 @@ from email_service.runtime import Runtime
 from email_service.scope import Scope
 from email_service.services import tasks
 from email_service.services.accounts import account_endpoint, load_account
-from email_service.services.sync.base import SyncJob
+from email_service.services.sync.base import SyncCounts, SyncJob
 from email_service.services.sync.imap_sync import sync_imap
 from email_service.services.sync.pop3_sync import sync_pop3
 from email_service.services.sync.store import MessageStore, delete_blobs
@@ -129,7 +129,10 @@ def _run_locked(
         force=bool(task.payload.get("force")),
         only_folders=frozenset(folders) if folders else None,
         batch_size=runtime.settings.sync_batch_size,
-        progress=report.progress,
+        progress=lambda percent: report.progress(percent, job.counts.result()),
+        # Messages stored by an attempt that was cut off (a retry, or a worker that died
+        # while the task was "started") stay counted; folders are counted afresh.
+        counts=SyncCounts.resume(task.result if task.status in ("retry", "started") else None),
     )
     began = time.monotonic()
     success = False
@@ -149,7 +152,7 @@ def _run_locked(
             log.warning("sync of account %s failed: %s", account.id, reason)
         transient = isinstance(exc, MailError) and exc.transient
         if transient and not attempt.last:
-            report.retrying(reason)
+            report.retrying(reason, job.counts.result())
             raise RetryLater(reason) from exc
         report.failed(reason, job.counts.result())
     else:

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -24,6 +25,22 @@ class SyncCounts:
     removed: int = 0
     folders: int = 0
     skipped: list[Skipped] = field(default_factory=list)
+
+    @classmethod
+    def resume(cls, result: dict[str, Any] | None) -> SyncCounts:
+        """Counts to continue from: what earlier, cut-off attempts of the task stored."""
+        if not result:
+            return cls()
+        skipped = [
+            Skipped(str(e.get("folder", "")), str(e.get("reason", "")), e.get("uid"), e.get("uidl"))
+            for e in result.get("skipped", [])
+        ]
+        return cls(
+            added=int(result.get("messagesAdded", 0)),
+            updated=int(result.get("messagesUpdated", 0)),
+            removed=int(result.get("messagesRemoved", 0)),
+            skipped=skipped,
+        )
 
     def result(self) -> dict[str, object]:
         result: dict[str, object] = {

@@ -102,6 +102,9 @@ def sync_folder(
             gone = [uid for uid in known if uid not in present]
         else:
             gone = imap.vanished_since(folder.highest_modseq, known)
+        # A row with a change still to be written stays until that job has run (it may
+        # be moving the message right now); the next sync removes it if it is gone.
+        gone = [uid for uid in gone if not known[uid][2]]
         if gone:
             with job.transaction() as session:
                 job.blob_keys.extend(remove_messages(session, [known[uid][0] for uid in gone]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import ColumnElement, exists, or_, select
+from sqlalchemy import BigInteger, ColumnElement, cast, exists, literal, or_, select
 
 from db.models import Account, Task, now_ms
 from email_service import locks
@@ -21,17 +21,19 @@ SCHEDULER_LOCK = "scheduler:tick"
 
 
 def _due_condition(now: int) -> tuple[ColumnElement[bool], ...]:
-    interval_ms = Account.sync_interval * 1000
+    # Milliseconds since 1970 need 64 bits; so does the arithmetic on them.
+    interval_ms = cast(Account.sync_interval, BigInteger) * 1000
+    moment = literal(now, BigInteger)
     recent_task = exists().where(
         Task.account_id == Account.id,
         Task.kind == "sync",
-        Task.created_at > now - interval_ms,
+        Task.created_at > moment - interval_ms,
     )
     return (
         Account.deleted_at.is_(None),
         Account.is_enabled.is_(True),
         Account.is_sync_enabled.is_(True),
-        or_(Account.last_sync_at.is_(None), Account.last_sync_at + interval_ms <= now),
+        or_(Account.last_sync_at.is_(None), Account.last_sync_at + interval_ms <= moment),
         # A sync that failed (a wrong password, say) is not retried before the interval
         # has passed again: the scheduler must not hammer a server with bad logins.
         ~recent_task,
