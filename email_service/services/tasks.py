@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from db.models import Task, new_id, now_ms
+from email_service import metrics
 from email_service.errors import TaskNotFound
 from email_service.runtime import Runtime
 from email_service.scope import Scope
@@ -55,6 +56,7 @@ def queue_task(
     scope.session.add(row)
     scope.session.flush()
     scope.after_commit(job.send)
+    scope.after_commit(lambda: metrics.observe_task(kind, "pending"))
     return row
 
 
@@ -105,6 +107,9 @@ class TaskReport:
             for name, value in values.items():
                 setattr(row, name, value)
             row.updated_at = now_ms()
+            kind = row.kind
+        if "status" in values:
+            metrics.observe_task(kind, values["status"])
 
     def started(self, attempt: int) -> None:
         self._update(

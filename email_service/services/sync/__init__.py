@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import update
 
 from db.models import Account, Task, now_ms
-from email_service import locks
+from email_service import locks, metrics
 from email_service.crypto import DecryptionError
 from email_service.jobs import Attempt, RetryLater
 from email_service.mail.errors import MailAuthError, MailError
@@ -158,12 +158,9 @@ def _run_locked(
     else:
         success = True
         report.succeeded(job.counts.result())
-        log.info(
-            "synced account %s in %.1fs: %s",
-            account.id,
-            time.monotonic() - began,
-            job.counts.result(),
-        )
+        took = time.monotonic() - began
+        metrics.observe_sync(took, job.counts.added + job.counts.updated)
+        log.info("synced account %s in %.1fs: %s", account.id, took, job.counts.result())
     finally:
         store.close()
         delete_blobs(runtime.blobs, job.blob_keys)
