@@ -118,6 +118,64 @@ def cmd_rotate_keys(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _wait_for_signal() -> None:
+    """Block until SIGTERM or SIGINT (the process manager asks us to stop)."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        pass
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import workers
+    from email_service.runtime import build_runtime
+
+    if settings.embedded:
+        log.error("the worker needs REDIS_URL: on the embedded default the API runs the jobs")
+        return 2
+    runtime = build_runtime(settings)
+    jobs = workers.install(runtime)
+    worker = workers.start_worker(jobs, args.threads)
+    log.info("worker running with %d thread(s)", args.threads)
+    try:
+        _wait_for_signal()
+    finally:
+        # Jobs still running are left unacknowledged and go back to the queue, where
+        # another worker picks them up; sync and send are safe to run again.
+        log.info("worker stopping")
+        worker.stop(timeout=args.stop_timeout * 1000)
+        runtime.close()
+    return 0
+
+
+def cmd_scheduler(_args: argparse.Namespace, settings: Settings) -> int:
+    import threading
+
+    import workers
+    from email_service.runtime import build_runtime
+    from workers.scheduler import run_scheduler
+
+    if settings.embedded:
+        log.error("the scheduler needs REDIS_URL: on the embedded default the API runs it")
+        return 2
+    runtime = build_runtime(settings)
+    workers.install(runtime)
+    stop = threading.Event()
+    thread = threading.Thread(target=run_scheduler, args=(runtime, stop), name="scheduler")
+    thread.start()
+    try:
+        _wait_for_signal()
+    finally:
+        stop.set()
+        thread.join()
+        runtime.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="email-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -145,6 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     rotate = commands.add_parser("rotate-keys", help="re-encrypt credentials with the primary key")
     rotate.set_defaults(handler=cmd_rotate_keys)
+
+    worker = commands.add_parser("worker", help="run background jobs (sync, send)")
+    worker.add_argument("--threads", type=int, default=4, help="jobs run at the same time")
+    worker.add_argument(
+        "--stop-timeout", type=int, default=25, help="seconds to let running jobs finish"
+    )
+    worker.set_defaults(handler=cmd_worker)
+
+    scheduler = commands.add_parser("scheduler", help="queue syncs as their interval passes")
+    scheduler.set_defaults(handler=cmd_scheduler)
     return parser
 
 
