@@ -27,7 +27,16 @@ lint: $(VENV)/.test-installed
 typecheck: $(VENV)/.test-installed
 	$(BIN)/mypy
 
-pytest: $(VENV)/.test-installed
+pytest: $(VENV)/.test-installed sdk
 	$(BIN)/python -m pytest
+
+# Client SDKs (README, "Client SDKs"): sdk-tools installs the pinned generators when their
+# pins change; sdk generates client-sdks/ from openapi/openapi.yaml, which tests/sdk drive.
+.PHONY: sdk sdk-tools
+sdk-tools:
+	PYTHON=$(PYTHON) scripts/sdk.sh tools
+
+sdk: sdk-tools
+	PYTHON=$(PYTHON) scripts/sdk.sh generate
 
 test: lint typecheck pytest
