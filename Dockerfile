@@ -5,7 +5,7 @@
 #
 #   docker build -t email-service:dev .
 #   docker run --rm -p 5000:5000 email-service:dev            # API on :5000
-#   docker run --rm email-service:dev worker --processes 1    # Dramatiq worker
+#   docker run --rm -e REDIS_URL=... email-service:dev worker  # background jobs
 #
 # Configuration comes from the environment only; nothing secret is baked in.
 

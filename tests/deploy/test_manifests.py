@@ -354,13 +354,29 @@ def test_api_service_and_pdb_select_only_api_pods(rendered: list[Doc]) -> None:
     assert not any(selects(pdb["spec"]["selector"]["matchLabels"], lab) for lab in others)
 
 
-def test_worker_sets_process_count_and_scheduler_runs_alone(rendered: list[Doc]) -> None:
-    # Dramatiq's default is one process per node CPU: far past the memory limit.
-    (worker,) = find(rendered, "Deployment", "worker")["spec"]["template"]["spec"]["containers"]
-    assert worker["args"][0] == "worker" and "--processes" in worker["args"]
+def test_worker_finishes_jobs_within_its_grace_period_and_scheduler_runs_alone(
+    rendered: list[Doc],
+) -> None:
+    worker = find(rendered, "Deployment", "worker")["spec"]["template"]["spec"]
+    (container,) = worker["containers"]
+    args = parse_cli(container["args"])
+    assert args.command == "worker"
+    # SIGKILL comes at the end of the grace period: running jobs get --stop-timeout first.
+    assert args.stop_timeout + 5 <= worker["terminationGracePeriodSeconds"]
     scheduler = find(rendered, "Deployment", "scheduler")
     assert scheduler["spec"]["replicas"] == 1
     assert scheduler["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_prometheus_scrape_annotations_point_at_the_metrics_endpoint(rendered: list[Doc]) -> None:
+    from email_service.web.middleware import METRICS_PATH
+
+    api = find(rendered, "Deployment", "api")
+    annotations = api["spec"]["template"]["metadata"]["annotations"]
+    (container,) = api["spec"]["template"]["spec"]["containers"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == METRICS_PATH
+    assert resolve_port(container, int(annotations["prometheus.io/port"])) == app_port()
 
 
 def _hardening_problems(doc: Doc) -> Iterator[str]:
@@ -498,6 +514,21 @@ def test_compose_api_checks_health_and_other_roles_do_not() -> None:
         assert services[name]["healthcheck"] == {"disable": True}, (
             f"{name} serves no HTTP: the image's /health check would mark it unhealthy"
         )
+
+
+def _seconds(duration: str) -> int:
+    match = re.fullmatch(r"(\d+)s", duration)
+    assert match, f"write compose durations in seconds, not {duration!r}"
+    return int(match.group(1))
+
+
+def test_compose_gives_the_api_and_worker_time_to_finish_on_stop() -> None:
+    # Compose sends SIGKILL 10 s after SIGTERM unless stop_grace_period says otherwise.
+    services = compose()["services"]
+    serve = parse_cli(services["api"]["command"])
+    assert serve.graceful_timeout < _seconds(services["api"]["stop_grace_period"])
+    worker = parse_cli(services["worker"]["command"])
+    assert worker.stop_timeout < _seconds(services["worker"]["stop_grace_period"])
 
 
 def test_compose_publishes_only_the_api_and_dev_ports_on_localhost() -> None:
