@@ -11,12 +11,15 @@ from connexion import FlaskApp
 from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 
+import workers
 from email_service.config import Settings, load_settings
+from email_service.jobs import NoJobQueue
 from email_service.runtime import Runtime, build_runtime, set_runtime
 from email_service.web import errors
 from email_service.web.middleware import ObservabilityMiddleware
 from email_service.web.resolver import OperationResolver
 from email_service.web.validation import validator_map
+from workers.scheduler import start_scheduler_thread
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,8 @@ def create_app(
     """
     if runtime is None:
         runtime = build_runtime(settings or load_settings())
+    if isinstance(runtime.jobs, NoJobQueue):
+        workers.install(runtime)
     set_runtime(runtime)
     spec = load_spec()
 
@@ -72,4 +77,12 @@ def create_app_from_env() -> FlaskApp:
 
     settings = load_settings()
     configure(settings)
-    return create_app(settings)
+    runtime = build_runtime(settings)
+    jobs = workers.install(runtime)
+    app = create_app(runtime=runtime)
+    if settings.embedded:
+        # Nothing else will run the jobs or the scheduler: this process does.
+        workers.start_worker(jobs, settings.embedded_worker_threads)
+        start_scheduler_thread(runtime)
+        log.warning("embedded default: jobs and the scheduler run inside the API process")
+    return app

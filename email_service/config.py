@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     mail_timeout: float = 30.0
 
     task_max_retries: int = 5
+    # Backoff between retries of a failed job grows from the first to the second value.
+    task_min_backoff_ms: int = 5_000
+    task_max_backoff_ms: int = 300_000
+    # Redis key prefix of the job queues, so several deployments can share one Redis.
+    queue_namespace: str = "email-service"
+    # Worker threads of the in-process worker on the embedded default.
+    embedded_worker_threads: int = 2
+    # How often the scheduler looks for accounts whose sync interval has passed.
+    scheduler_tick_seconds: float = 15.0
+    sync_time_limit_ms: int = 3_600_000
     sync_batch_size: int = 500
     presign_ttl_seconds: int = 3600
 

@@ -8,7 +8,6 @@ here by configuration.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ from db.session import Database
 from email_service.blobstore import BlobStore, LocalBlobStore, S3BlobStore
 from email_service.config import Settings
 from email_service.crypto import KeyRing
+from email_service.jobs import JobQueue, NoJobQueue
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,8 @@ class Runtime:
     keyring: KeyRing
     blobs: BlobStore
     redis: Any | None = None
-    # Hooks the worker layer registers so services can queue jobs without importing it.
-    extras: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    # Installed by ``workers.install``; services queue background jobs through it.
+    jobs: JobQueue = field(default_factory=NoJobQueue)
 
     def close(self) -> None:
         self.db.dispose()

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from db.models import Account, new_id, now_ms
 from email_service.crypto import Sealed
 from email_service.errors import AccountNotFound, DuplicateEmail
+from email_service.mail.endpoint import MailEndpoint
 from email_service.runtime import Runtime
 from email_service.scope import Scope
 from email_service.services import present
@@ -45,6 +46,23 @@ def account_password(runtime: Runtime, row: Account) -> str:
     """The account's mail password, decrypted. Raises ``crypto.DecryptionError``."""
     sealed = Sealed(row.password_key_id, row.password_ciphertext)
     return runtime.keyring.decrypt(sealed, credential_context(row))
+
+
+def account_endpoint(runtime: Runtime, row: Account, *, smtp: bool = False) -> MailEndpoint:
+    """How to reach the account's incoming (IMAP/POP3) or, with ``smtp``, outgoing server.
+
+    Decrypts the password; the endpoint keeps it out of its ``repr``.
+    """
+    settings = runtime.settings
+    return MailEndpoint(
+        host=row.smtp_hostname if smtp else row.hostname,
+        port=row.smtp_port if smtp else row.port,
+        encryption=row.smtp_encryption if smtp else row.encryption,  # type: ignore[arg-type]
+        username=row.username,
+        password=account_password(runtime, row),
+        ca_file=settings.mail_ca_file,
+        timeout=settings.mail_timeout,
+    )
 
 
 def load_account(scope: Scope, account_id: str, *, for_update: bool = False) -> Account:
