@@ -483,11 +483,17 @@ def _fast_draft(raw: bytes) -> _Draft | None:
     Address headers it reads differently (comments, groups) are re-read by the stdlib
     one by one, which is far cheaper than handing over the whole message.
     """
-    if raw.startswith(b"From ") or _RFC2231_CONTINUATION.search(raw):
+    if raw.startswith(b"From "):
         return None
     try:
         mail = fast_mail_parser.parse_email(raw)
     except fast_mail_parser.ParseError:
+        return None
+    # A character broken across RFC 2231 pieces comes out as U+FFFD: only then is the
+    # whole message (attachments included) worth scanning for continued parameters.
+    if any("\ufffd" in part.filename for part in mail.attachments) and (
+        _RFC2231_CONTINUATION.search(raw)
+    ):
         return None
     if any(warning.kind not in _FAST_WARNINGS_HANDLED_HERE for warning in mail.warnings):
         return None

@@ -20,15 +20,17 @@ never stores a message twice.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from db.models import Folder, Message, now_ms
 from email_service.mail.imap import FetchedMessage, FolderState, ImapSession
 from email_service.mail.mime import parse_message
 from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
 from email_service.services.sync.folders import LocalFolder, reconcile_folders, refresh_counts
+from email_service.services.sync.pipeline import BatchWriter
 from email_service.services.sync.store import (
     FlagState,
     FolderTarget,
@@ -185,20 +187,23 @@ def _fetch_new(
         is_spam=folder.type == "spam",
     )
     done = 0
-    for batch in _batches(imap.fetch(uids, batch_size=job.batch_size), job.batch_size):
-        items = [_incoming(message) for message in batch]
-        highest = max(message.uid for message in batch)
-        with job.transaction() as session:
-            outcome = job.store.add_batch(session, target, items)
-            session.execute(
-                update(Folder)
-                .where(Folder.id == folder.id, Folder.last_seen_uid < highest)
-                .values(last_seen_uid=highest)
-            )
-        job.counts.added += outcome.added
-        job.counts.skipped.extend(outcome.skipped)
-        done += len(batch)
+
+    def stored(count: int) -> None:
+        nonlocal done
+        done += count
         progress(done / len(uids))
+
+    def mark_seen(session: Session, items: Sequence[Incoming]) -> None:
+        highest = max(item.uid or 0 for item in items)
+        session.execute(
+            update(Folder)
+            .where(Folder.id == folder.id, Folder.last_seen_uid < highest)
+            .values(last_seen_uid=highest)
+        )
+
+    with BatchWriter(job, target, mark_seen, stored) as writer:
+        for batch in _parsed_batches(imap.fetch(uids, batch_size=job.batch_size), job.batch_size):
+            writer.submit(batch)
 
 
 def _incoming(message: FetchedMessage) -> Incoming:
@@ -212,11 +217,12 @@ def _incoming(message: FetchedMessage) -> Incoming:
     )
 
 
-def _batches(messages: Iterator[FetchedMessage], size: int) -> Iterator[list[FetchedMessage]]:
-    batch: list[FetchedMessage] = []
+def _parsed_batches(messages: Iterator[FetchedMessage], size: int) -> Iterator[list[Incoming]]:
+    """Messages parsed as they arrive (their raw bytes dropped at once), in batches."""
+    batch: list[Incoming] = []
     batch_bytes = 0
     for message in messages:
-        batch.append(message)
+        batch.append(_incoming(message))
         batch_bytes += len(message.raw)
         if len(batch) >= size or batch_bytes >= MAX_BATCH_BYTES:
             yield batch

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 # Keywords that mean something to mail clients rather than being a user's labels
 # (RFC 5788 registry names start with "$": $Forwarded, $MDNSent, $Junk, ...).
 _JUNK_KEYWORDS = {"$junk", "junk"}
-_UPLOAD_THREADS = 4
+# S3 uploads are network-bound: several in flight hide each one's round trip.
+_UPLOAD_THREADS = 8
 _CONVERSATION_NAMESPACE = uuid.UUID("5b0e3c0a-7d7e-4d55-9a43-4a3c8f1f2e11")
 
 

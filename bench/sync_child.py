@@ -1,0 +1,98 @@
+"""One sync, run the way a worker runs it, in a process of its own.
+
+``python -m bench.sync_child TENANT USER ACCOUNT [--force]`` prints one JSON line: the
+seconds the job took, the process's peak RSS and the task's result. A process of its
+own gives a clean peak RSS for the worker figure (P4) and a cold start for every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+import uuid
+
+from email_service.config import load_settings
+from email_service.identity import Caller
+from email_service.jobs import Attempt
+from email_service.mail import imap as imap_module
+from email_service.runtime import build_runtime
+from email_service.scope import open_scope
+from email_service.services import sync
+from email_service.services.accounts import load_account
+from email_service.services.tasks import TaskReport
+
+
+class _Unsent:
+    """A job queue that only records: the benchmark runs the job itself, right here."""
+
+    class _Job:
+        def __init__(self, task_id: str) -> None:
+            self.job_id = task_id
+
+        def send(self) -> None:
+            pass
+
+    def prepare(self, actor: str, task_id: str, **kwargs: object) -> _Job:
+        return self._Job(task_id)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("tenant", type=uuid.UUID)
+    parser.add_argument("user", type=uuid.UUID)
+    parser.add_argument("account")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+
+    runtime = build_runtime(load_settings())
+    runtime.jobs = _Unsent()
+    with open_scope(runtime, Caller(args.tenant, args.user)) as scope:
+        account = load_account(scope, args.account, for_update=True)
+        task_id = sync.request_sync(scope, account, force=args.force)["taskId"]
+
+    # Count IMAP commands: every ImapSession this process opens adds its round trips.
+    sessions: list[imap_module.ImapSession] = []
+    original_init = imap_module.ImapSession.__init__
+
+    def counting_init(self: imap_module.ImapSession, *a: object, **k: object) -> None:
+        original_init(self, *a, **k)  # type: ignore[arg-type]
+        sessions.append(self)
+
+    imap_module.ImapSession.__init__ = counting_init  # type: ignore[method-assign]
+
+    began = time.perf_counter()
+    profile_to = os.environ.get("BENCH_PROFILE")
+    if profile_to:
+        import cProfile
+
+        cProfile.runctx(
+            "sync.run_sync(runtime, args.tenant, task_id, Attempt(0, last=True))",
+            globals(),
+            locals(),
+            profile_to,
+        )
+    else:
+        sync.run_sync(runtime, args.tenant, task_id, Attempt(0, last=True))
+    seconds = time.perf_counter() - began
+    task = TaskReport(runtime, args.tenant, task_id).load()
+    assert task is not None
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "status": task.status,
+                "error": task.error,
+                "result": task.result,
+                "round_trips": sum(s.round_trips for s in sessions),
+            }
+        )
+    )
+    runtime.close()
+
+
+if __name__ == "__main__":
+    main()
