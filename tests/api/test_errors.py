@@ -94,8 +94,6 @@ def test_unexpected_error_is_500_without_internals(client, alice: Identity, monk
 @pytest.mark.parametrize(
     "method, path",
     [
-        ("POST", "/api/sync/some-account"),
-        ("GET", "/api/sync/task/some-task"),
         ("PATCH", "/api/some-account/messages/some-message"),
     ],
 )
