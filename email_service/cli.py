@@ -30,6 +30,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url is None:
         # The embedded default has nobody to run migrations for it.
         _migrate(settings)
+    if settings.embedded and args.workers > 1:
+        # Its job queue, scheduler and rate limits live in the memory of one process;
+        # several would each run a scheduler and count requests apart.
+        log.warning("the embedded default serves with one process (set REDIS_URL for more)")
+        args.workers = 1
     with _metrics_multiprocess_dir(args.workers):
         uvicorn.run(
             "email_service.app:create_app_from_env",
