@@ -229,7 +229,9 @@ def p3_list_messages(env: BenchEnv, rows: int, seconds: int, reps: int) -> list[
 
 
 def p4_memory(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    worker = next((row["worker_peak_rss_mib"] for row in rows if "worker_peak_rss_mib" in row), None)
+    worker = next(
+        (row["worker_peak_rss_mib"] for row in rows if "worker_peak_rss_mib" in row), None
+    )
     api = max(_memory.get("api_rss_mib", [0.0]) or [0.0])
     met = api <= 200 and (worker is None or worker <= 300)
     return {

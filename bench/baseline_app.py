@@ -55,7 +55,10 @@ def list_messages(account_id: str, folder_id: str) -> Any:
         names = [column.name for column in cur.description or ()]
         rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
     return jsonify(
-        {"messages": rows, "pagination": {"total": total, "limit": params["l"], "offset": params["o"]}}
+        {
+            "messages": rows,
+            "pagination": {"total": total, "limit": params["l"], "offset": params["o"]},
+        }
     )
 
 

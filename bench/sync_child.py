@@ -1,8 +1,9 @@
 """One sync, run the way a worker runs it, in a process of its own.
 
-``python -m bench.sync_child TENANT USER ACCOUNT [--force]`` prints one JSON line: the
-seconds the job took, the process's peak RSS and the task's result. A process of its
-own gives a clean peak RSS for the worker figure (P4) and a cold start for every run.
+``python -m bench.sync_child TENANT USER ACCOUNT [--force] [--repeat N]`` prints one JSON
+line per sync: the seconds the job took, the process's peak RSS and the task's result.
+A process of its own gives a clean peak RSS for the worker figure (P4); ``--repeat``
+runs further syncs in the same, warmed-up process, as a long-running worker would.
 """
 
 from __future__ import annotations
@@ -45,13 +46,11 @@ def main() -> None:
     parser.add_argument("user", type=uuid.UUID)
     parser.add_argument("account")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="syncs in this one process")
     args = parser.parse_args()
 
     runtime = build_runtime(load_settings())
     runtime.jobs = _Unsent()
-    with open_scope(runtime, Caller(args.tenant, args.user)) as scope:
-        account = load_account(scope, args.account, for_update=True)
-        task_id = sync.request_sync(scope, account, force=args.force)["taskId"]
 
     # Count IMAP commands: every ImapSession this process opens adds its round trips.
     sessions: list[imap_module.ImapSession] = []
@@ -63,34 +62,40 @@ def main() -> None:
 
     imap_module.ImapSession.__init__ = counting_init  # type: ignore[method-assign]
 
-    began = time.perf_counter()
-    profile_to = os.environ.get("BENCH_PROFILE")
-    if profile_to:
-        import cProfile
+    for _ in range(args.repeat):
+        sessions.clear()
+        with open_scope(runtime, Caller(args.tenant, args.user)) as scope:
+            account = load_account(scope, args.account, for_update=True)
+            task_id = sync.request_sync(scope, account, force=args.force)["taskId"]
+        began = time.perf_counter()
+        profile_to = os.environ.get("BENCH_PROFILE")
+        if profile_to:
+            import cProfile
 
-        cProfile.runctx(
-            "sync.run_sync(runtime, args.tenant, task_id, Attempt(0, last=True))",
-            globals(),
-            locals(),
-            profile_to,
+            cProfile.runctx(
+                "sync.run_sync(runtime, args.tenant, task_id, Attempt(0, last=True))",
+                globals(),
+                locals(),
+                profile_to,
+            )
+        else:
+            sync.run_sync(runtime, args.tenant, task_id, Attempt(0, last=True))
+        seconds = time.perf_counter() - began
+        task = TaskReport(runtime, args.tenant, task_id).load()
+        assert task is not None
+        print(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "status": task.status,
+                    "error": task.error,
+                    "result": task.result,
+                    "round_trips": sum(s.round_trips for s in sessions),
+                }
+            ),
+            flush=True,
         )
-    else:
-        sync.run_sync(runtime, args.tenant, task_id, Attempt(0, last=True))
-    seconds = time.perf_counter() - began
-    task = TaskReport(runtime, args.tenant, task_id).load()
-    assert task is not None
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                "status": task.status,
-                "error": task.error,
-                "result": task.result,
-                "round_trips": sum(s.round_trips for s in sessions),
-            }
-        )
-    )
     runtime.close()
 
 

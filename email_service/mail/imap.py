@@ -84,6 +84,7 @@ _SYSTEM_FLAGS = {
 # (RFC 3501 section 9). Anything else would break the command or inject extra flags.
 _KEYWORD_RE = re.compile(r"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+")
 
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9-]+")
 _APPENDUID_RE = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
 _ESEARCH_ALL_RE = re.compile(rb"\bALL ([0-9:,*]+)", re.IGNORECASE)
 _RESPONSE_CODE_RE = re.compile(r"^\[([A-Z-]+)")
@@ -103,6 +104,20 @@ _FETCH_PIPELINE_DEPTH = 2
 
 
 @dataclass(frozen=True)
+class FolderState:
+    """State reported by SELECT/EXAMINE.
+
+    ``highestmodseq`` is ``None`` when the server lacks CONDSTORE or the folder does not
+    keep mod-sequences (``NOMODSEQ``).
+    """
+
+    uidvalidity: int
+    uidnext: int
+    exists: int
+    highestmodseq: int | None
+
+
+@dataclass(frozen=True)
 class RemoteFolder:
     """A folder as listed by the server.
 
@@ -116,20 +131,8 @@ class RemoteFolder:
     flags: tuple[str, ...]
     special_use: str | None
     selectable: bool
-
-
-@dataclass(frozen=True)
-class FolderState:
-    """State reported by SELECT/EXAMINE.
-
-    ``highestmodseq`` is ``None`` when the server lacks CONDSTORE or the folder does not
-    keep mod-sequences (``NOMODSEQ``).
-    """
-
-    uidvalidity: int
-    uidnext: int
-    exists: int
-    highestmodseq: int | None
+    #: The folder's state from LIST-STATUS, when it was asked for and the server has it.
+    status: FolderState | None = None
 
 
 @dataclass(frozen=True)
@@ -443,20 +446,32 @@ class ImapSession:
 
     # ------------------------------------------------------------------ folders
 
-    def list_folders(self) -> list[RemoteFolder]:
+    def list_folders(self, with_status: bool = False) -> list[RemoteFolder]:
         """List every folder, with special-use attributes where the server has them.
 
         Uses ``LIST "" "*" RETURN (SPECIAL-USE)`` when the server supports it (RFC 6154
         with LIST-EXTENDED), else plain ``LIST`` (many servers include the attributes there
-        anyway). Raises the session errors.
+        anyway). With ``with_status`` and a server offering LIST-STATUS (RFC 5819), every
+        folder's UIDVALIDITY, UIDNEXT, message count and HIGHESTMODSEQ come in the same
+        round trip (``RemoteFolder.status``). Raises the session errors.
         """
         imap = self._require_open()
         with self._errors("listing folders"):
             imap.untagged_responses.pop("LIST", None)
+            imap.untagged_responses.pop("STATUS", None)
             args: list[str] = ['""', '"*"']
+            returns: list[str] = []
             if {"SPECIAL-USE", "LIST-EXTENDED"} <= self.capabilities:
-                args += ["RETURN", "(SPECIAL-USE)"]
+                returns.append("SPECIAL-USE")
+            if with_status and "LIST-STATUS" in self.capabilities:
+                items = "UIDVALIDITY UIDNEXT MESSAGES"
+                if self.supports_condstore:
+                    items += " HIGHESTMODSEQ"
+                returns.append(f"STATUS ({items})")
+            if returns:
+                args += ["RETURN", f"({' '.join(returns)})"]
             self._command_ok("listing folders", "LIST", *args)
+            statuses = _parse_statuses(imap.untagged_responses.pop("STATUS", []))
             lines = [x for x in imap.untagged_responses.pop("LIST", []) if x not in (b"", None)]
             folders = []
             parsed = parse_response(lines) if lines else ()
@@ -475,6 +490,7 @@ class ImapSession:
                         flags=flags,
                         special_use=special,
                         selectable=not lowered & {"\\noselect", "\\nonexistent"},
+                        status=statuses.get(name),
                     )
                 )
             return folders
@@ -502,6 +518,22 @@ class ImapSession:
                 if folder.selectable and leaf.lower() == candidate:
                     return folder.name
         return None
+
+    def create_folder(self, name: str) -> None:
+        """Create folder ``name``; a folder that already exists is not an error.
+
+        Raises :class:`MailProtocolError` when the server refuses for another reason.
+        """
+        imap = self._require_open()
+        with self._errors(f"creating folder {name!r}"):
+            typ, data = self._command("CREATE", _folder_arg(name))
+            text = _text(data[-1] if data else b"")
+            if typ != "OK" and "[ALREADYEXISTS]" not in text.upper():
+                raise MailProtocolError(
+                    f"the IMAP server refused to create folder {name!r}: "
+                    f"{redact(text, self._endpoint.password)}"
+                )
+            imap.untagged_responses.pop("LIST", None)
 
     def select(self, name: str, readonly: bool = True) -> FolderState:
         """Open folder ``name`` (EXAMINE when ``readonly``, else SELECT) and return its state.
@@ -564,6 +596,20 @@ class ImapSession:
         if uid < 0:
             raise ValueError("uid must not be negative")
         return [u for u in self._uid_search(f"UID {uid + 1}:*") if u > uid]
+
+    def uids_with_header(self, name: str, value: str) -> list[int]:
+        """UIDs of messages whose header ``name`` contains ``value`` (``SEARCH HEADER``).
+
+        For finding a message this service stored before (by its ``Message-ID``), so a
+        repeated APPEND can be avoided. ``value`` must be printable ASCII (no CHARSET is
+        sent); raises ``ValueError`` otherwise or for a header name that is not a token.
+        """
+        if not _HEADER_NAME_RE.fullmatch(name):
+            raise ValueError(f"{name!r} is not a header name")
+        if not value or not all(" " <= c <= "~" for c in value):
+            raise ValueError("the searched header value must be printable ASCII")
+        quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return self._uid_search(f"HEADER {name} {quoted}")
 
     def _uid_search(self, criteria: str) -> list[int]:
         imap = self._require_selected()
@@ -931,6 +977,28 @@ class ImapSession:
 
 
 # ---------------------------------------------------------------------- module helpers
+
+
+def _parse_statuses(lines: Iterable[Any]) -> dict[str, FolderState]:
+    """LIST-STATUS answers (``name (MESSAGES n UIDNEXT n ...)``) by decoded folder name."""
+    states: dict[str, FolderState] = {}
+    for line in lines:
+        if not isinstance(line, bytes) or not line:
+            continue
+        try:
+            raw_name, values = parse_response([line])
+            fields = dict(zip(values[::2], values[1::2], strict=False))
+            name = str(raw_name) if isinstance(raw_name, int) else decode_utf7(raw_name)
+            modseq = fields.get(b"HIGHESTMODSEQ")
+            states[name] = FolderState(
+                uidvalidity=int(fields[b"UIDVALIDITY"]),
+                uidnext=int(fields[b"UIDNEXT"]),
+                exists=int(fields[b"MESSAGES"]),
+                highestmodseq=int(modseq) if modseq else None,
+            )
+        except (KeyError, ValueError, TypeError):
+            continue  # a folder without usable status is simply selected as usual
+    return states
 
 
 def _parse_fetch(parts: list[Any]) -> Iterable[dict[bytes, Any]]:

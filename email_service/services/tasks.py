@@ -9,10 +9,13 @@ of its own so the API sees progress while the job runs.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from db.models import Task, new_id, now_ms
 from email_service import metrics
@@ -28,6 +31,7 @@ FINISHED = ("success", "failure")
 # A task is "stuck" when it neither started nor reported anything for this long; a new
 # request then replaces it instead of waiting for it forever (a lost enqueue, say).
 STALE_AFTER_MS = 15 * 60 * 1000
+PROGRESS_EVERY_S = 0.5
 
 
 def queue_task(
@@ -81,11 +85,16 @@ def get_task(scope: Scope, task_id: str) -> dict[str, Any]:
     return present.task(row)
 
 
+#: More to write in the same transaction as a status change (the job's own rows).
+Also = Callable[[Session], None]
+
+
 class TaskReport:
     """How a running job writes its progress and outcome into its task row.
 
     Every method commits at once, in a transaction of its own, so that a failure of
-    the job's own work can never roll back what it reported.
+    the job's own work can never roll back what it reported; ``also`` adds the job's
+    own bookkeeping to that transaction.
     """
 
     def __init__(self, runtime: Runtime, tenant_id: uuid.UUID, task_id: str) -> None:
@@ -93,13 +102,13 @@ class TaskReport:
         self.tenant_id = tenant_id
         self.task_id = task_id
         self._progress = -1
-        self._result: dict[str, Any] | None = None
+        self._written = 0.0
 
     def load(self) -> Task | None:
         with self.runtime.db.transaction(self.tenant_id) as session:
             return session.get(Task, self.task_id)
 
-    def _update(self, **values: Any) -> None:
+    def _update(self, also: Also | None = None, **values: Any) -> None:
         with self.runtime.db.transaction(self.tenant_id) as session:
             row = session.get(Task, self.task_id, with_for_update=True)
             if row is None:
@@ -108,43 +117,59 @@ class TaskReport:
                 setattr(row, name, value)
             row.updated_at = now_ms()
             kind = row.kind
+            if also is not None:
+                also(session)
         if "status" in values:
             metrics.observe_task(kind, values["status"])
 
-    def started(self, attempt: int) -> None:
+    def started(self, attempt: int, also: Also | None = None) -> None:
         self._update(
-            status="started", attempts=attempt + 1, started_at=now_ms(), error=None, progress=0
+            also,
+            status="started",
+            attempts=attempt + 1,
+            started_at=now_ms(),
+            error=None,
+            progress=0,
         )
         self._progress = 0
 
-    def progress(self, percent: float, result: dict[str, Any] | None = None) -> None:
+    def progress(
+        self, percent: float, result: dict[str, Any] | None = None, *, save: bool = False
+    ) -> None:
         """Record progress (0-100) and, optionally, the result so far.
 
-        Only changes reach the database. A job that keeps its partial result here can
-        resume its counts if it is cut off (a worker dying, say) and runs again.
+        Progress alone is written at most twice a second (a resync of many unchanged
+        folders would otherwise spend more time reporting than syncing); ``save``
+        writes at once, for a result that must survive the job being cut off (so that a
+        rerun can resume its counts).
         """
         value = max(0, min(99, int(percent)))
-        if value == self._progress and (result is None or result == self._result):
+        now = time.monotonic()
+        if not save and (value == self._progress or now - self._written < PROGRESS_EVERY_S):
             return
         self._progress = value
+        self._written = now
         values: dict[str, Any] = {"progress": value}
         if result is not None:
-            self._result = result
             values["result"] = result
         self._update(**values)
 
-    def succeeded(self, result: dict[str, Any] | None) -> None:
-        self._update(status="success", progress=100, result=result, finished_at=now_ms())
+    def succeeded(self, result: dict[str, Any] | None, also: Also | None = None) -> None:
+        self._update(also, status="success", progress=100, result=result, finished_at=now_ms())
 
-    def retrying(self, error: str, result: dict[str, Any] | None = None) -> None:
+    def retrying(
+        self, error: str, result: dict[str, Any] | None = None, also: Also | None = None
+    ) -> None:
         """The job will run again; ``result`` keeps what this attempt achieved."""
         values: dict[str, Any] = {"status": "retry", "error": error}
         if result is not None:
             values["result"] = result
-        self._update(**values)
+        self._update(also, **values)
 
-    def failed(self, error: str, result: dict[str, Any] | None = None) -> None:
+    def failed(
+        self, error: str, result: dict[str, Any] | None = None, also: Also | None = None
+    ) -> None:
         values: dict[str, Any] = {"status": "failure", "error": error, "finished_at": now_ms()}
         if result is not None:
             values["result"] = result
-        self._update(**values)
+        self._update(also, **values)

@@ -216,6 +216,21 @@ def test_select_state_matches_server(
     assert state.highestmodseq is not None and state.highestmodseq > 1
 
 
+def test_list_status_gives_every_folders_state_in_one_round_trip(
+    imap_endpoint: Endpoint, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    for n in range(3):
+        dovecot.append(mail_user, "INBOX", _simple(n))
+    dovecot.append(mail_user, "Archiv/Geschäft & Co", _simple(9))
+    with ImapSession(imap_endpoint()) as imap:
+        before = imap.round_trips
+        listed = {f.name: f for f in imap.list_folders(with_status=True)}
+        assert imap.round_trips == before + 1
+        for name in ("INBOX", "Archiv/Geschäft & Co"):
+            assert listed[name].status == imap.select(name), name
+        assert all(f.status is None for f in imap.list_folders())
+
+
 # ---------------------------------------------------------------- message lists
 
 

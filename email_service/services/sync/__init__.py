@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from db.models import Account, Task, now_ms
 from email_service import locks, metrics
@@ -86,14 +87,12 @@ def run_sync(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Atte
     then in ``retry`` with the reason); otherwise records ``success`` or ``failure``.
     """
     report = tasks.TaskReport(runtime, tenant_id, task_id)
-    task = report.load()
-    if task is None or task.status in tasks.FINISHED:
-        return
     with runtime.db.transaction(tenant_id) as session:
+        task = session.get(Task, task_id)
+        if task is None or task.status in tasks.FINISHED:
+            return
         account = session.get(Account, task.account_id) if task.account_id else None
-        if account is None or account.deleted_at is not None:
-            account = None
-    if account is None:
+    if account is None or account.deleted_at is not None:
         report.failed("The account no longer exists")
         return
 
@@ -101,8 +100,8 @@ def run_sync(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Atte
         if not locked:
             message = "Another sync of this account is running"
             if attempt.last:
-                report.failed(message)
-                _release(runtime, tenant_id, account.id, task_id, success=False)
+                # The running sync owns is_syncing; only this task's claim is dropped.
+                report.failed(message, also=_finish_account(account.id, task_id, None))
                 return
             report.retrying(message)
             raise RetryLater(message)
@@ -117,8 +116,7 @@ def _run_locked(
     report: tasks.TaskReport,
     attempt: Attempt,
 ) -> None:
-    report.started(attempt.number)
-    _set_syncing(runtime, tenant_id, account.id, True)
+    report.started(attempt.number, also=_syncing(account.id))
     folders = task.payload.get("folders")
     store = MessageStore(runtime.blobs)
     job = SyncJob(
@@ -129,13 +127,12 @@ def _run_locked(
         force=bool(task.payload.get("force")),
         only_folders=frozenset(folders) if folders else None,
         batch_size=runtime.settings.sync_batch_size,
-        progress=lambda percent: report.progress(percent, job.counts.result()),
+        progress=lambda percent: _report_progress(report, job, percent),
         # Messages stored by an attempt that was cut off (a retry, or a worker that died
         # while the task was "started") stay counted; folders are counted afresh.
         counts=SyncCounts.resume(task.result if task.status in ("retry", "started") else None),
     )
     began = time.monotonic()
-    success = False
     try:
         endpoint = account_endpoint(runtime, account)
         if account.protocol == "pop3":
@@ -152,38 +149,59 @@ def _run_locked(
             log.warning("sync of account %s failed: %s", account.id, reason)
         transient = isinstance(exc, MailError) and exc.transient
         if transient and not attempt.last:
-            report.retrying(reason, job.counts.result())
+            report.retrying(reason, job.counts.result(), also=_syncing(account.id, False))
             raise RetryLater(reason) from exc
-        report.failed(reason, job.counts.result())
+        report.failed(reason, job.counts.result(), also=_finish_account(account.id, task.id, False))
+    except BaseException:
+        # The worker is going away (shutdown, time limit): the task stays "started" for
+        # the redelivered message to resume; the account is not syncing meanwhile.
+        with runtime.db.transaction(tenant_id) as session:
+            _syncing(account.id, False)(session)
+        raise
     else:
-        success = True
-        report.succeeded(job.counts.result())
+        report.succeeded(job.counts.result(), also=_finish_account(account.id, task.id, True))
         took = time.monotonic() - began
         metrics.observe_sync(took, job.counts.added + job.counts.updated)
         log.info("synced account %s in %.1fs: %s", account.id, took, job.counts.result())
     finally:
         store.close()
         delete_blobs(runtime.blobs, job.blob_keys)
-        _set_syncing(runtime, tenant_id, account.id, False)
-    _release(runtime, tenant_id, account.id, task.id, success=success)
 
 
-def _set_syncing(runtime: Runtime, tenant_id: uuid.UUID, account_id: str, value: bool) -> None:
-    with runtime.db.transaction(tenant_id) as session:
+def _report_progress(report: tasks.TaskReport, job: SyncJob, percent: float) -> None:
+    counts = job.counts
+    stored = (counts.added, counts.updated, counts.removed, len(counts.skipped))
+    # Every change to what is stored is saved with the progress, so a rerun after a
+    # crash resumes exact counts; progress alone may wait.
+    save = stored != job.saved_counts
+    job.saved_counts = stored
+    report.progress(percent, counts.result(), save=save)
+
+
+def _syncing(account_id: str, value: bool = True) -> tasks.Also:
+    def apply(session: Session) -> None:
         session.execute(update(Account).where(Account.id == account_id).values(is_syncing=value))
 
+    return apply
 
-def _release(
-    runtime: Runtime, tenant_id: uuid.UUID, account_id: str, task_id: str, *, success: bool
-) -> None:
-    """The task is over: the account is free for the next sync."""
-    with runtime.db.transaction(tenant_id) as session:
+
+def _finish_account(account_id: str, task_id: str, success: bool | None) -> tasks.Also:
+    """The task is over: the account is free for the next sync.
+
+    ``success`` True or False: this task ran the sync, which has stopped (and, when
+    True, succeeded). None: this task never ran one.
+    """
+
+    def apply(session: Session) -> None:
+        if success is not None:
+            values: dict[str, Any] = {"is_syncing": False}
+            if success:
+                values["last_sync_at"] = now_ms()
+            session.execute(update(Account).where(Account.id == account_id).values(**values))
         session.execute(
             update(Account)
             .where(Account.id == account_id, Account.sync_task_id == task_id)
             .values(sync_task_id=None)
         )
-        if success:
-            session.execute(
-                update(Account).where(Account.id == account_id).values(last_sync_at=now_ms())
-            )
+
+    return apply

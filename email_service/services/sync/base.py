@@ -69,6 +69,9 @@ class SyncJob:
     progress: Callable[[float], None]
     counts: SyncCounts = field(default_factory=SyncCounts)
     blob_keys: list[str] = field(default_factory=list)
+    # Folders found unchanged: their "synced at" is written once, at the end.
+    unchanged: list[str] = field(default_factory=list)
+    saved_counts: tuple[int, ...] = (0, 0, 0, 0)
 
     def transaction(self) -> AbstractContextManager[Session]:
         """A short unit of work of its own: each batch commits on its own."""

@@ -43,7 +43,9 @@ log = logging.getLogger(__name__)
 
 def sync_imap(job: SyncJob, imap: ImapSession) -> None:
     """Mirror every folder (or ``job.only_folders``) of the account behind ``imap``."""
-    remote = imap.list_folders()
+    # With LIST-STATUS the folder list also says which folders changed at all.
+    remote = imap.list_folders(with_status=True)
+    statuses = {folder.name: folder.status for folder in remote if folder.status}
     with job.transaction() as session:
         changes = reconcile_folders(session, job.tenant_id, job.account_id, remote)
     job.counts.removed += changes.removed_messages
@@ -58,9 +60,15 @@ def sync_imap(job: SyncJob, imap: ImapSession) -> None:
         def folder_progress(fraction: float, position: int = position) -> None:
             job.progress(100.0 * (position + fraction) / len(folders))
 
-        sync_folder(job, imap, folder, folder_progress)
+        sync_folder(job, imap, folder, folder_progress, statuses.get(folder.name))
         job.counts.folders += 1
         folder_progress(1.0)
+    if job.unchanged:
+        # Same state as last time, so the same counts: only the time is new.
+        with job.transaction() as session:
+            session.execute(
+                update(Folder).where(Folder.id.in_(job.unchanged)).values(synced_at=now_ms())
+            )
 
 
 def sync_folder(
@@ -68,12 +76,16 @@ def sync_folder(
     imap: ImapSession,
     folder: LocalFolder,
     progress: Callable[[float], None],
+    listed: FolderState | None = None,
 ) -> None:
+    if listed is not None and not job.force and _unchanged(folder, listed):
+        job.unchanged.append(folder.id)  # known from LIST-STATUS: no SELECT needed
+        return
     state = imap.select(folder.name, readonly=True)
     rebuild = folder.uidvalidity is not None and folder.uidvalidity != state.uidvalidity
     full = job.force or rebuild or folder.uidvalidity is None
     if not full and _unchanged(folder, state):
-        _finish_folder(job, folder, state)
+        job.unchanged.append(folder.id)
         return
 
     known: dict[int, tuple[str, list[str], int]] = {}
