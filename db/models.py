@@ -168,8 +168,22 @@ class Message(TenantMixin, Base):
 
     __table_args__ = (
         Index("uq_messages_folder_uid", "folder_id", "uid", unique=True),
-        Index("ix_messages_folder_received", "folder_id", "received_at", "id"),
-        Index("ix_messages_folder_from", "folder_id", "from_address", "id"),
+        # tenant_id and is_read included: list pages and counts are index-only scans
+        # (migration 0003).
+        Index(
+            "ix_messages_folder_received",
+            "folder_id",
+            "received_at",
+            "id",
+            postgresql_include=["tenant_id", "is_read"],
+        ),
+        Index(
+            "ix_messages_folder_from",
+            "folder_id",
+            "from_address",
+            "id",
+            postgresql_include=["tenant_id", "is_read"],
+        ),
         Index("ix_messages_account_msgid", "account_id", "internet_message_id"),
         Index("ix_messages_conversation", "account_id", "conversation_id"),
     )

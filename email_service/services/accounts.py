@@ -110,6 +110,13 @@ def create_account(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
     _ensure_address_free(scope, normalized, address)
     encryption = body.get("encryption", "tls")
     smtp_encryption = body.get("smtpEncryption", encryption)
+    smtp_hostname = body.get("smtpHostname") or default_smtp_host(body["hostname"])
+    smtp_port = body.get("smtpPort") or DEFAULT_SMTP_PORTS[smtp_encryption]
+    # Where the service will connect on this caller's behalf (netguard: no internal hosts).
+    scope.runtime.host_policy.check_account(
+        hosts=[(body["hostname"], body["port"]), (smtp_hostname, smtp_port)],
+        encryptions=[("encryption", encryption), ("smtpEncryption", smtp_encryption)],
+    )
     row = Account(
         id=new_id(),
         tenant_id=scope.caller.tenant_id,
@@ -122,8 +129,8 @@ def create_account(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
         port=body["port"],
         encryption=encryption,
         username=body["username"],
-        smtp_hostname=body.get("smtpHostname") or default_smtp_host(body["hostname"]),
-        smtp_port=body.get("smtpPort") or DEFAULT_SMTP_PORTS[smtp_encryption],
+        smtp_hostname=smtp_hostname,
+        smtp_port=smtp_port,
         smtp_encryption=smtp_encryption,
         is_sync_enabled=body.get("isSyncEnabled", True),
         sync_interval=body.get("syncInterval", 300),
@@ -174,6 +181,16 @@ _UPDATABLE = {
 
 def update_account(scope: Scope, account_id: str, body: dict[str, Any]) -> dict[str, Any]:
     row = load_account(scope, account_id, for_update=True)
+    # Only what changes is checked: a stored host is checked again at connect time.
+    hosts = []
+    if "hostname" in body:
+        hosts.append((body["hostname"], body.get("port", row.port)))
+    if "smtpHostname" in body:
+        hosts.append((body["smtpHostname"], body.get("smtpPort", row.smtp_port)))
+    scope.runtime.host_policy.check_account(
+        hosts=hosts,
+        encryptions=[(f, body[f]) for f in ("encryption", "smtpEncryption") if f in body],
+    )
     for field, attribute in _UPDATABLE.items():
         if field in body:
             setattr(row, attribute, body[field])

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, select
 from sqlalchemy.orm import load_only
 
 from db.models import Attachment, Folder, Message
@@ -77,31 +77,45 @@ def list_messages(
 ) -> dict[str, Any]:
     folder = _load_folder(scope, account_id, folder_id)
     conditions = [Message.folder_id == folder.id, Message.tenant_id == scope.caller.tenant_id]
+    # The folder's counts are kept exact by every write to its messages (sync batches,
+    # sends, flag changes), so a page never pays for counting a large folder.
+    total = folder.message_count
     if read_filter == "read":
         conditions.append(Message.is_read.is_(True))
+        total = folder.message_count - folder.unread_count
     elif read_filter == "unread":
         conditions.append(Message.is_read.is_(False))
+        total = folder.unread_count
 
     field, _, direction = sort.partition(":")
     column = Message.from_address if field == "from" else Message.received_at
+    descending = direction == "desc"
+    # A page past the middle is read from the other end: OFFSET walks the index from
+    # where it starts, so the last page costs what the first one does.
+    reverse = offset > total // 2
+    skip = offset
+    if reverse:
+        skip = max(total - offset - limit, 0)
+        descending = not descending
+    take = min(limit, max(total - offset, 0)) if reverse else limit
     ordering = (
-        (column.desc(), Message.id.desc())
-        if direction == "desc"
-        else (column.asc(), Message.id.asc())
+        (column.desc(), Message.id.desc()) if descending else (column.asc(), Message.id.asc())
     )
-
-    total = scope.session.scalar(select(func.count()).select_from(Message).where(*conditions)) or 0
     # Deferred join: find the page's ids on the narrow index first, then load only those
     # rows. A deep OFFSET then skips index entries instead of whole message rows.
     page_ids = (
-        select(Message.id).where(*conditions).order_by(*ordering).limit(limit).offset(offset)
+        select(Message.id).where(*conditions).order_by(*ordering).limit(take).offset(skip)
     ).subquery()
-    rows = scope.session.scalars(
-        select(Message)
-        .options(load_only(*_SUMMARY_COLUMNS))
-        .join(page_ids, page_ids.c.id == Message.id)
-        .order_by(*ordering)
-    ).all()
+    rows = list(
+        scope.session.scalars(
+            select(Message)
+            .options(load_only(*_SUMMARY_COLUMNS))
+            .join(page_ids, page_ids.c.id == Message.id)
+            .order_by(*ordering)
+        ).all()
+    )
+    if reverse:
+        rows.reverse()
     return {
         "messages": [present.message_summary(row) for row in rows],
         "pagination": {"total": total, "limit": limit, "offset": offset},

@@ -98,6 +98,24 @@ def test_messages_pagination_and_sorts(client, alice: Identity, account_id: str,
     assert beyond["messages"] == [] and beyond["pagination"]["total"] == 7
 
 
+@pytest.mark.parametrize("sort", ["receivedAt:desc", "receivedAt:asc", "from:asc", "from:desc"])
+@pytest.mark.parametrize("read_filter", ["all", "read", "unread"])
+def test_every_page_at_every_offset_is_a_slice_of_the_whole_list(
+    client, alice: Identity, account_id: str, inbox, sort: str, read_filter: str
+) -> None:
+    # Pages past the middle are read from the other end; they must not differ.
+    folder_id, _ = inbox
+    query = f"sort={sort}&filter={read_filter}"
+    whole = [m["id"] for m in _page(client, alice, account_id, folder_id, query)["messages"]]
+    for limit in (1, 2, 3, 5):
+        for offset in range(len(whole) + 2):
+            page = _page(
+                client, alice, account_id, folder_id, f"{query}&limit={limit}&offset={offset}"
+            )
+            assert [m["id"] for m in page["messages"]] == whole[offset : offset + limit]
+            assert page["pagination"]["total"] == len(whole)
+
+
 def test_messages_read_filter(client, alice: Identity, account_id: str, inbox) -> None:
     folder_id, ids = inbox
     unread = _page(client, alice, account_id, folder_id, "filter=unread")

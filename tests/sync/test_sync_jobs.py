@@ -146,8 +146,14 @@ def test_task_goes_pending_then_started_with_progress_then_success(
     observe()
     original = MessageStore.add_batch
 
+    totals: list[int] = []
+
     def observed(self: MessageStore, *args: Any, **kwargs: Any) -> Any:
         observe()
+        # The folder's counts (pagination.total) are right between any two batches.
+        inbox = folders_by_name(api, mailbox)["INBOX"]
+        assert len(all_messages(api, mailbox, inbox["id"])) == inbox["messageCount"]
+        totals.append(inbox["messageCount"])
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(MessageStore, "add_batch", observed)
@@ -163,6 +169,7 @@ def test_task_goes_pending_then_started_with_progress_then_success(
     assert all(status == "started" for status, _ in seen[1:-1]) and len(running) >= 3
     assert running == sorted(running) and running[-1] > running[0]
     assert seen[-1] == ("success", 100)
+    assert totals == [0, 4, 8]
 
 
 def test_a_second_request_while_a_sync_is_pending_returns_that_task(

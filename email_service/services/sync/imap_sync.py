@@ -35,6 +35,7 @@ from email_service.services.sync.store import (
     FlagState,
     FolderTarget,
     Incoming,
+    adjust_counts,
     remove_messages,
 )
 
@@ -98,7 +99,13 @@ def sync_folder(
             session.execute(
                 update(Folder)
                 .where(Folder.id == folder.id)
-                .values(last_seen_uid=0, highest_modseq=None, uidvalidity=state.uidvalidity)
+                .values(
+                    last_seen_uid=0,
+                    highest_modseq=None,
+                    uidvalidity=state.uidvalidity,
+                    message_count=0,
+                    unread_count=0,
+                )
             )
         else:
             for message_id, uid, flags, pending in session.execute(
@@ -120,8 +127,10 @@ def sync_folder(
         # be moving the message right now); the next sync removes it if it is gone.
         gone = [uid for uid in gone if not known[uid][2]]
         if gone:
+            unread = sum(1 for uid in gone if "\\Seen" not in known[uid][1])
             with job.transaction() as session:
                 job.blob_keys.extend(remove_messages(session, [known[uid][0] for uid in gone]))
+                adjust_counts(session, folder.id, -len(gone), -unread)
             job.counts.removed += len(gone)
             for uid in gone:
                 del known[uid]
@@ -161,6 +170,7 @@ def _apply_flags(
     changed: dict[int, tuple[str, ...]],
 ) -> None:
     updates: list[tuple[str, FlagState]] = []
+    unread_delta = 0
     for uid, flags in changed.items():
         entry = known.get(uid)
         if entry is None:
@@ -171,6 +181,8 @@ def _apply_flags(
         state = FlagState.of(flags)
         if state.flags != sorted(stored):
             updates.append((message_id, state))
+            was_read = "\\Seen" in stored
+            unread_delta += int(was_read) - int(state.is_read)
     if not updates:
         return
     in_spam = folder.type == "spam"
@@ -181,6 +193,7 @@ def _apply_flags(
                 .where(Message.id == message_id, Message.pending_changes == 0)
                 .values(**state.columns(in_spam_folder=in_spam), updated_at=now_ms())
             )
+        adjust_counts(session, folder.id, 0, unread_delta)
     job.counts.updated += len(updates)
 
 

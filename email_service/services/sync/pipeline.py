@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.orm import Session
 
 from email_service.services.sync.base import SyncJob
-from email_service.services.sync.store import FolderTarget, Incoming
+from email_service.services.sync.store import FolderTarget, Incoming, adjust_counts
 
 #: Called in the batch's transaction after its messages were added (resume markers).
 AfterBatch = Callable[[Session, Sequence[Incoming]], None]
@@ -92,6 +92,7 @@ class BatchWriter:
         job = self.job
         with job.transaction() as session:
             outcome = job.store.add_batch(session, self.target, items)
+            adjust_counts(session, self.target.folder_id, outcome.added, outcome.unread)
             self.after_batch(session, items)
         job.counts.added += outcome.added
         job.counts.skipped.extend(outcome.skipped)

@@ -16,7 +16,12 @@ from email_service.mail.mime import parse_message
 from email_service.mail.pop3 import Pop3Session
 from email_service.services.sync.base import SyncJob
 from email_service.services.sync.folders import refresh_counts
-from email_service.services.sync.store import FolderTarget, Incoming, remove_messages
+from email_service.services.sync.store import (
+    FolderTarget,
+    Incoming,
+    adjust_counts,
+    remove_messages,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
     if gone:
         with job.transaction() as session:
             job.blob_keys.extend(remove_messages(session, gone))
+            refresh_counts(session, folder_id)
         job.counts.removed += len(gone)
 
     # Oldest first, as the server numbers them, so a cut-off sync resumes in order.
@@ -72,6 +78,7 @@ def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
             items.append(Incoming(parsed=parse_message(raw), size=len(raw), pop_uidl=uidl))
         with job.transaction() as session:
             outcome = job.store.add_batch(session, target, items)
+            adjust_counts(session, folder_id, outcome.added, outcome.unread)
         job.counts.added += outcome.added
         job.counts.skipped.extend(outcome.skipped)
         job.progress(100.0 * (start + len(items)) / len(new))

@@ -21,7 +21,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Attachment, Message, new_id, now_ms
+from db.models import Attachment, Folder, Message, new_id, now_ms
 from email_service.blobstore import BlobStore
 from email_service.mail.mime import ParsedMessage
 
@@ -116,6 +116,7 @@ class FolderTarget:
 @dataclass
 class BatchOutcome:
     added: int = 0
+    unread: int = 0
     skipped: list[Skipped] = field(default_factory=list)
 
 
@@ -287,6 +288,7 @@ class MessageStore:
                 if attachments:
                     session.execute(insert(Attachment), attachments)
             outcome.added = len(rows)
+            outcome.unread = sum(1 for row in rows if not row["is_read"])
             return outcome
         except (IntegrityError, DBAPIError):
             log.warning("a batch of %d messages was refused; storing them one by one", len(rows))
@@ -300,6 +302,7 @@ class MessageStore:
                     if by_message.get(row["id"]):
                         session.execute(insert(Attachment), by_message[row["id"]])
                 outcome.added += 1
+                outcome.unread += 0 if row["is_read"] else 1
             except (IntegrityError, DBAPIError) as exc:
                 reason = f"the database refused the message ({type(exc.orig).__name__})"
                 log.warning("skipping a message in %s: %s", target.folder_name, reason)
@@ -340,6 +343,23 @@ class MessageStore:
         # whose rows are then refused is an orphan, which is harmless.
         list(self._pool.map(lambda upload: self.blobs.put(*upload), uploads))
         return attachments
+
+
+def adjust_counts(session: Session, folder_id: str, total: int, unread: int) -> None:
+    """Move the folder's stored counts by what this transaction added or removed.
+
+    The counts are what listMessages reports as ``pagination.total``; keeping them
+    right in the same transaction as the change spares every page a COUNT.
+    """
+    if total or unread:
+        session.execute(
+            update(Folder)
+            .where(Folder.id == folder_id)
+            .values(
+                message_count=Folder.message_count + total,
+                unread_count=Folder.unread_count + unread,
+            )
+        )
 
 
 def remove_messages(session: Session, message_ids: Sequence[str]) -> list[str]:
