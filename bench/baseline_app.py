@@ -27,7 +27,8 @@ JOIN (SELECT id FROM messages WHERE folder_id = %(f)s AND tenant_id = %(t)s
       ORDER BY received_at DESC, id DESC LIMIT %(l)s OFFSET %(o)s) page ON page.id = m.id
 ORDER BY m.received_at DESC, m.id DESC
 """
-COUNT = "SELECT count(*) FROM messages WHERE folder_id = %(f)s AND tenant_id = %(t)s"
+# Like the service, the total is the folder's stored count.
+COUNT = "SELECT message_count FROM folders WHERE id = %(f)s AND tenant_id = %(t)s"
 
 
 def _conn() -> psycopg.Connection[Any]:
