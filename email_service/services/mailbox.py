@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import case, select
-from sqlalchemy.orm import load_only
 
-from db.models import Attachment, Folder, Message
+from db.models import Account, Attachment, Folder, Message
 from email_service.blobstore import BlobNotFound
 from email_service.errors import AttachmentNotFound, FolderNotFound, MessageNotFound
 from email_service.scope import Scope
@@ -52,15 +51,22 @@ def list_folders(scope: Scope, account_id: str) -> dict[str, Any]:
 
 
 def _load_folder(scope: Scope, account_id: str, folder_id: str) -> Folder:
-    account = load_account(scope, account_id)
+    caller = scope.caller
+    # The folder and the ownership of its account in one query: every page asks.
     row = scope.session.scalars(
-        select(Folder).where(
+        select(Folder)
+        .join(Account, Account.id == Folder.account_id)
+        .where(
             Folder.id == folder_id,
-            Folder.account_id == account.id,
-            Folder.tenant_id == scope.caller.tenant_id,
+            Folder.account_id == account_id,
+            Folder.tenant_id == caller.tenant_id,
+            Account.tenant_id == caller.tenant_id,
+            Account.user_id == caller.user_id,
+            Account.deleted_at.is_(None),
         )
     ).one_or_none()
     if row is None:
+        load_account(scope, account_id)  # an unknown or foreign account is that 404
         raise FolderNotFound(folder_id)
     return row
 
@@ -106,10 +112,10 @@ def list_messages(
     page_ids = (
         select(Message.id).where(*conditions).order_by(*ordering).limit(take).offset(skip)
     ).subquery()
+    # Plain rows, not ORM objects: a page is read, never changed.
     rows = list(
-        scope.session.scalars(
-            select(Message)
-            .options(load_only(*_SUMMARY_COLUMNS))
+        scope.session.execute(
+            select(*_SUMMARY_COLUMNS)
             .join(page_ids, page_ids.c.id == Message.id)
             .order_by(*ordering)
         ).all()

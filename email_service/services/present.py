@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import Row
+
 from db.models import Account, Attachment, Folder, Message, Task
 
 
@@ -48,7 +50,8 @@ def folder(row: Folder) -> dict[str, Any]:
     }
 
 
-def message_summary(row: Message) -> dict[str, Any]:
+def message_summary(row: Message | Row[Any]) -> dict[str, Any]:
+    """A message's list entry, from its row or from a row of its summary columns."""
     return {
         "id": row.id,
         "accountId": row.account_id,
