@@ -14,9 +14,12 @@ from connexion.options import SwaggerUIOptions
 import workers
 from email_service.config import Settings, load_settings
 from email_service.jobs import NoJobQueue
+from email_service.ratelimit import RateLimitPolicy, RateLimits
 from email_service.runtime import Runtime, build_runtime, set_runtime
 from email_service.web import errors
-from email_service.web.middleware import ObservabilityMiddleware
+from email_service.web.bodylimit import BodyLimitMiddleware
+from email_service.web.middleware import ObservabilityMiddleware, operation_names
+from email_service.web.ratelimit import RateLimitHeadersMiddleware, RateLimitMiddleware
 from email_service.web.resolver import OperationResolver
 from email_service.web.validation import validator_map
 from workers.scheduler import start_scheduler_thread
@@ -64,6 +67,22 @@ def create_app(
     )
     errors.install(app)
     errors.set_routes(spec["paths"])
+    # Guard rails (README "Rate limits and guard rails"), after authentication: the rate
+    # limits, then the body cap, then Connexion's validation reads the body.
+    if runtime.settings.rate_limit_enabled:
+        app.add_middleware(
+            RateLimitMiddleware,
+            position=MiddlewarePosition.BEFORE_VALIDATION,
+            limits=RateLimits(RateLimitPolicy.from_spec(spec), runtime.rate_limiter),
+            operation_names=operation_names(spec),
+        )
+        # Outside the exception middleware, so error responses carry the headers too.
+        app.add_middleware(RateLimitHeadersMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        position=MiddlewarePosition.BEFORE_VALIDATION,
+        max_bytes=runtime.settings.max_request_bytes,
+    )
     # Outermost, so error responses get the request id too and /metrics skips auth.
     app.add_middleware(
         ObservabilityMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, spec=spec

@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     mail_ca_file: str | None = None
     mail_timeout: float = 30.0
 
+    # The limits themselves are the spec's ``x-rate-limits`` block. Off only where one
+    # caller must make many requests quickly (the contract fuzz tests).
+    rate_limit_enabled: bool = True
+    # Largest request body accepted (bytes); a larger one answers 413 before it is read.
+    # 25 MiB holds the longest message body the spec allows (5,000,000 characters) even
+    # when every character takes four bytes of UTF-8.
+    max_request_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
+
     task_max_retries: int = 5
     # Backoff between retries of a failed job grows from the first to the second value.
     task_min_backoff_ms: int = 5_000

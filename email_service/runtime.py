@@ -16,6 +16,8 @@ from email_service.blobstore import BlobStore, LocalBlobStore, S3BlobStore
 from email_service.config import Settings
 from email_service.crypto import KeyRing
 from email_service.jobs import JobQueue, NoJobQueue
+from email_service.netguard import HostPolicy, install_connect_guard
+from email_service.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,16 @@ class Runtime:
     keyring: KeyRing
     blobs: BlobStore
     redis: Any | None = None
+    # Which mail hosts may be reached; also installed as the mail clients' connect guard.
+    host_policy: HostPolicy = field(default_factory=HostPolicy)
+    # The rate limits' counter store (Redis | memory).
+    rate_limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     # Installed by ``workers.install``; services queue background jobs through it.
     jobs: JobQueue = field(default_factory=NoJobQueue)
 
     def close(self) -> None:
         self.db.dispose()
+        self.rate_limiter.close()
         if self.redis is not None:
             self.redis.close()
 
@@ -65,7 +72,16 @@ def build_runtime(settings: Settings) -> Runtime:
         import redis
 
         redis_client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
-    return Runtime(settings=settings, db=db, keyring=keyring, blobs=blobs, redis=redis_client)
+    return Runtime(
+        settings=settings,
+        db=db,
+        keyring=keyring,
+        blobs=blobs,
+        redis=redis_client,
+        # Every process builds its runtime here, so none connects to a mail server unguarded.
+        host_policy=install_connect_guard(settings),
+        rate_limiter=build_rate_limiter(settings),
+    )
 
 
 def set_runtime(runtime: Runtime | None) -> None:

@@ -12,6 +12,7 @@ import os
 import secrets
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,11 @@ def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Set
         "database_url": database_url,
         "jwt_secret": TEST_JWT_SECRET,
         "credential_keys": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
-        "mail_allowed_hosts": ["127.0.0.1", "localhost"],
+        # The local test servers, and the names test data uses (.test and .example never
+        # resolve, so they must be listed to be accepted as mail hosts).
+        "mail_allowed_hosts": ["127.0.0.1", "localhost", "*.example.test", "*.example"],
+        # Test accounts and the local Dovecot/SMTP servers speak plaintext too.
+        "mail_allow_plaintext": True,
     }
     values.update(overrides)
     return load_settings(**values)
@@ -101,6 +106,30 @@ def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
     set_runtime(rt)
     with rt.db.engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {', '.join(TENANT_TABLES)} CASCADE"))
+
+
+@pytest.fixture
+def app_factory(runtime: Runtime, pg_database: PgDatabase, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Build apps with their own settings (``make_settings`` overrides) on the test database.
+
+    Returns ``build(**overrides) -> (runtime, app)``; their runtimes are closed and the
+    session runtime (and its connect guard) reinstated afterwards.
+    """
+    from email_service.mail.endpoint import set_connect_guard
+
+    built: list[Runtime] = []
+
+    def build(**overrides: object):  # type: ignore[no-untyped-def]
+        data_dir = tmp_path / f"app{len(built)}"
+        own = build_runtime(make_settings(data_dir, pg_database.url, **overrides))
+        built.append(own)
+        return own, create_app(runtime=own, validate_responses=True)
+
+    yield build
+    for own in built:
+        own.close()
+    set_runtime(runtime)
+    set_connect_guard(runtime.host_policy.connect_guard)
 
 
 @pytest.fixture
@@ -153,6 +182,13 @@ def mallory() -> Identity:
 @pytest.fixture(scope="session")
 def live_server(app, runtime: Runtime) -> Iterator[str]:  # type: ignore[no-untyped-def]
     """The app behind a real uvicorn server on a free port, for tests that need real HTTP."""
+    with serve_app(app, runtime) as url:
+        yield url
+
+
+@contextmanager
+def serve_app(app, runtime: Runtime) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """Run ``app`` under uvicorn on a free port until the block ends; yields its base URL."""
     import socket
     import threading
     import time
@@ -171,6 +207,8 @@ def live_server(app, runtime: Runtime) -> Iterator[str]:  # type: ignore[no-unty
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the test server did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -45,7 +45,8 @@ def embedded_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     process = subprocess.Popen(
         [*CLI, "serve", "--port", str(port)],
         cwd=tmp_path,
-        env=_clean_env(),
+        # imap.example.test never resolves: the outbound guard refuses it unless listed.
+        env=_clean_env(MAIL_ALLOWED_HOSTS="*.example.test"),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )

@@ -7,6 +7,9 @@ validators describe the problem by field name and rule only.
 
 from __future__ import annotations
 
+import functools
+import re
+from collections.abc import Iterator
 from typing import Any
 
 from connexion.datastructures import MediaTypeDict
@@ -15,6 +18,7 @@ from connexion.json_schema import Draft4RequestValidator, Draft4Validator
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
 from jsonschema import ValidationError
 from jsonschema.exceptions import best_match
+from jsonschema.validators import extend
 
 
 def describe(error: ValidationError) -> str:
@@ -46,15 +50,72 @@ def field_path(error: ValidationError) -> str:
     return ".".join(str(part) for part in error.absolute_path)
 
 
+def ecma_anchors(pattern: str) -> str:
+    """``pattern`` with its ``$`` anchors made to mean what they mean in JSON Schema.
+
+    JSON Schema patterns are ECMA-262 regular expressions, where ``$`` matches only at
+    the very end. Python's ``$`` also matches before a final newline, so with the stock
+    validator ``'Work\\n'`` passes ``'^[^\\x00-\\x1F]*$'``: a line break slips into a
+    name, an address or a subject that the spec says cannot hold one. ``\\Z`` is the
+    ECMA ``$``.
+    """
+    out: list[str] = []
+    in_class = escaped = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "$":
+            out.append(r"\Z")
+            continue
+        out.append(char)
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=512)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(ecma_anchors(pattern))
+
+
+def _pattern(
+    validator: Any, pattern: str, instance: Any, schema: dict[str, Any]
+) -> Iterator[ValidationError]:
+    if validator.is_type(instance, "string") and not _compiled(pattern).search(instance):
+        yield ValidationError("does not match the pattern")
+
+
+_RequestValidator = extend(Draft4RequestValidator, {"pattern": _pattern})
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    # JSON may spell half of a UTF-16 pair ("\\ud800"); Python keeps it as a lone
+    # surrogate that no UTF-8 encoder (the database's included) accepts.
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(item) for item in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    return False
+
+
 class BodyValidator(JSONRequestBodyValidator):
     def _validate(self, body: Any) -> dict[str, Any] | None:
         if body is None:
             if self._required:
                 raise BadRequestProblem(detail="The request body is required")
             return None
-        validator = Draft4RequestValidator(
-            self._schema, format_checker=Draft4Validator.FORMAT_CHECKER
-        )
+        if _has_lone_surrogate(body):
+            raise BadRequestProblem(
+                detail="The request body holds an unpaired UTF-16 surrogate, which is not text"
+            )
+        validator = _RequestValidator(self._schema, format_checker=Draft4Validator.FORMAT_CHECKER)
         error = best_match(validator.iter_errors(body))
         if error is None:
             return None
