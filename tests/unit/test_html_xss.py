@@ -71,13 +71,13 @@ PAYLOADS = [
     '<svg><a xlink:href="javascript:alert(1)"><text x="20" y="20">x</text></a></svg>',
     '<svg><animate attributeName="href" values="javascript:alert(1)"/></svg>',
     '<svg><foreignObject><iframe src="javascript:alert(1)"></iframe></foreignObject></svg>',
-    '<math><mtext><table><mglyph><style><img src=x onerror=alert(1)></style></mglyph></table></mtext></math>',  # noqa: E501
+    "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)></style></mglyph></table></mtext></math>",  # noqa: E501
     '<math href="javascript:alert(1)">x</math>',
     # CSS
     '<div style="width: expression(alert(1))">x</div>',
     '<div style="width: expr/**/ession(alert(1))">x</div>',
     '<div style="background-image: url(javascript:alert(1))">x</div>',
-    '<div style="background: url(\'https://evil.example/track.png\')">x</div>',
+    "<div style=\"background: url('https://evil.example/track.png')\">x</div>",
     '<div style="x: \\65 xpression(alert(1))">x</div>',
     '<div style="background: \\75 rl(javascript:alert(1))">x</div>',
     '<div style="behavior: url(x.htc)">x</div>',
@@ -100,16 +100,16 @@ PAYLOADS = [
     '<form action="javascript:alert(1)"><button>x</button></form>',
     '<button formaction="javascript:alert(1)">x</button>',
     '<isindex action="javascript:alert(1)" type=image>',
-    '<textarea><script>alert(1)</script></textarea>',
+    "<textarea><script>alert(1)</script></textarea>",
     # parser confusion (mXSS) and comments
     '<noscript><p title="</noscript><img src=x onerror=alert(1)>"></noscript>',
     '<!--<img src="--><img src=x onerror=alert(1)//">',
     "<![CDATA[<script>alert(1)</script>]]>",
-    '<xmp><img src=x onerror=alert(1)></xmp>',
-    '<template><img src=x onerror=alert(1)></template>',
+    "<xmp><img src=x onerror=alert(1)></xmp>",
+    "<template><img src=x onerror=alert(1)></template>",
     '<p title="&lt;script&gt;alert(1)&lt;/script&gt;">x</p>',
     '<a href="https://ok.example" id="login" class="btn" rel="opener" target="_self">x</a>',
-    '<img src=x:alert(alt) onerror=eval(src) alt=0>',
+    "<img src=x:alert(alt) onerror=eval(src) alt=0>",
     '<div id="__proto__" name="x">x</div>',
     "<p>&lt;script&gt;not a tag&lt;/script&gt;</p>",
 ]
