@@ -2,8 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from email_service.errors import NotImplementedYet
-from email_service.services import mailbox
+from email_service.services import mailbox, writeback
 from email_service.web.context import request_scope
 
 
@@ -30,4 +29,6 @@ def get_message(account_id: str, message_id: str) -> tuple[dict[str, Any], int]:
 def update_message(
     account_id: str, message_id: str, body: dict[str, Any]
 ) -> tuple[dict[str, Any], int]:
-    raise NotImplementedYet("Changing message flags is not available yet")
+    with request_scope() as scope:
+        updated = writeback.update_message(scope, account_id, message_id, body)
+    return updated, 200

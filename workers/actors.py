@@ -10,7 +10,7 @@ from dramatiq.middleware import CurrentMessage
 
 from email_service.jobs import Attempt, RetryLater
 from email_service.runtime import Runtime
-from email_service.services import sync
+from email_service.services import compose, delivery, sync, writeback
 
 
 def _attempt(max_retries: int) -> Attempt:
@@ -41,6 +41,15 @@ def declare_actors(
     def sync_account(task_id: str, tenant_id: str) -> None:
         sync.run_sync(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
 
+    def send_email(task_id: str, tenant_id: str) -> None:
+        delivery.run_send(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
+
+    def save_draft(task_id: str, tenant_id: str) -> None:
+        delivery.run_draft(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
+
+    def write_flags(task_id: str, tenant_id: str) -> None:
+        writeback.run_flags(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
+
     declare = dramatiq.actor
     return {
         sync.SYNC_ACTOR: declare(
@@ -49,4 +58,14 @@ def declare_actors(
             time_limit=settings.sync_time_limit_ms,
             **options,
         )(sync_account),
+        # Sends get a queue of their own: a backlog of syncs must not hold up mail.
+        compose.SEND_ACTOR: declare(actor_name=compose.SEND_ACTOR, queue_name="send", **options)(
+            send_email
+        ),
+        compose.DRAFT_ACTOR: declare(
+            actor_name=compose.DRAFT_ACTOR, queue_name="writeback", **options
+        )(save_draft),
+        writeback.FLAGS_ACTOR: declare(
+            actor_name=writeback.FLAGS_ACTOR, queue_name="writeback", **options
+        )(write_flags),
     }

@@ -1,0 +1,267 @@
+"""Composing mail, the request side: sending (a queued task) and saving drafts.
+
+Both build the message here, in the request, with ``mail.compose``: the caller learns at
+once about anything wrong with it (unknown account, attachment or message answered, a
+message too large), and the exact bytes are kept in the blob store before the task is
+queued, so every run of the job sends the same message with the same Message-ID. The
+jobs themselves are in ``services.delivery``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from db.models import Account, Attachment, Draft, Message, Task, new_id, now_ms
+from email_service.blobstore import BlobNotFound
+from email_service.errors import (
+    AttachmentNotFound,
+    InvalidRequest,
+    MessageNotFound,
+    PayloadTooLarge,
+)
+from email_service.mail.compose import (
+    BuiltMessage,
+    OutgoingAttachment,
+    OutgoingMessage,
+    build_message,
+    is_message_id,
+    normalize_message_id,
+    thread_references,
+)
+from email_service.scope import Scope
+from email_service.services import tasks
+from email_service.services.accounts import load_account
+from email_service.services.sync.store import delete_blobs
+
+log = logging.getLogger(__name__)
+
+SEND_ACTOR = "send_email"
+DRAFT_ACTOR = "save_draft"
+# A common ceiling of mail servers (and of the request body limit): a larger message
+# would mostly be refused after its upload anyway.
+MAX_MESSAGE_BYTES = 25 * 1024 * 1024
+
+
+def outgoing_key(scope: Scope, name: str) -> str:
+    """Blob key of a message kept for a job; tenant first, like every blob key."""
+    return f"{scope.caller.tenant_id}/outgoing/{name}"
+
+
+def send_email(
+    scope: Scope, body: dict[str, Any], idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Queue ``body`` for delivery from the caller's account; returns the send task.
+
+    With ``idempotency_key``, a request that repeats an earlier key of the caller returns
+    that first task (its body is not compared) and sends nothing. Raises
+    ``AccountNotFound``, ``AttachmentNotFound``, ``MessageNotFound`` (``inReplyTo``),
+    ``InvalidRequest`` and ``PayloadTooLarge``.
+    """
+    if idempotency_key is not None:
+        earlier = _task_with_key(scope, idempotency_key)
+        if earlier is not None:
+            return _send_response(earlier)
+    account = load_account(scope, body["accountId"])
+    built = _build(scope, account, body)
+    name = new_id()
+    raw_key = outgoing_key(scope, name)
+    copy_key = outgoing_key(scope, f"{name}.copy") if built.copy != built.raw else raw_key
+    keys = list(dict.fromkeys([raw_key, copy_key]))
+    scope.runtime.blobs.put(raw_key, built.raw, "message/rfc822")
+    if copy_key != raw_key:
+        scope.runtime.blobs.put(copy_key, built.copy, "message/rfc822")
+    payload = {
+        "messageId": built.message_id,
+        "envelopeFrom": account.email_address,
+        "recipients": list(built.recipients),
+        "rawKey": raw_key,
+        "copyKey": copy_key,
+    }
+    try:
+        # A savepoint: two requests racing with one key meet at the unique index.
+        with scope.session.begin_nested():
+            row = tasks.queue_task(
+                scope,
+                "send",
+                SEND_ACTOR,
+                account_id=account.id,
+                payload=payload,
+                idempotency_key=idempotency_key,
+            )
+    except IntegrityError:
+        earlier = _task_with_key(scope, idempotency_key) if idempotency_key else None
+        if earlier is None:
+            raise
+        delete_blobs(scope.runtime.blobs, keys)
+        return _send_response(earlier)
+    log.info("send queued", extra={"account_id": account.id, "task_id": row.id})
+    return _send_response(row)
+
+
+def save_draft(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
+    """Store a draft and, for IMAP accounts, queue its APPEND to the Drafts folder.
+
+    POP3 accounts have no folders on the server: their drafts stay here. Raises what
+    ``send_email`` raises.
+    """
+    account = load_account(scope, body["accountId"])
+    built = _build(scope, account, body)
+    draft = Draft(
+        id=new_id(),
+        tenant_id=scope.caller.tenant_id,
+        user_id=scope.caller.user_id,
+        account_id=account.id,
+        payload=dict(body),
+        internet_message_id=built.message_id,
+        status="local" if account.protocol == "pop3" else "pending",
+        created_at=now_ms(),
+    )
+    scope.session.add(draft)
+    scope.session.flush()
+    response: dict[str, Any] = {
+        "draftId": draft.id,
+        "accountId": account.id,
+        "createdAt": draft.created_at,
+    }
+    if account.protocol != "pop3":
+        key = outgoing_key(scope, f"draft-{draft.id}")
+        scope.runtime.blobs.put(key, built.copy, "message/rfc822")
+        row = tasks.queue_task(
+            scope,
+            "draft",
+            DRAFT_ACTOR,
+            account_id=account.id,
+            payload={"draftId": draft.id, "messageId": built.message_id, "rawKey": key},
+        )
+        response["taskId"] = row.id
+    return response
+
+
+def _send_response(row: Task) -> dict[str, Any]:
+    return {"taskId": row.id, "status": row.status, "messageId": row.payload["messageId"]}
+
+
+def _task_with_key(scope: Scope, key: str) -> Task | None:
+    found: Task | None = scope.session.scalars(
+        select(Task).where(
+            Task.tenant_id == scope.caller.tenant_id,
+            Task.user_id == scope.caller.user_id,
+            Task.kind == "send",
+            Task.idempotency_key == key,
+        )
+    ).one_or_none()
+    return found
+
+
+def _build(scope: Scope, account: Account, body: dict[str, Any]) -> BuiltMessage:
+    to, cc, bcc = body["to"], body.get("cc", []), body.get("bcc", [])
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    if body.get("inReplyTo"):
+        in_reply_to, references = _thread(scope, account, body["inReplyTo"])
+    message = OutgoingMessage(
+        sender=account.email_address,
+        sender_name=account.account_name,
+        to=tuple(to),
+        cc=tuple(cc),
+        bcc=tuple(bcc),
+        reply_to=body.get("replyTo"),
+        subject=body["subject"],
+        body=body["body"],
+        is_html=bool(body.get("isHtml", False)),
+        in_reply_to=in_reply_to,
+        references=references,
+        attachments=_attachments(scope, body.get("attachmentIds", [])),
+    )
+    try:
+        built = build_message(message)
+    except ValueError as exc:
+        # The spec's patterns keep control characters out; this is what is left (an
+        # address the email package cannot write, say).
+        # The reason is not echoed: it would repeat the caller's values.
+        raise InvalidRequest(
+            "The message cannot be built from these addresses and headers",
+            code="INVALID_MESSAGE",
+        ) from exc
+    if len(built.copy) > MAX_MESSAGE_BYTES:
+        raise PayloadTooLarge(
+            f"The message would be {len(built.copy)} bytes; at most {MAX_MESSAGE_BYTES} are sent",
+            code="MESSAGE_TOO_LARGE",
+        )
+    return built
+
+
+def _thread(scope: Scope, account: Account, value: str) -> tuple[str, tuple[str, ...]]:
+    """``inReplyTo`` → (the parent's Message-ID, the reply's References).
+
+    ``value`` is our id of a message of this account, or a Message-ID (with or without
+    brackets); a Message-ID we do not have is answered as it is, without older
+    References.
+    """
+    owned = (Message.account_id == account.id, Message.tenant_id == scope.caller.tenant_id)
+    parent = scope.session.scalars(select(Message).where(Message.id == value, *owned)).first()
+    if parent is None:
+        message_id = normalize_message_id(value)
+        if not is_message_id(message_id):
+            # Not a Message-ID, so it was meant as one of our ids.
+            raise MessageNotFound(value)
+        parent = scope.session.scalars(
+            select(Message).where(Message.internet_message_id == message_id, *owned)
+        ).first()
+        if parent is None:
+            return message_id, (message_id,)
+    if not parent.internet_message_id or not is_message_id(parent.internet_message_id):
+        raise InvalidRequest(
+            "The message being answered has no usable Message-ID", code="INVALID_IN_REPLY_TO"
+        )
+    return parent.internet_message_id, thread_references(
+        parent.references, parent.internet_message_id
+    )
+
+
+def _attachments(scope: Scope, ids: list[str]) -> tuple[OutgoingAttachment, ...]:
+    """The stored attachments ``ids``, of any live account of the caller, with their bytes.
+
+    Raises ``AttachmentNotFound`` for an id that is not the caller's (another tenant's or
+    user's is unknown too) or whose content is gone, ``PayloadTooLarge`` when they alone
+    exceed the message limit.
+    """
+    wanted = list(dict.fromkeys(ids))
+    if not wanted:
+        return ()
+    rows = {
+        row.id: row
+        for row in scope.session.scalars(
+            select(Attachment)
+            .join(Account, Account.id == Attachment.account_id)
+            .where(
+                Attachment.id.in_(wanted),
+                Attachment.tenant_id == scope.caller.tenant_id,
+                Account.tenant_id == scope.caller.tenant_id,
+                Account.user_id == scope.caller.user_id,
+                Account.deleted_at.is_(None),
+            )
+        )
+    }
+    for attachment_id in wanted:
+        if attachment_id not in rows:
+            raise AttachmentNotFound(attachment_id)
+    total = sum(rows[attachment_id].size for attachment_id in wanted)
+    if total > MAX_MESSAGE_BYTES:
+        raise PayloadTooLarge(
+            f"The attachments hold {total} bytes; a message may have at most {MAX_MESSAGE_BYTES}",
+            code="MESSAGE_TOO_LARGE",
+        )
+    attachments = []
+    for attachment_id in wanted:
+        row = rows[attachment_id]
+        try:
+            data = b"".join(scope.runtime.blobs.stream(row.storage_key))
+        except BlobNotFound as exc:
+            raise AttachmentNotFound(attachment_id) from exc
+        attachments.append(OutgoingAttachment(row.filename, row.mime_type, data))
+    return tuple(attachments)

@@ -1,0 +1,346 @@
+"""The send and draft jobs: deliver over SMTP, then file the copy on the IMAP server.
+
+A send runs in steps, each recorded in the task's payload as soon as it is done:
+
+1. SMTP delivery of the bytes built by the request (kept in the blob store), in
+   transactions of up to 100 recipients. Right after the server's 250 the job commits
+   it, before anything else can fail; a run that finds a batch recorded never sends it
+   again, and one that finds ``acceptedAt`` never talks to SMTP again. So a worker that
+   dies after the server took the message, or a later step that fails and retries,
+   cannot deliver the message twice. (The one window left is the server's 250 being
+   lost on the wire: the client then sees a timeout, retries, and the server may hold
+   two copies. No SMTP client can close that window.)
+2. The copy in the Sent folder (IMAP accounts): APPEND with ``\\Seen`` unless a message
+   with the same Message-ID is already there, then ``sentUid`` is recorded.
+3. The stored message row for that UID, so the message is listed at once.
+
+4xx replies and network trouble are retried with backoff (task status ``retry``, with
+the reason); 5xx replies fail the task at once with the server's reply. Once delivered,
+a task ends in ``success`` even if the Sent copy could not be made (the result's
+``sentCopyError`` says why): the mail has gone out, and a failure would invite the
+caller to send it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from sqlalchemy import update
+
+from db.models import Account, Draft, now_ms
+from email_service import locks, metrics
+from email_service.blobstore import BlobNotFound
+from email_service.crypto import DecryptionError
+from email_service.errors import ServiceError
+from email_service.jobs import Attempt, RetryLater
+from email_service.mail import smtp
+from email_service.mail.errors import (
+    MailAuthError,
+    MailError,
+    SmtpPermanentError,
+    SmtpTransientError,
+)
+from email_service.mail.imap import ImapSession, RemoteFolder
+from email_service.runtime import Runtime
+from email_service.services import tasks
+from email_service.services.accounts import account_endpoint
+from email_service.services.mailjobs import (
+    append_once,
+    mark,
+    special_folder,
+    store_own_copy,
+)
+from email_service.services.sync.store import delete_blobs
+
+log = logging.getLogger(__name__)
+
+SENT_FLAGS = ("\\Seen",)
+# Recipients per SMTP transaction: RFC 5321 (4.5.3.1.8) has servers take at least 100.
+SMTP_BATCH = 100
+DRAFT_FLAGS = ("\\Draft", "\\Seen")
+
+
+class _Failed(Exception):
+    """A step failed for good; ``reason`` is for the task's ``error``."""
+
+    def __init__(self, reason: str, result: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result
+
+
+def describe(exc: BaseException) -> str:
+    """A failure in words for the task's ``error``; never a password or a stack trace."""
+    if isinstance(exc, MailError):
+        return str(exc)
+    if isinstance(exc, ServiceError):  # the outbound connection guard
+        return f"The connection was not allowed: {exc.message}"
+    if isinstance(exc, DecryptionError):
+        return "The stored password cannot be decrypted (is its key still configured?)"
+    if isinstance(exc, BlobNotFound):
+        return "The stored message is gone from the blob store"
+    return "The task failed because of an internal error"
+
+
+def _live_account(runtime: Runtime, tenant_id: uuid.UUID, account_id: str | None) -> Account | None:
+    if account_id is None:
+        return None
+    with runtime.db.transaction(tenant_id) as session:
+        account = session.get(Account, account_id)
+    if account is None or account.deleted_at is not None:
+        return None
+    return account
+
+
+def _blob(runtime: Runtime, key: str) -> bytes:
+    return b"".join(runtime.blobs.stream(key))
+
+
+# ----------------------------------------------------------------------------- send
+
+
+def run_send(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Attempt) -> None:
+    """Run the send task ``task_id``; safe to run again at any point (see the module doc).
+
+    Raises ``RetryLater`` after recording ``retry`` when a transient failure may pass.
+    """
+    # A broker may hand a message to a second worker while the first still runs it (a
+    # missed heartbeat); only one of them may talk to SMTP.
+    with locks.try_lock(runtime.db, f"send:{task_id}") as locked:
+        if locked:
+            _run_send(runtime, tenant_id, task_id, attempt)
+        else:
+            log.info("send task %s is running elsewhere", task_id)
+
+
+def _run_send(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Attempt) -> None:
+    report = tasks.TaskReport(runtime, tenant_id, task_id)
+    task = report.load()
+    if task is None or task.status in tasks.FINISHED:
+        return
+    payload = dict(task.payload)
+    keys = [payload["rawKey"], payload["copyKey"]]
+    account = _live_account(runtime, tenant_id, task.account_id)
+    report.started(attempt.number)
+    try:
+        if "acceptedAt" not in payload:
+            if account is None:
+                raise _Failed("The account no longer exists")
+            payload = _deliver(runtime, tenant_id, task_id, account, payload, report, attempt)
+        result: dict[str, Any] = {
+            "messageId": payload["messageId"],
+            "accepted": payload["accepted"],
+            "refused": payload["refused"],
+            "sentFolder": None,
+        }
+        if account is not None and account.protocol == "imap":
+            _file_sent_copy(runtime, tenant_id, task_id, account, payload, result, attempt, report)
+    except _Failed as failure:
+        report.failed(failure.reason, failure.result)
+        delete_blobs(runtime.blobs, keys)
+        return
+    report.succeeded(result)
+    delete_blobs(runtime.blobs, keys)
+    log.info("sent message %s (task %s)", payload["messageId"], task_id)
+
+
+def _deliver(
+    runtime: Runtime,
+    tenant_id: uuid.UUID,
+    task_id: str,
+    account: Account,
+    payload: dict[str, Any],
+    report: tasks.TaskReport,
+    attempt: Attempt,
+) -> dict[str, Any]:
+    """Hand the message to the account's SMTP server; returns the payload with the outcome.
+
+    Recipients go in transactions of at most ``SMTP_BATCH``; each one taken is recorded
+    at once (``batches``), and a re-run goes on with the next. A 5xx for a later batch,
+    once an earlier one was taken, refuses that batch's recipients only.
+    """
+    recipients: list[str] = payload["recipients"]
+    batches = [recipients[i : i + SMTP_BATCH] for i in range(0, len(recipients), SMTP_BATCH)]
+    done: list[dict[str, Any]] = list(payload.get("batches", []))
+    try:
+        raw = _blob(runtime, payload["rawKey"])
+        endpoint = account_endpoint(runtime, account, smtp=True)
+    except (DecryptionError, BlobNotFound) as exc:
+        raise _Failed(describe(exc)) from exc
+    for batch in batches[len(done) :]:
+        try:
+            outcome = smtp.send(endpoint, payload["envelopeFrom"], batch, raw)
+        except SmtpPermanentError as exc:
+            metrics.observe_smtp(metrics.smtp_outcome(exc))
+            refused = {address: f"{exc.code} {exc.reply}" for address in batch}
+            refused.update(
+                {address: f"{code} {reply}" for address, (code, reply) in exc.recipients.items()}
+            )
+            if not any(entry["accepted"] for entry in done):
+                result = {"messageId": payload["messageId"], "refused": refused}
+                raise _Failed(str(exc), result) from exc
+            done.append({"accepted": [], "refused": refused})
+        except (SmtpTransientError, MailAuthError) as exc:
+            metrics.observe_smtp(metrics.smtp_outcome(exc))
+            if exc.transient and not attempt.last:
+                report.retrying(str(exc))
+                raise RetryLater(str(exc)) from exc
+            raise _Failed(str(exc)) from exc
+        except ServiceError as exc:
+            metrics.observe_smtp("blocked")
+            raise _Failed(describe(exc)) from exc
+        except MailError as exc:
+            raise _Failed(describe(exc)) from exc
+        else:
+            metrics.observe_smtp(metrics.smtp_outcome(outcome))
+            done.append(
+                {
+                    "accepted": list(outcome.accepted),
+                    "refused": {
+                        a: f"{code} {reply}" for a, (code, reply) in outcome.refused.items()
+                    },
+                }
+            )
+        # The server has this batch now: say so before anything else can go wrong.
+        mark(runtime, tenant_id, task_id, batches=done)
+    return mark(
+        runtime,
+        tenant_id,
+        task_id,
+        acceptedAt=now_ms(),
+        accepted=[address for entry in done for address in entry["accepted"]],
+        refused={a: reply for entry in done for a, reply in entry["refused"].items()},
+    )
+
+
+def _file_sent_copy(
+    runtime: Runtime,
+    tenant_id: uuid.UUID,
+    task_id: str,
+    account: Account,
+    payload: dict[str, Any],
+    result: dict[str, Any],
+    attempt: Attempt,
+    report: tasks.TaskReport,
+) -> None:
+    """Steps 2 and 3; fills ``result`` (``sentFolder``, ``sentMessageId`` or ``sentCopyError``)."""
+    try:
+        copy = _blob(runtime, payload["copyKey"])
+        if "sentUid" not in payload:
+            with ImapSession(account_endpoint(runtime, account)) as imap:
+                folder = special_folder(imap, "\\Sent", "Sent")
+                uid = append_once(imap, folder.name, copy, payload["messageId"], SENT_FLAGS)
+            payload = mark(
+                runtime,
+                tenant_id,
+                task_id,
+                sentUid=uid,
+                sentFolder=folder.name,
+                sentDelimiter=folder.delimiter,
+                sentSpecialUse=folder.special_use,
+            )
+    except MailError as exc:
+        reason = f"Delivered, but keeping a copy in the Sent folder failed: {exc}"
+        if exc.transient and not attempt.last:
+            report.retrying(reason)
+            raise RetryLater(reason) from exc
+        result["sentCopyError"] = reason
+        return
+    except (ServiceError, DecryptionError, BlobNotFound) as exc:
+        result["sentCopyError"] = f"Delivered, but no copy was kept in Sent: {describe(exc)}"
+        return
+    folder = RemoteFolder(
+        payload["sentFolder"], payload["sentDelimiter"], (), payload["sentSpecialUse"], True
+    )
+    result["sentFolder"] = folder.name
+    if payload["sentUid"] is not None:
+        result["sentMessageId"] = _store_copy(runtime, tenant_id, account, folder, payload, copy)
+
+
+def _store_copy(
+    runtime: Runtime,
+    tenant_id: uuid.UUID,
+    account: Account,
+    folder: RemoteFolder,
+    payload: dict[str, Any],
+    copy: bytes,
+) -> str | None:
+    try:
+        return store_own_copy(
+            runtime, tenant_id, account.id, folder, int(payload["sentUid"]), copy, SENT_FLAGS
+        )
+    except Exception:
+        # The copy is on the server; the next sync stores it like any other message.
+        log.exception("could not store the Sent copy of %s", payload["messageId"])
+        return None
+
+
+# ----------------------------------------------------------------------------- drafts
+
+
+def run_draft(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Attempt) -> None:
+    """Put the draft of task ``task_id`` into the account's Drafts folder (once).
+
+    Raises ``RetryLater`` after recording ``retry`` when a transient failure may pass.
+    """
+    report = tasks.TaskReport(runtime, tenant_id, task_id)
+    task = report.load()
+    if task is None or task.status in tasks.FINISHED:
+        return
+    payload = task.payload
+    with runtime.db.transaction(tenant_id) as session:
+        draft = session.get(Draft, payload["draftId"])
+    if draft is not None and draft.status == "saved":  # done; only the report was lost
+        report.succeeded({"draftId": draft.id, "folder": draft.folder_name, "uid": draft.imap_uid})
+        return
+    account = _live_account(runtime, tenant_id, task.account_id)
+    if account is None:
+        report.failed("The account no longer exists")
+        _set_draft(runtime, tenant_id, payload["draftId"], status="failed")
+        return
+    report.started(attempt.number)
+    try:
+        raw = _blob(runtime, payload["rawKey"])
+        with ImapSession(account_endpoint(runtime, account)) as imap:
+            folder = special_folder(imap, "\\Drafts", "Drafts")
+            uid = append_once(imap, folder.name, raw, payload["messageId"], DRAFT_FLAGS)
+    except (MailError, ServiceError, DecryptionError, BlobNotFound) as exc:
+        reason = describe(exc)
+        if isinstance(exc, MailError) and exc.transient and not attempt.last:
+            report.retrying(reason)
+            raise RetryLater(reason) from exc
+        report.failed(reason)
+        _set_draft(runtime, tenant_id, payload["draftId"], status="failed")
+        return
+    _set_draft(
+        runtime,
+        tenant_id,
+        payload["draftId"],
+        status="saved",
+        folder_name=folder.name,
+        imap_uid=uid,
+    )
+    result: dict[str, Any] = {
+        "draftId": payload["draftId"],
+        "messageId": payload["messageId"],
+        "folder": folder.name,
+        "uid": uid,
+    }
+    if uid is not None:
+        try:
+            result["storedMessageId"] = store_own_copy(
+                runtime, tenant_id, account.id, folder, uid, raw, DRAFT_FLAGS
+            )
+        except Exception:
+            log.exception("could not store the draft %s", payload["draftId"])
+    report.succeeded(result)
+    delete_blobs(runtime.blobs, [payload["rawKey"]])
+
+
+def _set_draft(runtime: Runtime, tenant_id: uuid.UUID, draft_id: str, **values: Any) -> None:
+    with runtime.db.transaction(tenant_id) as session:
+        session.execute(
+            update(Draft).where(Draft.id == draft_id).values(**values, updated_at=now_ms())
+        )
