@@ -207,6 +207,8 @@ def _run_locked(
         row = session.get(Message, message_id)
         folder = session.get(Folder, row.folder_id) if row is not None else None
         account = session.get(Account, row.account_id) if row is not None else None
+    if account is not None and account.deleted_at is not None:
+        account = None
     if row is None or folder is None or account is None or row.uid is None:
         report.succeeded({"messageId": message_id, "missing": True})
         return
