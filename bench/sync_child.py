@@ -40,6 +40,39 @@ class _Unsent:
         return self._Job(task_id)
 
 
+def _watch_memory() -> None:
+    """Diagnostics: at exit, print where the memory was allocated at its peak."""
+    import atexit
+    import threading
+    import tracemalloc
+
+    tracemalloc.start(8)
+    best: dict[str, object] = {"size": 0, "snap": None}
+
+    def sample() -> None:
+        while True:
+            current, _ = tracemalloc.get_traced_memory()
+            if current > int(best["size"]):  # type: ignore[call-overload]
+                best["size"], best["snap"] = current, tracemalloc.take_snapshot()
+            time.sleep(0.05)
+
+    threading.Thread(target=sample, daemon=True).start()
+
+    def report() -> None:
+        snap = best["snap"]
+        if snap is not None:
+            print(f"# peak traced {int(best['size']) / 2**20:.0f} MiB")  # type: ignore[call-overload]
+            for stat in snap.statistics("traceback")[:8]:  # type: ignore[attr-defined]
+                print(
+                    f"# {stat.size / 2**20:.1f} MiB",
+                    " <- ".join(
+                        f"{f.filename.rsplit('/', 2)[-1]}:{f.lineno}" for f in stat.traceback[:4]
+                    ),
+                )
+
+    atexit.register(report)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("tenant", type=uuid.UUID)
@@ -62,6 +95,8 @@ def main() -> None:
 
     imap_module.ImapSession.__init__ = counting_init  # type: ignore[method-assign]
 
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        _watch_memory()
     for _ in range(args.repeat):
         sessions.clear()
         with open_scope(runtime, Caller(args.tenant, args.user)) as scope:

@@ -102,12 +102,6 @@ class RateLimited(ServiceError):
         self.retry_after = retry_after
 
 
-class NotImplementedYet(ServiceError):
-    status = 501
-    error = "Not implemented"
-    code = "NOT_IMPLEMENTED"
-
-
 class DependencyUnavailable(ServiceError):
     status = 503
     error = "Service unavailable"

@@ -89,16 +89,3 @@ def test_unexpected_error_is_500_without_internals(client, alice: Identity, monk
     body = response.json()
     assert _is_error_response(body)
     assert "SELECT" not in response.text and "Traceback" not in response.text
-
-
-@pytest.mark.parametrize(
-    "method, path",
-    [
-        ("PATCH", "/api/some-account/messages/some-message"),
-    ],
-)
-def test_later_operations_answer_501(client, alice: Identity, method: str, path: str) -> None:
-    kwargs: dict = {"json": {}} if method in {"POST", "PATCH"} else {}
-    response = client.request(method, path, headers=alice.bearer, **kwargs)
-    assert response.status_code == 501
-    assert response.json()["code"] == "NOT_IMPLEMENTED"

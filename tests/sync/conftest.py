@@ -60,6 +60,9 @@ def sync_settings(
         # Small batches, so a handful of messages already spans several of them.
         sync_batch_size=4,
         task_max_retries=3,
+        # These tests poll and page far more than a person would; the limits have
+        # tests of their own (tests/api/test_rate_limits.py).
+        rate_limit_enabled=False,
         task_min_backoff_ms=50,
         task_max_backoff_ms=200,
     )

@@ -341,3 +341,24 @@ def test_sync_of_another_tenants_or_users_account_is_404(
         response = api.get(f"/api/sync/task/{started['taskId']}", headers=intruder.bearer)
         assert response.status_code == 404
         assert response.json()["code"] == "TASK_NOT_FOUND"
+
+
+def test_a_host_refused_at_connect_time_fails_the_sync_with_the_reason(
+    api: Any, mailbox: Mailbox
+) -> None:
+    # The host was allowed when the account was saved; DNS (or the policy) changed since.
+    from email_service.mail import endpoint
+    from email_service.netguard import HostNotAllowed
+
+    previous = endpoint._connect_guard
+
+    def refuse(host: str, port: int) -> None:
+        raise HostNotAllowed(f"The mail host '{host}' resolves to an address that is not allowed")
+
+    endpoint.set_connect_guard(refuse)
+    try:
+        task = sync(api, mailbox)
+    finally:
+        endpoint.set_connect_guard(previous)
+    assert task["status"] == "failure"
+    assert "not allowed" in task["error"]

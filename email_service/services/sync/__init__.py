@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from db.models import Account, Task, now_ms
 from email_service import locks, metrics
 from email_service.crypto import DecryptionError
+from email_service.errors import ServiceError
 from email_service.jobs import Attempt, RetryLater
 from email_service.mail.errors import MailAuthError, MailError
 from email_service.mail.imap import ImapSession
@@ -75,6 +76,8 @@ def _describe(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, PermissionError):
         return f"The connection was not allowed: {exc}"
+    if isinstance(exc, ServiceError):  # the outbound guard refusing the host, say
+        return exc.message
     if isinstance(exc, DecryptionError):
         return "The stored password cannot be decrypted (is its key still configured?)"
     return "The sync failed because of an internal error"
@@ -143,7 +146,7 @@ def _run_locked(
                 sync_imap(job, imap)
     except Exception as exc:
         reason = _describe(exc)
-        if not isinstance(exc, (MailError, PermissionError, DecryptionError)):
+        if not isinstance(exc, (MailError, PermissionError, DecryptionError, ServiceError)):
             log.exception("sync of account %s failed", account.id)
         else:
             log.warning("sync of account %s failed: %s", account.id, reason)

@@ -15,7 +15,7 @@ from email_service.services.sync.store import MessageStore, Skipped
 
 # A batch is also cut short at this many bytes of raw mail, which bounds a worker's memory
 # whatever the batch size (a few huge messages in a row).
-MAX_BATCH_BYTES = 32 * 1024 * 1024
+MAX_BATCH_BYTES = 8 * 1024 * 1024
 
 
 @dataclass

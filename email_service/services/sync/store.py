@@ -28,8 +28,9 @@ from email_service.mail.mime import ParsedMessage
 log = logging.getLogger(__name__)
 
 # Keywords that mean something to mail clients rather than being a user's labels
-# (RFC 5788 registry names start with "$": $Forwarded, $MDNSent, $Junk, ...).
-_JUNK_KEYWORDS = {"$junk", "junk"}
+# (RFC 5788 registry names start with "$": $Forwarded, $MDNSent, $Junk, ...). Only the
+# registered $Junk marks spam: a user's own label "Junk" is just a label.
+_JUNK_KEYWORDS = {"$junk"}
 # S3 uploads are network-bound: several in flight hide each one's round trip.
 _UPLOAD_THREADS = 8
 _CONVERSATION_NAMESPACE = uuid.UUID("5b0e3c0a-7d7e-4d55-9a43-4a3c8f1f2e11")
@@ -304,6 +305,9 @@ class MessageStore:
                 outcome.added += 1
                 outcome.unread += 0 if row["is_read"] else 1
             except (IntegrityError, DBAPIError) as exc:
+                if item.uid is not None and _stored_already(session, target.folder_id, item.uid):
+                    # Stored meanwhile by a send or draft job filing its own copy.
+                    continue
                 reason = f"the database refused the message ({type(exc.orig).__name__})"
                 log.warning("skipping a message in %s: %s", target.folder_name, reason)
                 outcome.skipped.append(
@@ -343,6 +347,13 @@ class MessageStore:
         # whose rows are then refused is an orphan, which is harmless.
         list(self._pool.map(lambda upload: self.blobs.put(*upload), uploads))
         return attachments
+
+
+def _stored_already(session: Session, folder_id: str, uid: int) -> bool:
+    found = session.scalar(
+        select(Message.id).where(Message.folder_id == folder_id, Message.uid == uid)
+    )
+    return found is not None
 
 
 def adjust_counts(session: Session, folder_id: str, total: int, unread: int) -> None:
