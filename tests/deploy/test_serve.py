@@ -173,6 +173,11 @@ def _stale_counter_file(directory: Path) -> None:
     assert list(directory.glob("counter_*.db"))
 
 
+# Several server processes need state they can share: the embedded default (in-memory
+# queue, scheduler and limits) serves with one process only.
+SHARED = {"REDIS_URL": "redis://127.0.0.1:6379/0", "QUEUE_NAMESPACE": "email-test-serve"}
+
+
 def test_workers_share_the_port_and_metrics_add_up_every_worker(
     start_server: Callable[..., Server], tmp_path: Path
 ) -> None:
@@ -180,7 +185,7 @@ def test_workers_share_the_port_and_metrics_add_up_every_worker(
     prom_dir = tmp_path / "prom"
     _stale_counter_file(prom_dir)
     # when the server runs two worker processes,
-    server = start_server("--workers", "2", PROMETHEUS_MULTIPROC_DIR=str(prom_dir))
+    server = start_server("--workers", "2", PROMETHEUS_MULTIPROC_DIR=str(prom_dir), **SHARED)
     server.wait_healthy()
     workers = server.worker_pids()
     assert len(workers) == 2, server.log()
@@ -242,7 +247,7 @@ def test_serve_without_a_directory_makes_and_removes_its_own(
 ) -> None:
     tmp = tmp_path / "tmpdir"
     tmp.mkdir()
-    server = start_server("--workers", "2", TMPDIR=str(tmp))
+    server = start_server("--workers", "2", TMPDIR=str(tmp), **SHARED)
     server.wait_healthy()
     (made,) = tmp.glob("email-service-metrics-*")
     assert list(made.glob("counter_*.db"))
@@ -331,3 +336,12 @@ def test_without_a_grace_period_the_in_flight_request_is_lost(
             status = None
     assert status != 201
     assert server.wait_for_line("timeout graceful shutdown exceeded")
+
+
+def test_the_embedded_default_serves_with_one_process(
+    start_server: Callable[..., Server],
+) -> None:
+    server = start_server("--workers", "3")
+    server.wait_healthy()
+    assert server.worker_pids() == set(), server.log()  # no worker processes: one server
+    assert "one process" in server.log()
