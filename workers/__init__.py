@@ -28,7 +28,7 @@ def start_worker(jobs: DramatiqJobs, threads: int) -> dramatiq.Worker:
     broker: Any = jobs.broker
     # Middleware such as TimeLimit only starts its machinery on process boot.
     broker.emit_after("process_boot")
-    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=500)
+    worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
     return worker
 

@@ -7,6 +7,7 @@ resolves or connects to anything, so a policy installed with :func:`set_connect_
 
 from __future__ import annotations
 
+import functools
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -93,8 +94,13 @@ def endpoint_guard(host: str, port: int) -> None:
         guard(host, port)
 
 
+@functools.lru_cache(maxsize=16)
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
     """Build a client TLS context that always verifies the server.
+
+    Built once per CA bundle and shared: loading the system trust store takes tens of
+    milliseconds, more than the rest of an SMTP submission, and a client context is
+    safe to use from several threads at once.
 
     Certificate and host name verification are on (``CERT_REQUIRED``, ``check_hostname``)
     and TLS 1.2 is the minimum. The system trust store is always loaded; ``ca_file``, when

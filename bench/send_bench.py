@@ -1,0 +1,196 @@
+"""P5: sending through the API (enqueue, worker, SMTP) against plain smtplib."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import ssl
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+from sqlalchemy import select
+
+from bench.api_bench import _free_port, server
+from bench.env import REDIS_URL, BenchEnv
+from db.models import Task
+from db.session import Database
+from email_service.auth import issue_token
+from tests.servers.smtp import SmtpServer
+
+LATENCY_SAMPLES = 20
+# One worker process as deployed (`email-service worker`'s default thread count).
+WORKER_THREADS = 4
+BODY = ("Hello Dana, the figures for the quarter are attached below in words. " * 30).strip()
+
+
+def _baseline(smtp: SmtpServer, env: BenchEnv, sender: Any, to: str, count: int) -> float:
+    """Messages/s of smtplib alone: connect, STARTTLS, AUTH, one message, QUIT, each time."""
+    context = ssl.create_default_context(cafile=str(env.dovecot.ca_file))
+    began = time.perf_counter()
+    for n in range(count):
+        message = EmailMessage()
+        message["From"] = sender.email
+        message["To"] = to
+        message["Subject"] = f"Baseline message {n}"
+        message["Message-ID"] = f"<baseline-{uuid.uuid4().hex}@example.test>"
+        message.set_content(BODY)
+        with smtplib.SMTP(smtp.host, smtp.port, local_hostname="bench.example.test") as client:
+            client.starttls(context=context)
+            client.login(sender.email, sender.password)
+            client.send_message(message)
+    return count / (time.perf_counter() - began)
+
+
+def p5_send(env: BenchEnv, count: int, reps: int) -> list[dict[str, Any]]:
+    smtp = SmtpServer(env.dovecot)
+    smtp.start()
+    sender, recipient = env.dovecot.new_user("p5-from"), env.dovecot.new_user("p5-to")
+    try:
+        print(f"P5: sending {count} messages, smtplib then the API...", flush=True)
+        baseline = [_baseline(smtp, env, sender, recipient.email, count) for _ in range(reps)]
+        ours, latencies = [], []
+        for _ in range(reps):
+            rate, latency = _through_the_api(env, smtp, sender, recipient.email, count)
+            ours.append(rate)
+            latencies.append(latency)
+    finally:
+        smtp.close()
+    base, value = statistics.median(baseline), statistics.median(ours)
+    latency = statistics.median(latencies)
+    return [
+        {
+            "id": "P5",
+            "what": f"{count} messages sent through the API, one worker ({WORKER_THREADS} threads)",
+            "baseline": f"{base:.0f} msg/s plain smtplib, one connection each",
+            "value": f"{value:.0f} msg/s",
+            "ratio": value / base,
+            "target": ">= 0.5",
+            "met": value / base >= 0.5,
+            "raw": {"baseline_msg_s": baseline, "ours_msg_s": ours},
+        },
+        {
+            "id": "P5",
+            "what": "median time from a request's task to the SMTP server's acceptance "
+            f"({LATENCY_SAMPLES} lone messages)",
+            "baseline": "300 ms",
+            "value": f"{latency:.0f} ms",
+            "ratio": latency / 300,
+            "target": "< 1",
+            "met": latency < 300,
+            "raw": {"median_ms": latencies},
+        },
+    ]
+
+
+def _through_the_api(
+    env: BenchEnv, smtp: SmtpServer, sender: Any, to: str, count: int
+) -> tuple[float, float]:
+    namespace = f"email-bench-{uuid.uuid4().hex[:8]}"
+    extra = {"REDIS_URL": REDIS_URL, "QUEUE_NAMESPACE": namespace}
+    port = _free_port()
+    serve = [sys.executable, "-m", "email_service.cli", "serve", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "email_service.cli",
+        "worker",
+        "--threads",
+        str(WORKER_THREADS),
+    ]
+    profile = os.environ.get("BENCH_PYSPY")  # a path: record the worker's stacks
+    if profile:
+        command = ["py-spy", "record", "-d", "10", "--format", "raw", "-o", profile, "--", *command]
+    worker = subprocess.Popen(
+        command,
+        env=env.child_env(**extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    tenant, user = uuid.uuid4(), uuid.uuid4()
+    queued_in = 0.0
+    token = issue_token(env.env["JWT_SECRET"], tenant, user, 3600)
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with server(serve, env.child_env(**extra), port):
+            base = f"http://127.0.0.1:{port}"
+            account = httpx.post(
+                f"{base}/api/accounts",
+                headers=headers,
+                json={
+                    "accountName": "Bench sender",
+                    "emailAddress": sender.email,
+                    "protocol": "imap",
+                    "hostname": env.dovecot.host,
+                    "port": env.dovecot.imap_port,
+                    "encryption": "none",
+                    "username": sender.email,
+                    "password": sender.password,
+                    "smtpHostname": smtp.host,
+                    "smtpPort": smtp.port,
+                    "smtpEncryption": "starttls",
+                },
+            ).json()
+            received_before = len(smtp.received)
+
+            def send(n: int) -> str:
+                response = httpx.post(
+                    f"{base}/api/compose/send",
+                    headers=headers,
+                    json={
+                        "accountId": account["id"],
+                        "to": [to],
+                        "subject": f"API message {n}",
+                        "body": BODY,
+                    },
+                    timeout=30,
+                )
+                response.raise_for_status()
+                return str(response.json()["taskId"])
+
+            began = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                task_ids = list(pool.map(send, range(count)))
+            queued_in = time.perf_counter() - began
+            deadline = time.monotonic() + 600
+            while len(smtp.received) - received_before < count:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the worker did not deliver every message in time")
+                time.sleep(0.01)
+            rate = count / (time.perf_counter() - began)
+            # Latency without a backlog: one message at a time, each waited for.
+            lone: list[str] = []
+            for n in range(LATENCY_SAMPLES):
+                expected = len(smtp.received) + 1
+                lone.append(send(count + n))
+                while len(smtp.received) < expected:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("a lone message was not delivered in time")
+                    time.sleep(0.005)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+    database = Database.from_url(env.database_url)
+    try:
+        with database.transaction(tenant) as session:
+            rows = session.scalars(select(Task).where(Task.id.in_(task_ids + lone))).all()
+            accepted = {row.id for row in rows if "acceptedAt" in (row.payload or {})}
+            waits = [row.payload["acceptedAt"] - row.created_at for row in rows if row.id in lone]
+    finally:
+        database.dispose()
+    if len(accepted) != count + LATENCY_SAMPLES:
+        raise RuntimeError(f"only {len(accepted)} tasks recorded their acceptance")
+    print(
+        f"  P5: {rate:.0f} msg/s ({count} requests answered in {queued_in:.1f} s), "
+        f"enqueue->accepted median {statistics.median(waits):.0f} ms"
+    )
+    return rate, float(statistics.median(waits))
+
+
+__all__ = ["p5_send"]
