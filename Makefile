@@ -40,3 +40,9 @@ sdk: sdk-tools
 	PYTHON=$(PYTHON) scripts/sdk.sh generate
 
 test: lint typecheck pytest
+
+# Benchmarks (README, "Performance"): starts Dovecot, an S3 server and a fresh database,
+# prints P1-P5 against baselines measured in the same run, writes bench/results/latest.json.
+.PHONY: bench
+bench: $(VENV)/.test-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
