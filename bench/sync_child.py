@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import time
 import uuid
 
@@ -73,6 +72,16 @@ def _watch_memory() -> None:
     atexit.register(report)
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that over from
+    the parent across exec, so a child of a big parent would report the parent's peak."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("tenant", type=uuid.UUID)
@@ -122,7 +131,7 @@ def main() -> None:
             json.dumps(
                 {
                     "seconds": seconds,
-                    "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                    "maxrss_mib": _peak_rss_mib(),
                     "status": task.status,
                     "error": task.error,
                     "result": task.result,

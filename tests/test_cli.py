@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import socket
@@ -39,34 +40,50 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def serving(command: list[str], cwd: Path, env: dict[str, str]) -> Iterator[str]:
+    """Run ``command`` (an ``email-service serve``) until it answers /health; its base URL.
+
+    The log goes to a file: a pipe that nobody reads would stop the server once full.
+    """
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log_path = cwd / f"serve-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the server did not start:\n{log_path.read_text()}")
+                time.sleep(0.2)
+            yield base
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
 @pytest.fixture
 def embedded_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    port = _free_port()
-    process = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port)],
-        cwd=tmp_path,
-        # imap.example.test never resolves: the outbound guard refuses it unless listed.
-        env=_clean_env(MAIL_ALLOWED_HOSTS="*.example.test"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read().decode() if process.stdout else ""
-                pytest.fail(f"server did not start:\n{output}")
-            time.sleep(0.2)
+    # imap.example.test never resolves: the outbound guard refuses it unless listed.
+    env = _clean_env(MAIL_ALLOWED_HOSTS="*.example.test")
+    with serving([*CLI, "serve"], tmp_path, env) as base:
         yield base, tmp_path
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def test_quick_start_on_the_embedded_default(embedded_server: tuple[str, Path]) -> None:

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from email_service.config import Settings
 from email_service.runtime import Runtime
 from tests.conftest import TEST_JWT_SECRET, PgDatabase
+from tests.test_cli import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 SDKS = ROOT / "client-sdks"
@@ -40,12 +38,6 @@ if not (SDKS / "python" / "email_service_client").is_dir() or (
 sys.path.insert(0, str(SDKS / "python"))
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def sdk_server(
     pg_database: PgDatabase,
@@ -57,7 +49,6 @@ def sdk_server(
     assert settings.credential_keys is not None
     executable = Path(sys.executable).with_name("email-service")
     assert executable.exists(), f"{executable} is missing: install the project (make test does)"
-    port = _free_port()
     env = {
         **{k: v for k, v in os.environ.items() if k in {"PATH", "HOME", "LANG"}},
         "DATABASE_URL": pg_database.url,
@@ -67,33 +58,6 @@ def sdk_server(
         "DATA_DIR": str(settings.data_dir),
         "LOG_LEVEL": "WARNING",
     }
-    log_path = tmp_path_factory.mktemp("sdk-server") / "server.log"
-    base = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        # The log goes to a file: a pipe nobody reads would block the server once full.
-        process = subprocess.Popen(
-            [str(executable), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=settings.data_dir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"email-service serve did not start:\n{log_path.read_text()}")
-                time.sleep(0.2)
-            yield base
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    logs = tmp_path_factory.mktemp("sdk-server")
+    with serving([str(executable), "serve"], logs, env) as base:
+        yield base

@@ -20,12 +20,11 @@ import pytest
 
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.mailgen import EXPECTED, corpus
-from tests.test_cli import CLI, _clean_env, _free_port
+from tests.test_cli import CLI, _clean_env, serving
 
 
 @pytest.fixture
 def embedded(tmp_path: Path, dovecot: Dovecot) -> Iterator[tuple[str, Path]]:
-    port = _free_port()
     env = _clean_env(
         MAIL_ALLOWED_HOSTS="127.0.0.1,localhost",
         MAIL_CA_FILE=str(dovecot.ca_file),
@@ -33,30 +32,8 @@ def embedded(tmp_path: Path, dovecot: Dovecot) -> Iterator[tuple[str, Path]]:
         # The test polls several times a second; the limits are tested on their own.
         RATE_LIMIT_ENABLED="false",
     )
-    process = subprocess.Popen(
-        [*CLI, "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = process.stdout.read().decode() if process.stdout else ""
-                pytest.fail(f"server did not start:\n{output}")
-            time.sleep(0.2)
+    with serving([*CLI, "serve"], tmp_path, env) as base:
         yield base, tmp_path
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _token(cwd: Path) -> dict[str, str]:
