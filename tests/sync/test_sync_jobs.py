@@ -273,3 +273,23 @@ def test_text_postgresql_cannot_hold_is_cleaned_not_fatal(
     assert outcome.added == 1 and not outcome.skipped
     [message] = all_messages(api, mailbox, inbox["id"])
     assert message["subject"] == "nul inside"
+
+
+def test_a_sync_moves_the_task_and_sync_metrics(
+    api: Any, mailbox: Mailbox, dovecot: Dovecot
+) -> None:
+    from tests.api.test_observability import metric_value, scrape
+
+    fill(dovecot, mailbox.user)
+    before = scrape(api)
+    assert sync(api, mailbox)["status"] == "success"
+    after = scrape(api)
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    for status in ("pending", "started", "success"):
+        assert delta("email_service_tasks_total", kind="sync", status=status) == 1, status
+    assert delta("email_service_sync_duration_seconds_count") == 1
+    assert delta("email_service_messages_synced_total") == len(SAMPLES)
+    assert delta("email_service_http_requests_total", operation="syncAccount", status="202") == 1
