@@ -12,13 +12,13 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import insert
 
 from bench.env import BenchEnv
+from bench.memory import peak_rss_mib
 from db.models import Folder, Message, new_id
 from email_service.auth import issue_token
 from email_service.config import load_settings
@@ -147,14 +147,8 @@ def _children_peak_rss_mib(pid: int) -> list[float]:
     children = subprocess.run(
         ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
     ).stdout.split()
-    peaks = []
-    for child in [pid, *map(int, children)]:
-        status = Path(f"/proc/{child}/status")
-        if status.exists():
-            match = re.search(r"VmHWM:\s+(\d+) kB", status.read_text())
-            if match:
-                peaks.append(int(match.group(1)) / 1024)
-    return peaks
+    peaks = (peak_rss_mib(child) for child in [pid, *map(int, children)])
+    return [peak for peak in peaks if peak is not None]
 
 
 _memory: dict[str, Any] = {}

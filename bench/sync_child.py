@@ -14,6 +14,7 @@ import os
 import time
 import uuid
 
+from bench.memory import peak_rss_mib
 from email_service.config import load_settings
 from email_service.identity import Caller
 from email_service.jobs import Attempt
@@ -72,16 +73,6 @@ def _watch_memory() -> None:
     atexit.register(report)
 
 
-def _peak_rss_mib() -> float:
-    """This process's peak RSS. Not getrusage's ru_maxrss: Linux carries that over from
-    the parent across exec, so a child of a big parent would report the parent's peak."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("tenant", type=uuid.UUID)
@@ -131,7 +122,7 @@ def main() -> None:
             json.dumps(
                 {
                     "seconds": seconds,
-                    "maxrss_mib": _peak_rss_mib(),
+                    "maxrss_mib": peak_rss_mib(),
                     "status": task.status,
                     "error": task.error,
                     "result": task.result,

@@ -3,8 +3,9 @@
 Per folder, the saved state (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the last UID stored)
 decides how little needs asking:
 
-* nothing changed (same UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ, with CONDSTORE): one
-  EXAMINE and done;
+* nothing changed (same UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ, with CONDSTORE): known
+  from the LIST-STATUS answer that listed the folders, so not even an EXAMINE (one
+  EXAMINE where the server lacks LIST-STATUS);
 * UIDVALIDITY changed: every stored message of the folder is void, the folder is rebuilt;
 * otherwise expunges come from QRESYNC ``VANISHED`` (or a UID comparison), flag changes
   from CONDSTORE ``CHANGEDSINCE`` (or a sweep of every flag), and new mail is the UIDs
