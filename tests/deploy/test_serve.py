@@ -206,7 +206,13 @@ def test_workers_share_the_port_and_metrics_add_up_every_worker(
             sent += 16
             if all(per_worker().values()):
                 break
+    # A request is counted as its response finishes, which can be a moment after the
+    # client has read it: wait (boundedly) for the last counts to reach the files.
+    deadline = time.monotonic() + DEADLINE_S
     shares = per_worker()
+    while sum(shares.values()) < sent and time.monotonic() < deadline:
+        time.sleep(0.05)
+        shares = per_worker()
     assert all(shares.values()), f"one worker answered everything: {shares}"
 
     # then every scrape, whichever worker answers it, reports all of them and nothing of
