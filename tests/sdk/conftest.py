@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +58,11 @@ def sdk_server(
         "MAIL_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DATA_DIR": str(settings.data_dir),
         "LOG_LEVEL": "WARNING",
+        # With a broker configured the server runs no in-process worker or scheduler:
+        # on the embedded default its scheduler would sync every account of the shared
+        # test database (other tests' too) with settings of its own.
+        "REDIS_URL": "redis://127.0.0.1:6379/0",
+        "QUEUE_NAMESPACE": f"email-test-sdk-{uuid.uuid4().hex[:8]}",
     }
     logs = tmp_path_factory.mktemp("sdk-server")
     with serving([str(executable), "serve"], logs, env) as base:
