@@ -50,6 +50,8 @@ from .errors import (
     describe_network_error,
     redact,
 )
+from .imap_bounds import UidRanges, copyuid_target
+from .limits import MAX_FOLDER_UIDS
 
 __all__ = [
     "SPECIAL_USES",
@@ -139,13 +141,14 @@ class RemoteFolder:
 class FetchedMessage:
     """One message as fetched: exact bytes as stored on the server plus metadata.
 
-    ``internaldate`` is timezone-aware UTC. ``modseq`` is set when CONDSTORE is in use.
+    ``internaldate`` is timezone-aware UTC, or ``None`` when the server sent none that
+    parses (``NIL``, garbage). ``modseq`` is set when CONDSTORE is in use.
     ``flags`` never include ``\\Recent`` (per-session state, not a message property).
     """
 
     uid: int
     flags: tuple[str, ...]
-    internaldate: datetime
+    internaldate: datetime | None
     size: int
     raw: bytes
     modseq: int | None
@@ -622,16 +625,42 @@ class ImapSession:
                 # ESEARCH answers with ranges (1:5000,5002) instead of every number:
                 # smaller, and it keeps huge mailboxes under imaplib's 1 MB line limit.
                 self._command_ok("searching messages", "UID", "SEARCH", "RETURN", "(ALL)", criteria)
+                ranges: list[tuple[int, int]] = []
                 for line in ur.pop("ESEARCH", []):
                     match = _ESEARCH_ALL_RE.search(line if isinstance(line, bytes) else b"")
                     if match:
-                        found.update(_expand_set(match.group(1).decode()))
+                        ranges.extend(UidRanges.parse(match.group(1).decode()).listed)
+                found.update(self._believable_uids(UidRanges(ranges)))
             else:
                 self._command_ok("searching messages", "UID", "SEARCH", criteria)
                 for line in ur.pop("SEARCH", []):
                     if isinstance(line, bytes):
-                        found.update(int(x) for x in line.split())
+                        # The line is bounded by the line cap, so its numbers are too.
+                        found.update(int(x) for x in line.split() if x.isdigit())
+                if len(found) > MAX_FOLDER_UIDS:
+                    raise MailProtocolError(
+                        f"the IMAP server reported {len(found)} messages in one folder, "
+                        f"more than the {MAX_FOLDER_UIDS} possible here"
+                    )
             return sorted(found)
+
+    def _believable_uids(self, ranges: UidRanges) -> Iterator[int]:
+        """The UIDs of ``ranges`` that can exist in the selected folder (bounded count).
+
+        UIDs are below UIDNEXT, and a folder holds no more UIDs than messages (EXISTS,
+        as last reported): a set beyond either is a server's mistake or a hostile one.
+        """
+        state = self._state
+        if state is not None:
+            ranges = ranges.clip(1, max(state.uidnext - 1, 0))
+            exists = state.exists
+            for value in self._imap.untagged_responses.get("EXISTS", []):
+                with suppress(ValueError, TypeError):
+                    exists = max(exists, int(value))
+            limit = min(exists, MAX_FOLDER_UIDS)
+        else:
+            limit = MAX_FOLDER_UIDS
+        return ranges.numbers(limit, "messages in one folder")
 
     def flags(self, uids: Sequence[int] | None = None) -> dict[int, tuple[str, ...]]:
         """Flags of ``uids`` (or of every message when ``None``), keyed by UID.
@@ -710,8 +739,9 @@ class ImapSession:
                 text = _text(line).strip()
                 if text.upper().startswith("(EARLIER)"):
                     text = text[len("(EARLIER)") :].strip()
-                gone.update(_expand_set(text))
-        return sorted(known & gone)
+                # Only what we know is ever expanded: "1:4294967295" costs len(known).
+                gone.update(UidRanges.parse(text).intersect(known))
+        return sorted(gone)
 
     # ------------------------------------------------------------------ fetching
 
@@ -967,11 +997,9 @@ class ImapSession:
             for entry in ur.pop("COPYUID", []):
                 fields = _text(entry).split()
                 if len(fields) == 3:
-                    mapping = dict(
-                        zip(_expand_set(fields[1]), _expand_set(fields[2]), strict=False)
-                    )
-                    if uid in mapping:
-                        return mapping[uid]
+                    target = copyuid_target(fields[1], fields[2], uid)
+                    if target is not None:
+                        return target
             ur.pop("FETCH", None)
             return None
 
@@ -1084,9 +1112,11 @@ def _flags(raw: Iterable[bytes | str]) -> tuple[str, ...]:
     return tuple(t for t in (_text(f) for f in raw) if t.lower() != "\\recent")
 
 
-def _utc(value: object) -> datetime:
+def _utc(value: object) -> datetime | None:
+    # NIL or an unparsable date: the caller falls back to the Date header, then to the
+    # time of the sync. Failing here would stop the sync at this message for good.
     if not isinstance(value, datetime):
-        raise MailProtocolError("the IMAP server did not send a valid INTERNALDATE")
+        return None
     if value.tzinfo is None:  # the server sent no zone; RFC 3501 requires one
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
@@ -1143,20 +1173,3 @@ def _uid_sets(uids: Iterable[int], max_count: int) -> list[str]:
         if runs:
             sets.append(",".join(runs))
     return sets
-
-
-def _expand_set(text: str) -> list[int]:
-    """Expand an IMAP UID set such as ``4:7,9`` (``*`` is not expected here)."""
-    out: list[int] = []
-    for part in text.strip().split(","):
-        if not part:
-            continue
-        if ":" in part:
-            low_text, high_text = part.split(":", 1)
-            if "*" in (low_text, high_text):
-                continue
-            low, high = sorted((int(low_text), int(high_text)))
-            out.extend(range(low, high + 1))
-        elif part != "*":
-            out.append(int(part))
-    return out

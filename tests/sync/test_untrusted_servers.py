@@ -1,0 +1,149 @@
+"""Syncing from servers that answer in bad faith, through the real path.
+
+HTTP in, Dramatiq worker, and Dovecot behind the rewriting proxy of
+``tests/servers/hostile.py``. Each case checks that the task ends within its deadline
+(with an error in words, or with success and the bad message skipped or kept as it
+could be), and that an honest account synced by the same worker afterwards is complete.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from collections.abc import Iterator
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from tests.conftest import Identity
+from tests.servers import hostile
+from tests.servers.dovecot import Dovecot, MailUser
+from tests.sync.conftest import Mailbox, account_for, sync
+from tests.sync.test_imap_sync import all_messages, folders_by_name
+
+
+def message(subject: str, *, date: str = "Tue, 02 Jan 2024 03:04:05 +0000") -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Sender <sender@example.test>"
+    msg["To"] = "someone@example.test"
+    msg["Subject"] = subject
+    msg["Date"] = date
+    msg["Message-ID"] = f"<{subject.replace(' ', '.')}@example.test>"
+    msg.set_content(f"Body of {subject}.\n")
+    return msg.as_bytes()
+
+
+@pytest.fixture
+def proxy(dovecot: Dovecot) -> Iterator[hostile.HostileProxy]:
+    with hostile.HostileProxy(dovecot.imap_port) as server:
+        yield server
+
+
+def proxied_account(
+    api: Any, identity: Identity, dovecot: Dovecot, user: MailUser, proxy: hostile.HostileProxy
+) -> Mailbox:
+    return account_for(
+        api, identity, dovecot, user, hostname="127.0.0.1", port=proxy.port, encryption="none"
+    )
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def inbox_subjects(api: Any, box: Mailbox) -> list[str]:
+    folders = folders_by_name(api, box)
+    return sorted(m["subject"] for m in all_messages(api, box, folders["INBOX"]["id"]))
+
+
+def assert_honest_account_syncs(api: Any, alice: Identity, dovecot: Dovecot) -> None:
+    """The same worker still serves an honest account completely."""
+    user = dovecot.new_user("honest")
+    for n in range(3):
+        dovecot.append(user, "INBOX", message(f"honest {n}"))
+    box = account_for(api, alice, dovecot, user)
+    task = sync(api, box)
+    assert task["status"] == "success", task
+    assert inbox_subjects(api, box) == ["honest 0", "honest 1", "honest 2"]
+
+
+def test_esearch_naming_four_billion_uids_is_bounded_by_the_folder(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser, proxy: hostile.HostileProxy
+) -> None:
+    # Given a server whose every ESEARCH ALL answer is "1:4294967295"
+    for n in range(3):
+        dovecot.append(mail_user, "INBOX", message(f"hello {n}"))
+    proxy.rules = [hostile.huge_esearch]
+    box = proxied_account(api, alice, dovecot, mail_user, proxy)
+    rss_before = peak_rss_mib()
+
+    # When the account is synced (twice: the second one compares every UID)
+    started = time.monotonic()
+    first = sync(api, box)
+    second = sync(api, box, force=True)
+
+    # Then both end quickly, holding only the UIDs the folder can have
+    assert time.monotonic() - started < 20
+    assert first["status"] == "success", first
+    assert second["status"] == "success", second
+    assert inbox_subjects(api, box) == ["hello 0", "hello 1", "hello 2"]
+    assert second["result"]["messagesRemoved"] == 0
+    assert peak_rss_mib() - rss_before < 100
+    assert_honest_account_syncs(api, alice, dovecot)
+
+
+def test_vanished_naming_four_billion_uids_removes_only_what_we_know(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser, proxy: hostile.HostileProxy
+) -> None:
+    # Given a synced account
+    for n in range(3):
+        dovecot.append(mail_user, "INBOX", message(f"kept {n}"))
+    box = proxied_account(api, alice, dovecot, mail_user, proxy)
+    assert sync(api, box)["status"] == "success"
+
+    # When new mail arrives and the server then reports everything above 1 as expunged
+    dovecot.append(mail_user, "INBOX", message("new one"))
+
+    def vanished(line: bytes) -> bytes | None:
+        if line.split(b" ", 2)[1:2] == [b"OK"] and b"Fetch completed" in line:
+            return b"* VANISHED (EARLIER) 2:4294967295\r\n" + line
+        return line
+
+    proxy.rules = [vanished]
+    rss_before = peak_rss_mib()
+    started = time.monotonic()
+    task = sync(api, box)
+
+    # Then the sync ends at once, removing only the stored messages the server named
+    assert time.monotonic() - started < 20
+    assert task["status"] == "success", task
+    assert task["result"]["messagesRemoved"] == 2
+    assert "kept 0" in inbox_subjects(api, box)
+    assert peak_rss_mib() - rss_before < 100
+    assert_honest_account_syncs(api, alice, dovecot)
+
+
+def test_internaldate_nil_falls_back_to_the_date_header_and_the_sync_goes_on(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser, proxy: hostile.HostileProxy
+) -> None:
+    # Given a server that sends INTERNALDATE NIL for every message
+    dovecot.append(mail_user, "INBOX", message("dated", date="Wed, 03 Jan 2024 10:00:00 +0000"))
+    undated = message("undated").replace(b"Date: Tue, 02 Jan 2024 03:04:05 +0000\n", b"")
+    dovecot.append(mail_user, "INBOX", undated)
+    proxy.rules = [hostile.internaldate_nil]
+    box = proxied_account(api, alice, dovecot, mail_user, proxy)
+
+    # When it is synced
+    before_ms = int(time.time() * 1000)
+    task = sync(api, box)
+
+    # Then every message is stored: with the Date header's time, or the time of the sync
+    assert task["status"] == "success", task
+    assert task["result"]["messagesAdded"] == 2
+    folders = folders_by_name(api, box)
+    received = {
+        m["subject"]: m["receivedAt"] for m in all_messages(api, box, folders["INBOX"]["id"])
+    }
+    assert received["dated"] == 1704276000000  # 2024-01-03T10:00:00Z
+    assert received["undated"] >= before_ms
