@@ -23,6 +23,7 @@ from pathlib import Path
 import psycopg
 
 from db.migrate import upgrade
+from db.roles import runtime_grants
 from db.session import make_engine
 from tests.servers.dovecot import Dovecot, ensure_dovecot_installed
 from tests.servers.s3 import S3Server
@@ -65,9 +66,22 @@ def bench_env() -> Iterator[BenchEnv]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     suffix = uuid.uuid4().hex[:10]
     name = role = f"email_bench_{suffix}"
+    owner = f"email_bench_owner_{suffix}"
+    # The roles production uses (db/roles.py): the owner migrates, the service runs as
+    # a runtime role, which is all it will accept.
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{owner}" LOGIN NOSUPERUSER NOBYPASSRLS')
         admin.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS')
-        admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{owner}"')
+    owner_url = f"postgresql+psycopg://{owner}@127.0.0.1:5432/{name}"
+    with psycopg.connect(owner_url.replace("+psycopg", ""), autocommit=True) as conn:
+        for statement in runtime_grants(owner, role):
+            conn.execute(statement)  # type: ignore[arg-type]
+        # The sync benchmark empties the tables between its runs.
+        conn.execute(
+            f'ALTER DEFAULT PRIVILEGES FOR ROLE "{owner}" IN SCHEMA public '
+            f'GRANT TRUNCATE ON TABLES TO "{role}"'
+        )
     url = f"postgresql+psycopg://{role}@127.0.0.1:5432/{name}"
     dovecot = Dovecot(name=f"bench-{suffix}")
     s3 = S3Server()
@@ -76,7 +90,7 @@ def bench_env() -> Iterator[BenchEnv]:
         dovecot.start()
         s3.start()
         bucket = s3.new_bucket("bench")
-        engine = make_engine(url)
+        engine = make_engine(owner_url)
         upgrade(engine)
         engine.dispose()
         env = {
@@ -103,3 +117,4 @@ def bench_env() -> Iterator[BenchEnv]:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+            admin.execute(f'DROP ROLE IF EXISTS "{owner}"')

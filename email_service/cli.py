@@ -30,6 +30,10 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if settings.database_url is None:
         # The embedded default has nobody to run migrations for it.
         _migrate(settings)
+    elif not settings.database_allow_privileged_role:
+        # The server processes check again as they build their runtime; checking here
+        # first refuses with one clear message instead of a traceback per process.
+        _refuse_privileged_role(settings)
     if settings.embedded and args.workers > 1:
         # Its job queue, scheduler and rate limits live in the memory of one process;
         # several would each run a scheduler and count requests apart.
@@ -92,6 +96,17 @@ def _migrate(settings: Settings) -> None:
     engine = make_engine(settings.resolved_database_url())
     try:
         upgrade(engine)
+    finally:
+        engine.dispose()
+
+
+def _refuse_privileged_role(settings: Settings) -> None:
+    from db.roles import refuse_privileged_role
+    from db.session import make_engine
+
+    engine = make_engine(settings.resolved_database_url(), pool_size=1)
+    try:
+        refuse_privileged_role(engine)
     finally:
         engine.dispose()
 
@@ -225,7 +240,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
     _configure_logging(settings)
-    result: int = args.handler(args, settings)
+    from db.roles import PrivilegedRole
+
+    try:
+        result: int = args.handler(args, settings)
+    except PrivilegedRole as refusal:
+        log.error("%s", refusal)
+        return 2
     return result
 
 

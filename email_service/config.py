@@ -38,6 +38,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=lambda: Path.cwd() / "data")
     database_url: str | None = None
+    # The service refuses a PostgreSQL role that could switch row-level security off
+    # (superuser, BYPASSRLS, table owner; see db/roles.py). Development only.
+    database_allow_privileged_role: bool = False
     redis_url: str | None = None
     jwt_secret: SecretStr | None = None
     # "kid1:BASE64KEY,kid2:BASE64KEY" - the first key encrypts, all of them decrypt.

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from db.roles import refuse_privileged_role
 from db.session import Database
 from email_service.blobstore import BlobStore, LocalBlobStore, S3BlobStore
 from email_service.config import Settings
@@ -47,9 +48,21 @@ _current: Runtime | None = None
 
 
 def build_runtime(settings: Settings) -> Runtime:
-    """Create the runtime for ``settings`` (connections are opened lazily)."""
+    """Create the runtime for ``settings``.
+
+    On PostgreSQL this connects once to check the role (raises
+    :class:`db.roles.PrivilegedRole`); other connections are opened lazily.
+    """
     assert settings.credential_keys is not None
     db = Database.from_url(settings.resolved_database_url())
+    if not settings.database_allow_privileged_role:
+        # Before anything else touches the database: a role that can switch row-level
+        # security off must not serve requests or run jobs (db/roles.py says why).
+        try:
+            refuse_privileged_role(db.engine)
+        except BaseException:
+            db.dispose()
+            raise
     keyring = KeyRing.parse(settings.credential_keys.get_secret_value())
     blobs: BlobStore
     if settings.s3_endpoint:

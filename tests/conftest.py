@@ -1,8 +1,11 @@
 """Shared fixtures: a PostgreSQL database of our own, the app, callers and tokens.
 
-The database is created once per test run under a fresh non-superuser role (superusers
-bypass row-level security, so tests must not connect as one), migrated once, and
-emptied after every test.
+The database is created once per test run with the two roles production uses (README,
+"Database roles"): an owner role that owns the database and runs the migrations
+(``owner_engine``), and a runtime role that the app, workers and every other test
+connect as (``pg_database.url``). The runtime role owns nothing, so row-level security
+holds for it and the service's privileged-role refusal lets it through. It is migrated
+once, and emptied after every test.
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from db.migrate import upgrade
 from db.models import TENANT_TABLES
+from db.roles import runtime_grants
+from db.session import make_engine
 from email_service.app import create_app
 from email_service.auth import issue_token
 from email_service.config import Settings, load_settings
@@ -41,26 +47,53 @@ TEST_JWT_SECRET = "test-only-" + secrets.token_hex(16)
 @dataclass(frozen=True)
 class PgDatabase:
     name: str
-    role: str
+    role: str  # the runtime role: what the app and the tests connect as
+    owner: str  # owns the database and the tables; migrations run as it
 
     @property
     def url(self) -> str:
         return f"postgresql+psycopg://{self.role}@{PG_HOST}:{PG_PORT}/{self.name}"
 
+    @property
+    def owner_url(self) -> str:
+        return f"postgresql+psycopg://{self.owner}@{PG_HOST}:{PG_PORT}/{self.name}"
+
 
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[PgDatabase]:
     suffix = uuid.uuid4().hex[:10]
-    db = PgDatabase(name=f"email_test_{suffix}", role=f"email_test_{suffix}")
+    db = PgDatabase(
+        name=f"email_test_{suffix}", role=f"email_test_{suffix}", owner=f"email_owner_{suffix}"
+    )
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{db.owner}" LOGIN NOSUPERUSER NOBYPASSRLS')
         admin.execute(f'CREATE ROLE "{db.role}" LOGIN NOSUPERUSER NOBYPASSRLS')
-        admin.execute(f'CREATE DATABASE "{db.name}" OWNER "{db.role}"')
+        admin.execute(f'CREATE DATABASE "{db.name}" OWNER "{db.owner}"')
+    owner_dsn = f"host={PG_HOST} port={PG_PORT} user={db.owner} dbname={db.name}"
+    with psycopg.connect(owner_dsn, autocommit=True) as owner:
+        for statement in runtime_grants(db.owner, db.role):
+            owner.execute(statement)  # type: ignore[arg-type]
+        # Only the tests empty tables between tests; production's runtime role cannot.
+        owner.execute(
+            f'ALTER DEFAULT PRIVILEGES FOR ROLE "{db.owner}" IN SCHEMA public '
+            f'GRANT TRUNCATE ON TABLES TO "{db.role}"'
+        )
     try:
         yield db
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
             admin.execute(f'DROP ROLE IF EXISTS "{db.role}"')
+            admin.execute(f'DROP ROLE IF EXISTS "{db.owner}"')
+
+
+@pytest.fixture(scope="session")
+def owner_engine(pg_database: PgDatabase) -> Iterator[Engine]:
+    """An engine connected as the owner role, migrated to head: for DDL in tests."""
+    engine = make_engine(pg_database.owner_url, pool_size=2)
+    upgrade(engine)
+    yield engine
+    engine.dispose()
 
 
 def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:
@@ -85,9 +118,9 @@ def settings(pg_database: PgDatabase, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
-def runtime(settings: Settings) -> Iterator[Runtime]:
+def runtime(settings: Settings, owner_engine: Engine) -> Iterator[Runtime]:
+    # owner_engine has migrated the database; the runtime connects as the runtime role.
     rt = build_runtime(settings)
-    upgrade(rt.db.engine)
     yield rt
     rt.close()
 

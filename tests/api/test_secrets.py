@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.engine import Engine
 
 from email_service.runtime import Runtime
 from tests.conftest import Identity
@@ -108,14 +109,14 @@ _INTERNALS = re.compile(
 
 
 @pytest.fixture
-def broken_accounts_table(runtime: Runtime):  # type: ignore[no-untyped-def]
+def broken_accounts_table(runtime: Runtime, owner_engine: Engine):  # type: ignore[no-untyped-def]
     """The accounts table with a column renamed: every account query fails in PostgreSQL."""
-    with runtime.db.engine.begin() as conn:
+    with owner_engine.begin() as conn:
         conn.execute(text("ALTER TABLE accounts RENAME COLUMN account_name TO account_name_gone"))
     try:
         yield
     finally:
-        with runtime.db.engine.begin() as conn:
+        with owner_engine.begin() as conn:
             conn.execute(
                 text("ALTER TABLE accounts RENAME COLUMN account_name_gone TO account_name")
             )

@@ -47,6 +47,8 @@ CONTRACT_FILES = (
 K8S_VERSION = "1.30.0"  # a version kubernetes-validate ships schemas for
 APP_UID = 10001  # Dockerfile USER; every pod must run as it
 SECRET_TEMPLATE = K8S_DIR / "secret.template.yaml"
+# The owner role's DATABASE_URL, for the migrate Job only (README, "Database roles").
+MIGRATE_SECRET_TEMPLATE = K8S_DIR / "migrate-secret.template.yaml"
 PLACEHOLDER = "REPLACE_ME"
 
 # What api, worker and scheduler must be given to use the real backing services
@@ -268,8 +270,8 @@ def test_kustomization_lists_every_manifest_except_the_secret_template() -> None
     listed = set(kustomization()["resources"])
     on_disk = {p.name for p in manifest_files()}
     assert listed <= on_disk, f"listed but missing: {sorted(listed - on_disk)}"
-    assert on_disk - listed == {SECRET_TEMPLATE.name}, (
-        "every manifest but the Secret template must be listed in kustomization.yaml"
+    assert on_disk - listed == {SECRET_TEMPLATE.name, MIGRATE_SECRET_TEMPLATE.name}, (
+        "every manifest but the Secret templates must be listed in kustomization.yaml"
     )
 
 
@@ -433,12 +435,40 @@ def test_pods_read_the_configmap_and_the_templated_secret(rendered: list[Doc]) -
             assert {r["secretRef"]["name"] for r in refs if "secretRef" in r} == {secret_name}
 
 
-def test_secret_template_holds_placeholders_only() -> None:
-    secret = secret_template()
+@pytest.mark.parametrize("path", [SECRET_TEMPLATE, MIGRATE_SECRET_TEMPLATE], ids=lambda p: p.name)
+def test_secret_template_holds_placeholders_only(path: Path) -> None:
+    (secret,) = _load_docs(path)
     assert secret["kind"] == "Secret"
     assert "data" not in secret, "base64 `data` hides real values from review: use stringData"
     real = {k: v for k, v in secret["stringData"].items() if v != PLACEHOLDER}
     assert not real, f"Secret template must hold {PLACEHOLDER} only, found values for {real}"
+
+
+def test_only_the_migrate_job_gets_the_owner_role(rendered: list[Doc]) -> None:
+    (migrate_secret,) = _load_docs(MIGRATE_SECRET_TEMPLATE)
+    assert set(migrate_secret["stringData"]) == {"DATABASE_URL"}
+    name = migrate_secret["metadata"]["name"]
+    for doc in rendered:
+        for c in _containers(doc):
+            refs = [
+                item["valueFrom"]["secretKeyRef"]["name"]
+                for item in c.get("env", [])
+                if "secretKeyRef" in item.get("valueFrom", {})
+            ]
+            if doc["metadata"]["name"] == "migrate":
+                assert refs == [name], "migrations run as the owner role"
+            else:
+                assert name not in refs, f"{doc['metadata']['name']} must not get the owner role"
+
+
+def test_compose_runs_migrations_as_the_owner_and_the_rest_as_the_runtime_role() -> None:
+    services = compose()["services"]
+    migrate_user = urlsplit(compose_env(services["migrate"])["DATABASE_URL"]).username
+    postgres = compose_env(services["postgres"])
+    assert migrate_user == postgres["EMAIL_OWNER_ROLE"]
+    for name in ("api", "worker", "scheduler"):
+        user = urlsplit(compose_env(services[name])["DATABASE_URL"]).username
+        assert user == postgres["EMAIL_RUNTIME_ROLE"] != postgres["POSTGRES_USER"], name
 
 
 def test_configmap_and_secret_provide_the_required_env_and_keep_secrets_apart(
