@@ -10,17 +10,17 @@ multicast, reserved, unspecified, shared (CGNAT) - and the cloud metadata endpoi
 
 The policy runs twice: when an account is created or updated (a 400 the caller can act
 on), and before every connection (DNS answers change), through the guard that
-:func:`install_connect_guard` hands to ``email_service.mail.endpoint``.
+:func:`install_connect_guard` hands to ``email_service.mail.endpoint``. At connect time
+the guard returns the addresses it checked and the client connects to exactly those
+(``resolve_target`` and the pinned clients there): the name is resolved once, so a DNS
+server cannot answer the guard with a public address and the client with a private one
+(DNS rebinding).
 
 ``MAIL_ALLOWED_HOSTS`` lifts the refusal for what an operator trusts: an entry is a host
 name (``mail.internal``), a wildcard for a domain's subdomains (``*.corp.example``), an
-address or a network in CIDR form (``10.20.0.0/16``). A listed *name* is trusted without
-looking at its addresses when an account is saved (it need not resolve yet); at connect
-time its addresses are still checked against the metadata endpoints.
-
-Known limit: the guard resolves the name and the mail client then resolves it again to
-connect, so a DNS server answering differently within that instant (DNS rebinding) is
-not caught here; closing that gap needs the client to connect to the vetted address.
+address or a network in CIDR form (``10.20.0.0/16``). A listed *name* need not resolve
+when an account is saved; whenever it does resolve (on save, and always at connect time)
+its addresses are still checked against the metadata endpoints, which no entry lifts.
 """
 
 from __future__ import annotations
@@ -48,11 +48,25 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[IPAddress]]
 
 #: Instance metadata endpoints of the big clouds (AWS, GCP, Azure, OpenStack; AWS over
-#: IPv6; Alibaba; Oracle). Refused even when an allow-list entry covers them.
+#: IPv6; Alibaba; Oracle) and the container credential endpoints (ECS task role
+#: 169.254.170.2, EKS Pod Identity 169.254.170.23 and fd00:ec2::23). Refused even when an
+#: allow-list entry covers them.
 METADATA_ADDRESSES: frozenset[IPAddress] = frozenset(
     ipaddress.ip_address(a)
-    for a in ("169.254.169.254", "fd00:ec2::254", "100.100.100.200", "192.0.0.192")
+    for a in (
+        "169.254.169.254",
+        "fd00:ec2::254",
+        "100.100.100.200",
+        "192.0.0.192",
+        "169.254.170.2",
+        "169.254.170.23",
+        "fd00:ec2::23",
+    )
 )
+
+#: Deprecated IPv6 site-local addresses (RFC 3879): internal, yet Python counts them as
+#: global.
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
@@ -96,6 +110,7 @@ def forbidden_reason(address: IPAddress) -> str | None:
         (address.is_loopback, "a loopback address"),
         (address.is_unspecified, "the unspecified address"),
         (address.is_link_local, "a link-local address"),
+        (address in _SITE_LOCAL, "a site-local address"),
         (address.is_multicast, "a multicast address"),
         # Reserved before private: Python counts 240.0.0.0/4 as both.
         (address.is_reserved, "a reserved address"),
@@ -168,23 +183,23 @@ class HostPolicy:
     def _address_is_listed(self, address: IPAddress) -> bool:
         return any(address in network for network in self.allowed_networks)
 
-    def check_host(self, host: str, port: int, *, connecting: bool = False) -> None:
+    def check_host(self, host: str, port: int) -> list[IPAddress]:
         """Refuse ``host`` unless every address it resolves to may be reached.
 
-        Raises :class:`HostUnresolvable` when it does not resolve and
-        :class:`HostNotAllowed` (with the reason, never the address) when an address is
-        internal and not on the allow-list, or is a metadata endpoint. A listed name is
-        not resolved when saving an account; when ``connecting`` its addresses are
-        checked against the metadata endpoints only.
+        Returns the addresses it checked (in the resolver's order): a connection must go
+        to these and no others. Raises :class:`HostUnresolvable` when it does not
+        resolve and :class:`HostNotAllowed` (with the reason, never the address) when an
+        address is internal and not on the allow-list, or is a metadata endpoint. A
+        listed name that does not resolve passes with no addresses (when saving it need
+        not resolve yet; when connecting, the caller reports the failure); one that
+        resolves is checked against the metadata endpoints only.
         """
         listed_name = self.name_is_listed(host)
-        if listed_name and not connecting:
-            return
         try:
             addresses = self.resolver(host, port)
         except (OSError, UnicodeError, ValueError):
             if listed_name:
-                return  # the client's own connection attempt reports the failure
+                return []
             raise HostUnresolvable(f"The mail host '{host}' does not resolve") from None
         if not addresses and not listed_name:
             raise HostUnresolvable(f"The mail host '{host}' does not resolve")
@@ -201,6 +216,7 @@ class HostPolicy:
                     f"The mail host '{host}' resolves to {reason}, which mail connections "
                     "may not reach"
                 )
+        return list(addresses)
 
     def check_encryption(self, field: str, encryption: str) -> None:
         """Refuse ``encryption: none`` unless ``MAIL_ALLOW_PLAINTEXT`` is set."""
@@ -219,9 +235,10 @@ class HostPolicy:
         for host, port in hosts:
             self.check_host(host, port)
 
-    def connect_guard(self, host: str, port: int) -> None:
-        """The guard for ``email_service.mail.endpoint.set_connect_guard``."""
-        self.check_host(host, port, connecting=True)
+    def connect_guard(self, host: str, port: int) -> list[IPAddress]:
+        """The guard for ``email_service.mail.endpoint.set_connect_guard``: the checked
+        addresses, which the connection is then pinned to."""
+        return self.check_host(host, port)
 
 
 def install_connect_guard(settings: Settings) -> HostPolicy:

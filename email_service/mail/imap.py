@@ -35,13 +35,12 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from imapclient import IMAPClient
 from imapclient.exceptions import CapabilityError
 from imapclient.imap_utf7 import decode as decode_utf7
 from imapclient.imap_utf7 import encode as encode_utf7
 from imapclient.response_parser import parse_fetch_response, parse_response
 
-from .endpoint import MailEndpoint, endpoint_guard, tls_context
+from .endpoint import MailEndpoint, PinnedIMAPClient, resolve_target, tls_context
 from .errors import (
     MailAuthError,
     MailConnectionError,
@@ -239,15 +238,15 @@ class ImapSession:
         if self._client is not None:
             raise RuntimeError("the IMAP session is already open")
         ep = self._endpoint
-        # The guard runs before any name resolution or socket, and outside the error
-        # mapping so that its refusal is not disguised as a transient network error.
-        endpoint_guard(ep.host, ep.port)
+        # The guard resolves the name once and checks the addresses, outside the error
+        # mapping so that its refusal is not disguised as a transient network error; the
+        # client connects to exactly those addresses (no second lookup to rebind).
+        target = resolve_target(ep.host, ep.port)
         try:
             with self._errors("connecting"):
                 context = tls_context(ep.ca_file) if ep.encryption != "none" else None
-                self._client = IMAPClient(
-                    ep.host,
-                    ep.port,
+                self._client = PinnedIMAPClient(
+                    target,
                     ssl=ep.encryption == "tls",
                     ssl_context=context,
                     timeout=ep.timeout,

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any
 
-from .endpoint import MailEndpoint, endpoint_guard, tls_context
+from .endpoint import MailEndpoint, PinnedPOP3, PinnedPOP3_SSL, resolve_target, tls_context
 from .errors import (
     MailAuthError,
     MailConnectionError,
@@ -66,16 +66,15 @@ class Pop3Session:
         if self._pop is not None:
             raise RuntimeError("the POP3 session is already open")
         ep = self._endpoint
-        # Before any resolution or socket; the guard's refusal is not wrapped.
-        endpoint_guard(ep.host, ep.port)
+        # Resolved once and checked by the guard (its refusal is not wrapped); the
+        # socket goes to exactly the checked addresses.
+        target = resolve_target(ep.host, ep.port)
         try:
             with self._errors("connecting"):
                 if ep.encryption == "tls":
-                    self._pop = poplib.POP3_SSL(
-                        ep.host, ep.port, timeout=ep.timeout, context=tls_context(ep.ca_file)
-                    )
+                    self._pop = PinnedPOP3_SSL(target, ep.timeout, tls_context(ep.ca_file))
                 else:
-                    self._pop = poplib.POP3(ep.host, ep.port, timeout=ep.timeout)
+                    self._pop = PinnedPOP3(target, ep.timeout)
                 if ep.encryption == "starttls":
                     self._stls()
             with self._errors("logging in"):

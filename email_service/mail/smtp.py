@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 
-from .endpoint import MailEndpoint, endpoint_guard, tls_context
+from .endpoint import MailEndpoint, PinnedSMTP, PinnedSMTP_SSL, resolve_target, tls_context
 from .errors import (
     MailAuthError,
     MailError,
@@ -78,29 +78,21 @@ def send(
     recipients = list(dict.fromkeys(recipients))
     if not recipients:
         raise ValueError("at least one recipient is required")
-    # Before any resolution or socket; the guard's refusal is not wrapped.
-    endpoint_guard(endpoint.host, endpoint.port)
+    # Resolved once and checked by the guard (its refusal is not wrapped); the socket
+    # goes to exactly the checked addresses.
+    target = resolve_target(endpoint.host, endpoint.port)
     smtp: smtplib.SMTP | None = None
     stage = "connecting"
     try:
         context = tls_context(endpoint.ca_file) if endpoint.encryption != "none" else None
-        # Host and port go to the constructor (which connects): smtplib takes the TLS
-        # server_hostname (SNI and certificate name check) from there only.
+        # The target's name is smtplib's TLS server_hostname (SNI and certificate check),
+        # for SMTPS and STARTTLS alike.
         if endpoint.encryption == "tls":
-            smtp = smtplib.SMTP_SSL(
-                endpoint.host,
-                endpoint.port,
-                local_hostname=local_hostname,
-                timeout=endpoint.timeout,
-                context=context,
+            smtp = PinnedSMTP_SSL(
+                target, local_hostname=local_hostname, timeout=endpoint.timeout, context=context
             )
         else:
-            smtp = smtplib.SMTP(
-                endpoint.host,
-                endpoint.port,
-                local_hostname=local_hostname,
-                timeout=endpoint.timeout,
-            )
+            smtp = PinnedSMTP(target, local_hostname=local_hostname, timeout=endpoint.timeout)
         smtp.ehlo_or_helo_if_needed()
         if endpoint.encryption == "starttls":
             stage = "starting TLS"

@@ -57,6 +57,10 @@ FORBIDDEN = {
     "64:ff9b::a9fe:a9fe": "metadata",  # NAT64 spelling of 169.254.169.254
     "64:ff9b::a00:1": "private",  # NAT64 spelling of 10.0.0.1
     "2002:7f00:1::": "loopback",  # 6to4 of 127.0.0.1
+    "fec0::1": "site-local",  # deprecated, and Python counts it as global
+    "169.254.170.2": "metadata",  # ECS task credentials
+    "169.254.170.23": "metadata",  # EKS Pod Identity
+    "fd00:ec2::23": "metadata",  # EKS Pod Identity over IPv6
 }
 
 
@@ -117,10 +121,31 @@ def test_metadata_endpoints_stay_refused_whatever_the_allow_list_says() -> None:
     with pytest.raises(HostNotAllowed, match="metadata"):
         policy.check_host("100.100.100.200", 80)
     # A listed name is still checked when connecting, against the metadata endpoints.
-    listed = _policy("metadata.corp.example", resolves_to=["169.254.169.254"])
-    listed.check_host("metadata.corp.example", 80)  # saving: not resolved
+    # A listed name is still checked against the metadata endpoints, on save and connect.
+    listed = _policy("metadata.corp.example", "*.corp.example", resolves_to=["169.254.170.2"])
     with pytest.raises(HostNotAllowed, match="metadata"):
-        listed.connect_guard("metadata.corp.example", 80)
+        listed.check_host("metadata.corp.example", 80)
+    with pytest.raises(HostNotAllowed, match="metadata"):
+        listed.connect_guard("imap.corp.example", 80)
+    listed_network = _policy("169.254.0.0/16", resolves_to=["169.254.170.23"])
+    with pytest.raises(HostNotAllowed, match="metadata"):
+        listed_network.check_host("mail.example.org", 80)
+
+
+def test_a_listed_name_need_not_resolve_when_saved() -> None:
+    def nowhere(host: str, port: int) -> list[Any]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    policy = HostPolicy.from_settings(Settings(mail_allowed_hosts=["mail.internal"]), nowhere)
+    assert policy.check_host("mail.internal", 993) == []
+
+
+def test_the_guard_returns_the_addresses_it_checked() -> None:
+    policy = _policy("10.20.0.0/16", resolves_to=["93.184.216.34", "10.20.1.2"])
+    assert [str(a) for a in policy.connect_guard("mail.example.org", 993)] == [
+        "93.184.216.34",
+        "10.20.1.2",
+    ]
 
 
 @pytest.mark.parametrize("entry", ["*", "*.", "a*.example", "10.0.0.0/33", "foo/bar"])
