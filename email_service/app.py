@@ -103,5 +103,11 @@ def create_app_from_env() -> FlaskApp:
         # Nothing else will run the jobs or the scheduler: this process does.
         workers.start_worker(jobs, settings.embedded_worker_threads)
         start_scheduler_thread(runtime)
-        log.warning("embedded default: jobs and the scheduler run inside the API process")
+        if settings.embedded_watcher:
+            from email_service.watcher import start_watcher_thread
+
+            start_watcher_thread(runtime)
+        log.warning(
+            "embedded default: jobs, the scheduler and the watcher run inside the API process"
+        )
     return app

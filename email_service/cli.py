@@ -1,4 +1,5 @@
-"""The ``email-service`` command: serve, migrate, token, rotate-keys, worker, scheduler."""
+"""The ``email-service`` command: serve, migrate, token, rotate-keys, worker, scheduler,
+watcher."""
 
 from __future__ import annotations
 
@@ -196,6 +197,37 @@ def cmd_scheduler(_args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_watcher(args: argparse.Namespace, settings: Settings) -> int:
+    import threading
+
+    import workers
+    from email_service.runtime import build_runtime
+    from email_service.watcher import run_watcher
+
+    if settings.embedded:
+        log.error("the watcher needs REDIS_URL: on the embedded default the API runs it")
+        return 2
+    runtime = build_runtime(settings)
+    workers.install(runtime)  # it queues syncs
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        from email_service.metrics import registry
+
+        start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry())
+    stop = threading.Event()
+    thread = threading.Thread(target=run_watcher, args=(runtime, stop), name="watcher")
+    thread.start()
+    try:
+        _wait_for_signal()
+    finally:
+        # Watches end and leases are handed back, so other watchers take over at once.
+        stop.set()
+        thread.join()
+        runtime.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="email-service", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     scheduler = commands.add_parser("scheduler", help="queue syncs as their interval passes")
     scheduler.set_defaults(handler=cmd_scheduler)
+
+    watcher = commands.add_parser("watcher", help="watch mailboxes (IDLE/NOTIFY) and sync changes")
+    watcher.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here")
+    watcher.add_argument("--metrics-host", default="0.0.0.0")  # noqa: S104 - pod port
+    watcher.set_defaults(handler=cmd_watcher)
     return parser
 
 

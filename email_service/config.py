@@ -88,6 +88,28 @@ class Settings(BaseSettings):
     sync_batch_size: int = 500
     presign_ttl_seconds: int = 3600
 
+    # Push sync (email_service.watcher; README "Push").
+    # Folders that IDLE/NOTIFY do not cover are polled with one LIST-STATUS this often.
+    folder_poll_seconds: float = Field(default=60.0, gt=0)
+    # A watcher's lease on an account lives this long unless renewed (every tick), so a
+    # dead watcher's accounts are taken over within lease + tick seconds.
+    watcher_lease_seconds: float = Field(default=20.0, gt=0)
+    watcher_tick_seconds: float = Field(default=5.0, gt=0)
+    # IDLE is ended and issued again after this long (servers may drop it after 30 min).
+    watcher_idle_seconds: float = Field(default=25 * 60.0, gt=0, le=29 * 60.0)
+    # New connections per second: for the whole process, and per mail server host.
+    watcher_connect_rate: float = Field(default=20.0, gt=0)
+    watcher_host_connect_rate: float = Field(default=5.0, gt=0)
+    # Reconnect backoff (jittered, doubling) between these bounds.
+    watcher_backoff_min_seconds: float = Field(default=1.0, gt=0)
+    watcher_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    # A refused login is tried again when the account's settings change, or after this.
+    watcher_auth_retry_seconds: float = Field(default=6 * 3600.0, gt=0)
+    # Most accounts one watcher process takes, whatever its fair share.
+    watcher_max_accounts: int = Field(default=5000, gt=0)
+    # Run the watcher inside ``serve`` on the embedded default.
+    embedded_watcher: bool = True
+
     @field_validator("mail_allowed_hosts", mode="before")
     @classmethod
     def _hosts_from_csv(cls, value: object) -> object:

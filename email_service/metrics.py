@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 from typing import Literal, get_args
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -97,6 +97,33 @@ RATE_LIMIT_STORE_ERRORS = Counter(
     "Requests admitted uncounted because the rate limit store (Redis) failed.",
 )
 
+# Push sync (email_service.watcher). Gauges add up across processes ("livesum").
+WATCHER_ACCOUNTS = Gauge(
+    "email_service_watcher_accounts",
+    "Accounts watched (leased) by watcher processes.",
+    multiprocess_mode="livesum",
+)
+WATCHER_CONNECTIONS = Gauge(
+    "email_service_watcher_connections",
+    "Open watching IMAP connections.",
+    multiprocess_mode="livesum",
+)
+WATCHER_IDLE_RESTARTS = Counter(
+    "email_service_watcher_idle_restarts",
+    "IDLE commands ended by the watcher and issued again (timer or folder poll).",
+)
+WATCHER_CONNECTS = Counter(
+    "email_service_watcher_connects",
+    "Watching connections attempted, by result.",
+    ["result"],
+)
+WATCHER_CONNECT_RESULTS: frozenset[str] = frozenset({"ok", "login_refused", "error"})
+PUSH_LATENCY = Histogram(
+    "email_service_push_latency_seconds",
+    "Time from a mail server's change notice to the end of the sync that stored it.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+
 
 def _check(value: str, allowed: frozenset[str], what: str) -> str:
     if value not in allowed:
@@ -153,6 +180,29 @@ def observe_smtp(result: SmtpOutcome | str) -> None:
 def observe_rate_limit_store_error() -> None:
     """Count one request admitted without counting because the limiter's store failed."""
     RATE_LIMIT_STORE_ERRORS.inc()
+
+
+def watcher_gauges(accounts_delta: int = 0, connections_delta: int = 0) -> None:
+    """Move the watcher's gauges: accounts watched and connections open."""
+    if accounts_delta:
+        WATCHER_ACCOUNTS.inc(accounts_delta)
+    if connections_delta:
+        WATCHER_CONNECTIONS.inc(connections_delta)
+
+
+def observe_watcher_connect(result: str) -> None:
+    """Count one watching connection attempt: ``ok``, ``login_refused`` or ``error``."""
+    WATCHER_CONNECTS.labels(result=_check(result, WATCHER_CONNECT_RESULTS, "connect result")).inc()
+
+
+def observe_idle_restart() -> None:
+    """Count one IDLE ended and issued again on a live connection."""
+    WATCHER_IDLE_RESTARTS.inc()
+
+
+def observe_push_latency(seconds: float) -> None:
+    """Record notice → stored for a sync the watcher asked for (negative clamps to 0)."""
+    PUSH_LATENCY.observe(max(seconds, 0.0))
 
 
 def smtp_outcome(outcome: SmtpResult | MailError) -> SmtpOutcome:

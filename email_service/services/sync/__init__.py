@@ -165,6 +165,10 @@ def _run_locked(
         report.succeeded(job.counts.result(), also=_finish_account(account.id, task.id, True))
         took = time.monotonic() - began
         metrics.observe_sync(took, job.counts.added + job.counts.updated)
+        noticed = task.payload.get("noticedAt")
+        if isinstance(noticed, int):
+            # A sync the watcher asked for: how long from the server's notice to stored.
+            metrics.observe_push_latency((now_ms() - noticed) / 1000)
         log.info("synced account %s in %.1fs: %s", account.id, took, job.counts.result())
     finally:
         store.close()
