@@ -71,12 +71,12 @@ FALLBACK_SETTINGS_ENV = REQUIRED_APP_ENV | {
     "MAIL_ALLOWED_HOSTS", "MAIL_ALLOW_PLAINTEXT", "MAIL_CA_FILE",
 }  # fmt: skip
 
-COMPOSE_APP_SERVICES = ("api", "worker", "scheduler", "migrate")
+COMPOSE_APP_SERVICES = ("api", "worker", "scheduler", "watcher", "migrate")
 # Host ports compose may publish: the API, and MinIO's S3 port (presigned URLs are
 # opened by a browser on the host) and console (a dev UI). Nothing else.
 ALLOWED_HOST_PORTS = {"api": {5000}, "minio": {9000, 9001}}
 # Compose services with no HTTP server, which must not inherit the image's /health check.
-NON_HTTP_ROLES = ("worker", "scheduler", "migrate")
+NON_HTTP_ROLES = ("worker", "scheduler", "watcher", "migrate")
 
 
 # --- loading -------------------------------------------------------------------------
@@ -622,7 +622,7 @@ def test_every_role_command_is_accepted_by_the_cli(rendered: list[Doc]) -> None:
         except ValueError as error:
             rejected.append(f"{where}: {error}")
     assert not rejected, "\n".join(rejected)
-    assert {"serve", "worker", "scheduler", "migrate"} <= set(roles.values()), roles
+    assert {"serve", "worker", "scheduler", "watcher", "migrate"} <= set(roles.values()), roles
 
 
 # --- environment variables -----------------------------------------------------------

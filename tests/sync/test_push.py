@@ -9,6 +9,7 @@ watcher can bring a message in within the tests' deadlines.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import smtplib
 import threading
 import time
@@ -58,9 +59,7 @@ class WatcherThread:
     ) -> None:
         self.backend = RecordingBackend(runtime)
         self.leases = build_leases(runtime)
-        self.watcher = Watcher(
-            self.backend, self.leases, settings, session_factory=session_factory
-        )
+        self.watcher = Watcher(self.backend, self.leases, settings, session_factory=session_factory)
         self.loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._main, daemon=True)
@@ -72,10 +71,9 @@ class WatcherThread:
         asyncio.set_event_loop(self.loop)
         self._stop = asyncio.Event()
         self._ready.set()
-        try:
+        # kill() stops the loop under the watcher: run_until_complete raises then.
+        with contextlib.suppress(RuntimeError):
             self.loop.run_until_complete(self.watcher.run(self._stop))
-        except RuntimeError:
-            pass  # killed: the loop was stopped under the watcher
 
     def connected(self, account_id: str) -> bool:
         watch = self.watcher.watches.get(account_id)
