@@ -65,8 +65,22 @@ class Account(TenantMixin, Base):
     port: Mapped[int] = mapped_column(Integer, nullable=False)
     encryption: Mapped[str] = mapped_column(String(16), nullable=False)
     username: Mapped[str] = mapped_column(String(320), nullable=False)
-    password_key_id: Mapped[str] = mapped_column(String(64), nullable=False)
-    password_ciphertext: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    # "password" or "oauth2" (migration 0017). An OAuth2 account has no password.
+    auth_type: Mapped[str] = mapped_column(
+        String(16), nullable=False, default="password", server_default="password"
+    )
+    password_key_id: Mapped[str | None] = mapped_column(String(64))
+    password_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # OAuth2: the provider id (from OAUTH2_PROVIDERS), the refresh and access tokens sealed
+    # together (JSON, AES-GCM like the password, bound to the row), and when the access
+    # token expires (ms; null when unknown).
+    oauth2_provider: Mapped[str | None] = mapped_column(String(64))
+    oauth2_key_id: Mapped[str | None] = mapped_column(String(64))
+    oauth2_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    oauth2_expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    # Why the account cannot log in until its owner updates it (a revoked authorization);
+    # the scheduler leaves such an account alone.
+    auth_error: Mapped[str | None] = mapped_column(Text)
     smtp_hostname: Mapped[str] = mapped_column(String(253), nullable=False)
     smtp_port: Mapped[int] = mapped_column(Integer, nullable=False)
     smtp_encryption: Mapped[str] = mapped_column(String(16), nullable=False)

@@ -110,6 +110,15 @@ class Settings(BaseSettings):
     # Run the watcher inside ``serve`` on the embedded default.
     embedded_watcher: bool = True
 
+    # OAuth2 providers for mail accounts (README, "OAuth2 accounts"): a JSON object, provider
+    # id -> {tokenUrl, clientId, clientSecret, mechanism, scopes?, authorizeUrl?}. The ids
+    # "google" and "microsoft" need only clientId and clientSecret. Holds client secrets.
+    oauth2_providers: SecretStr | None = None
+    # Longest wait for a token endpoint (connect, read and the whole answer).
+    oauth2_timeout: float = Field(default=10.0, gt=0)
+    # An access token is refreshed when it has less than this many seconds left.
+    oauth2_refresh_margin_seconds: int = Field(default=120, ge=0)
+
     @field_validator("mail_allowed_hosts", mode="before")
     @classmethod
     def _hosts_from_csv(cls, value: object) -> object:

@@ -18,6 +18,7 @@ from email_service.config import Settings
 from email_service.crypto import KeyRing
 from email_service.jobs import JobQueue, NoJobQueue
 from email_service.netguard import HostPolicy, install_connect_guard
+from email_service.oauth2 import Provider, parse_providers
 from email_service.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ class Runtime:
     rate_limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     # Installed by ``workers.install``; services queue background jobs through it.
     jobs: JobQueue = field(default_factory=NoJobQueue)
+    # OAuth2 providers for mail accounts (OAUTH2_PROVIDERS), by id.
+    oauth2_providers: dict[str, Provider] = field(default_factory=dict)
 
     def close(self) -> None:
         self.db.dispose()
@@ -94,6 +97,9 @@ def build_runtime(settings: Settings) -> Runtime:
         # Every process builds its runtime here, so none connects to a mail server unguarded.
         host_policy=install_connect_guard(settings),
         rate_limiter=build_rate_limiter(settings),
+        oauth2_providers=parse_providers(
+            settings.oauth2_providers.get_secret_value() if settings.oauth2_providers else None
+        ),
     )
 
 

@@ -66,6 +66,11 @@ class MailEndpoint:
 
     The password is excluded from ``repr()`` so that logging an endpoint is safe.
 
+    ``sasl`` set (``"XOAUTH2"`` or ``"OAUTHBEARER"``): an OAuth2 login, and ``password``
+    holds the bearer access token (so every redaction of the password covers the token).
+    ``token_refresh``, when given, is called once with the refused token if the server
+    refuses it, and returns a fresh one to try again (see :mod:`email_service.mail.sasl`).
+
     Raises ``ValueError`` on an unknown encryption mode, a port outside 1-65535, an
     empty host or a non-positive timeout.
     """
@@ -77,6 +82,8 @@ class MailEndpoint:
     password: str = field(repr=False)
     ca_file: str | None = None
     timeout: float = 30.0
+    sasl: Literal["XOAUTH2", "OAUTHBEARER"] | None = None
+    token_refresh: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Endpoints are built from user input (account settings); fail at construction
@@ -89,6 +96,8 @@ class MailEndpoint:
             raise ValueError(f"port {self.port} is outside 1-65535")
         if not self.timeout > 0:
             raise ValueError("timeout must be positive")
+        if self.sasl not in (None, "XOAUTH2", "OAUTHBEARER"):
+            raise ValueError("sasl must be XOAUTH2 or OAUTHBEARER")
 
     @property
     def address(self) -> str:

@@ -51,6 +51,13 @@ from .errors import (
 )
 from .imap_bounds import UidRanges, copyuid_target
 from .limits import MAX_FOLDER_UIDS
+from .sasl import (
+    TokenRefused,
+    describe_challenge,
+    error_reply,
+    initial_response,
+    login_with_refresh,
+)
 
 __all__ = [
     "SPECIAL_USES",
@@ -304,6 +311,13 @@ class ImapSession:
         ep = self._endpoint
         imap = self._imap
         caps = {c.upper() for c in imap.capabilities}
+        if ep.sasl is not None:
+            if f"AUTH={ep.sasl}" not in caps:
+                raise MailAuthError(
+                    f"the IMAP server at {ep.address} does not offer {ep.sasl} (OAuth2) logins"
+                )
+            login_with_refresh(ep, self._authenticate_oauth)
+            return
         ascii_credentials = ep.username.isascii() and ep.password.isascii()
         try:
             self.round_trips += 1
@@ -327,6 +341,47 @@ class ImapSession:
         finally:
             # imaplib keeps the last command lines (the LOGIN line holds the password)
             # in a debug ring buffer; do not leave it lying around in memory.
+            cmd_log = getattr(imap, "_cmd_log", None)
+            if isinstance(cmd_log, dict):
+                cmd_log.clear()
+
+    def _authenticate_oauth(self, token: str) -> None:
+        ep = self._endpoint
+        imap = self._imap
+        assert ep.sasl is not None
+        mechanism = ep.sasl
+        first = initial_response(mechanism, ep.username, token)
+        refusal: list[str] = []
+
+        def respond(challenge: bytes) -> bytes:
+            # imaplib has no SASL-IR: the server's first "+" is empty and gets the
+            # credentials; a second one carries the server's error for the refused token.
+            if not refusal and not challenge:
+                refusal.append("")
+                return first
+            refusal.append(describe_challenge(challenge))
+            return error_reply(mechanism)
+
+        try:
+            self.round_trips += 1
+            imap.authenticate(mechanism, respond)
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:
+            text = redact(_text(exc.args[0] if exc.args else exc), token)
+            code_match = _RESPONSE_CODE_RE.match(text)
+            code = code_match.group(1).upper() if code_match else ""
+            if code in ("UNAVAILABLE", "INUSE", "LIMIT"):
+                raise MailConnectionError(
+                    f"the IMAP server at {ep.address} cannot log in now: {text}"
+                ) from None
+            detail = "; ".join(r for r in refusal if r)
+            raise TokenRefused(
+                f"the IMAP server refused the OAuth2 access token ({text}"
+                + (f"; {detail}" if detail else "")
+                + ")"
+            ) from None
+        finally:
             cmd_log = getattr(imap, "_cmd_log", None)
             if isinstance(cmd_log, dict):
                 cmd_log.clear()

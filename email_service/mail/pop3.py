@@ -8,6 +8,7 @@ All failures surface as :mod:`email_service.mail.errors` exceptions.
 
 from __future__ import annotations
 
+import base64
 import poplib
 import re
 import ssl
@@ -24,6 +25,13 @@ from .errors import (
     MailProtocolError,
     describe_network_error,
     redact,
+)
+from .sasl import (
+    TokenRefused,
+    describe_challenge,
+    error_reply,
+    initial_response,
+    login_with_refresh,
 )
 
 __all__ = ["Pop3Session"]
@@ -102,6 +110,17 @@ class Pop3Session:
     def _login(self) -> None:
         pop = self._require_open()
         ep = self._endpoint
+        if ep.sasl is not None:
+            try:
+                caps = pop.capa()
+            except poplib.error_proto:
+                caps = {}
+            if ep.sasl not in [m.upper() for m in caps.get("SASL", [])]:
+                raise MailAuthError(
+                    f"the POP3 server at {ep.address} does not offer {ep.sasl} (OAuth2) logins"
+                )
+            login_with_refresh(ep, self._authenticate_oauth)
+            return
         try:
             pop.user(ep.username)
             pop.pass_(ep.password)
@@ -118,6 +137,41 @@ class Pop3Session:
                 ) from None
             raise MailAuthError(
                 f"the POP3 server rejected the username or password ({text})"
+            ) from None
+
+    def _authenticate_oauth(self, token: str) -> None:
+        # RFC 5034 AUTH. The credentials go in a continuation line rather than as an
+        # initial response: a command line is limited to 255 octets, and a real access
+        # token alone can be longer.
+        pop: Any = self._require_open()  # poplib's command helpers are private
+        ep = self._endpoint
+        assert ep.sasl is not None
+        first = base64.b64encode(initial_response(ep.sasl, ep.username, token)).decode()
+        try:
+            reply = pop._shortcmd(f"AUTH {ep.sasl}")
+            if reply.startswith(b"+ ") or reply == b"+":
+                reply = pop._shortcmd(first)
+            detail = ""
+            if reply.startswith(b"+") and not reply.startswith(b"+OK"):
+                # The server's error challenge: decode it, then end the exchange.
+                with suppress(ValueError):
+                    detail = describe_challenge(base64.b64decode(reply[1:].strip()))
+                pop._shortcmd(base64.b64encode(error_reply(ep.sasl)).decode())
+                raise poplib.error_proto(b"-ERR token refused")
+        except poplib.error_proto as exc:
+            text = redact(_text(exc), token)
+            if text.endswith("EOF"):
+                raise
+            code_match = _RESP_CODE_RE.match(text)
+            code = code_match.group(1).upper() if code_match else ""
+            if code in ("IN-USE", "LOGIN-DELAY", "SYS/TEMP"):
+                raise MailConnectionError(
+                    f"the POP3 server at {ep.address} cannot log in now: {text}"
+                ) from None
+            raise TokenRefused(
+                f"the POP3 server refused the OAuth2 access token ({text}"
+                + (f"; {detail}" if detail else "")
+                + ")"
             ) from None
 
     def close(self) -> None:

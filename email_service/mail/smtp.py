@@ -34,6 +34,13 @@ from .errors import (
     describe_network_error,
     redact,
 )
+from .sasl import (
+    TokenRefused,
+    describe_challenge,
+    error_reply,
+    initial_response,
+    login_with_refresh,
+)
 
 __all__ = ["SmtpResult", "send"]
 
@@ -152,6 +159,14 @@ def _authenticate(smtp: smtplib.SMTP, endpoint: MailEndpoint) -> None:
             f"on this connection{hint}"
         )
     mechanisms = smtp.esmtp_features.get("auth", "").upper().split()
+    if endpoint.sasl is not None:
+        if endpoint.sasl not in mechanisms:
+            raise MailAuthError(
+                f"the SMTP server at {endpoint.address} does not offer {endpoint.sasl} "
+                "(OAuth2) logins"
+            )
+        login_with_refresh(endpoint, lambda token: _authenticate_oauth(smtp, endpoint, token))
+        return
     try:
         if endpoint.username.isascii() and endpoint.password.isascii():
             smtp.login(endpoint.username, endpoint.password)
@@ -189,6 +204,36 @@ def _authenticate(smtp: smtplib.SMTP, endpoint: MailEndpoint) -> None:
         raise MailAuthError(
             f"the SMTP server offers no supported authentication method (offered: {offered})"
         ) from exc
+
+
+def _authenticate_oauth(smtp: smtplib.SMTP, endpoint: MailEndpoint, token: str) -> None:
+    mechanism = endpoint.sasl
+    assert mechanism is not None
+    first = initial_response(mechanism, endpoint.username, token).decode()
+    refusal: list[str] = []
+
+    def respond(challenge: bytes | None = None) -> str:
+        # smtplib sends the first answer as the initial response (RFC 4954); a 334
+        # challenge after it is the server's error for a refused token.
+        if challenge is None:
+            return first
+        refusal.append(describe_challenge(challenge))
+        return error_reply(mechanism).decode()
+
+    try:
+        smtp.auth(mechanism, respond)
+    except smtplib.SMTPAuthenticationError as exc:
+        code, text = exc.smtp_code, redact(_text(exc.smtp_error), token)
+        if 400 <= code < 500:
+            raise SmtpTransientError(
+                code, text, f"the SMTP server cannot authenticate now: {code} {text}"
+            ) from None
+        detail = "; ".join(refusal)
+        raise TokenRefused(
+            f"the SMTP server refused the OAuth2 access token ({code} {text}"
+            + (f"; {detail}" if detail else "")
+            + ")"
+        ) from None
 
 
 def _transaction(

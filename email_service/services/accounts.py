@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -14,7 +15,7 @@ from email_service.errors import AccountNotFound, DuplicateEmail
 from email_service.mail.endpoint import MailEndpoint
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services import present
+from email_service.services import oauth2, present
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ def seal_password(runtime: Runtime, row: Account, password: str) -> None:
 
 def account_password(runtime: Runtime, row: Account) -> str:
     """The account's mail password, decrypted. Raises ``crypto.DecryptionError``."""
+    if row.password_key_id is None or row.password_ciphertext is None:
+        raise ValueError("the account has no password (it logs in with OAuth2)")
     sealed = Sealed(row.password_key_id, row.password_ciphertext)
     return runtime.keyring.decrypt(sealed, credential_context(row))
 
@@ -51,9 +54,25 @@ def account_password(runtime: Runtime, row: Account) -> str:
 def account_endpoint(runtime: Runtime, row: Account, *, smtp: bool = False) -> MailEndpoint:
     """How to reach the account's incoming (IMAP/POP3) or, with ``smtp``, outgoing server.
 
-    Decrypts the password; the endpoint keeps it out of its ``repr``.
+    Decrypts the password; the endpoint keeps it out of its ``repr``. For an OAuth2
+    account the endpoint carries an access token instead (refreshed first if it is about
+    to expire) and a way to refresh it once should the server refuse it; that may raise
+    the errors of ``services.oauth2.login_token`` (all ``MailError`` s).
     """
     settings = runtime.settings
+    if row.auth_type == "oauth2":
+        provider = oauth2.provider_of(runtime, row.oauth2_provider or "")
+        return MailEndpoint(
+            host=row.smtp_hostname if smtp else row.hostname,
+            port=row.smtp_port if smtp else row.port,
+            encryption=row.smtp_encryption if smtp else row.encryption,  # type: ignore[arg-type]
+            username=row.username,
+            password=oauth2.login_token(runtime, row),
+            ca_file=settings.mail_ca_file,
+            timeout=settings.mail_timeout,
+            sasl=provider.mechanism,
+            token_refresh=functools.partial(_refresh_refused, runtime, row),
+        )
     return MailEndpoint(
         host=row.smtp_hostname if smtp else row.hostname,
         port=row.smtp_port if smtp else row.port,
@@ -63,6 +82,10 @@ def account_endpoint(runtime: Runtime, row: Account, *, smtp: bool = False) -> M
         ca_file=settings.mail_ca_file,
         timeout=settings.mail_timeout,
     )
+
+
+def _refresh_refused(runtime: Runtime, row: Account, refused: str) -> str:
+    return oauth2.refresh(runtime, row.tenant_id, row.id, rejected=refused)
 
 
 def load_account(scope: Scope, account_id: str, *, for_update: bool = False) -> Account:
@@ -137,7 +160,10 @@ def create_account(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
         is_enabled=True,
         is_syncing=False,
     )
-    seal_password(scope.runtime, row, body["password"])
+    if body.get("authType") == "oauth2" or "oauth2" in body:
+        oauth2.connect(scope.runtime, row, body["oauth2"])
+    else:
+        seal_password(scope.runtime, row, body["password"])
     scope.session.add(row)
     try:
         scope.session.flush()
@@ -194,7 +220,11 @@ def update_account(scope: Scope, account_id: str, body: dict[str, Any]) -> dict[
     for field, attribute in _UPDATABLE.items():
         if field in body:
             setattr(row, attribute, body[field])
-    if "password" in body:
+    # The spec lets only one credential through, matching ``authType`` when that is given.
+    if "oauth2" in body:
+        oauth2.connect(scope.runtime, row, body["oauth2"])
+    elif "password" in body:
+        oauth2.disconnect(row)
         seal_password(scope.runtime, row, body["password"])
     row.updated_at = now_ms()
     scope.session.flush()

@@ -169,6 +169,11 @@ def _deliver(
         endpoint = account_endpoint(runtime, account, smtp=True)
     except (DecryptionError, BlobNotFound) as exc:
         raise _Failed(describe(exc)) from exc
+    except MailError as exc:  # an OAuth2 token that could not be refreshed
+        if exc.transient and not attempt.last:
+            report.retrying(str(exc))
+            raise RetryLater(str(exc)) from exc
+        raise _Failed(str(exc)) from exc
     for batch in batches[len(done) :]:
         try:
             outcome = smtp.send(endpoint, payload["envelopeFrom"], batch, raw)

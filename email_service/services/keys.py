@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from db.models import Account
 from email_service.crypto import Sealed
 from email_service.runtime import Runtime
+from email_service.services import oauth2
 from email_service.services.accounts import credential_context
 
 BATCH = 200
 
 
 def rotate_credentials(runtime: Runtime) -> int:
-    """Re-encrypt every password not under the primary key; returns how many changed.
+    """Re-encrypt every password and OAuth2 token set not under the primary key.
+
+    Returns how many accounts changed.
 
     Runs in batches, each in its own transaction, so a large table is not locked for
     long and an interrupted run can simply be started again.
@@ -23,11 +26,20 @@ def rotate_credentials(runtime: Runtime) -> int:
         with runtime.db.transaction(system=True) as session:
             rows = session.scalars(
                 select(Account)
-                .where(Account.password_key_id != runtime.keyring.primary_id)
+                .where(
+                    or_(
+                        Account.password_key_id != runtime.keyring.primary_id,
+                        Account.oauth2_key_id != runtime.keyring.primary_id,
+                    )
+                )
                 .limit(BATCH)
                 .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
+                if row.oauth2_key_id is not None:
+                    oauth2.reseal(runtime, row)
+                if row.password_key_id is None or row.password_ciphertext is None:
+                    continue
                 context = credential_context(row)
                 password = runtime.keyring.decrypt(
                     Sealed(row.password_key_id, row.password_ciphertext), context

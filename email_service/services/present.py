@@ -28,6 +28,9 @@ def account(row: Account, *, with_username: bool = True) -> dict[str, Any]:
         "lastSyncAt": row.last_sync_at,
         "isSyncing": row.is_syncing,
         "isEnabled": row.is_enabled,
+        "authType": row.auth_type,
+        "oauth2Provider": row.oauth2_provider,
+        "authError": row.auth_error,
         "createdAt": row.created_at,
         "updatedAt": row.updated_at,
     }

@@ -4,7 +4,10 @@ Register from the root conftest with ``pytest_plugins = ["tests.servers.plugin"]
 
 Session-scoped (started on first use, stopped at session end; one set per
 pytest-xdist worker): ``dovecot``, ``smtp_server`` (delivers into ``dovecot``),
-``s3_server``.  Function-scoped: ``mail_user`` (a fresh Dovecot user) and
+``s3_server``; for OAuth2 logins ``oauth2_provider`` (a local token and introspection
+endpoint), ``oauth2_dovecot`` (a second Dovecot that also takes XOAUTH2/OAUTHBEARER tokens
+checked against it) and ``oauth2_smtp_server`` (SMTP with XOAUTH2, delivering into
+``oauth2_dovecot``).  Function-scoped: ``mail_user`` (a fresh Dovecot user) and
 ``s3_bucket`` (a fresh bucket, deleted afterwards).
 
 After every test the session servers are put back in shape, so one test cannot
@@ -22,10 +25,11 @@ from collections.abc import Generator, Iterator
 import pytest
 
 from tests.servers.dovecot import Dovecot, MailUser
+from tests.servers.oauth2 import OAuth2TestProvider
 from tests.servers.s3 import S3Server
 from tests.servers.smtp import SmtpServer
 
-_live: list[Dovecot | SmtpServer | S3Server] = []
+_live: list[Dovecot | SmtpServer | S3Server | OAuth2TestProvider] = []
 
 
 def _worker_tag() -> str:
@@ -50,6 +54,51 @@ def dovecot() -> Iterator[Dovecot]:
 def smtp_server(dovecot: Dovecot) -> Iterator[SmtpServer]:
     """SMTP (STARTTLS, AUTH PLAIN/LOGIN against Dovecot users) delivering into ``dovecot``."""
     server = SmtpServer(dovecot)
+    try:
+        server.start()
+        _live.append(server)
+        yield server
+    finally:
+        with contextlib.suppress(ValueError):
+            _live.remove(server)
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def oauth2_provider() -> Iterator[OAuth2TestProvider]:
+    """A local OAuth2 provider: rotating refresh tokens, introspection for Dovecot."""
+    server = OAuth2TestProvider()
+    try:
+        server.start()
+        _live.append(server)
+        yield server
+    finally:
+        with contextlib.suppress(ValueError):
+            _live.remove(server)
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def oauth2_dovecot(oauth2_provider: OAuth2TestProvider) -> Iterator[Dovecot]:
+    """A Dovecot whose logins also take OAuth2 bearer tokens from ``oauth2_provider``."""
+    server = Dovecot(
+        name=f"tests-oauth2-{_worker_tag()}-{os.getpid()}",
+        oauth2_introspection_url=oauth2_provider.introspection_url,
+    )
+    try:
+        server.start()
+        _live.append(server)
+        yield server
+    finally:
+        with contextlib.suppress(ValueError):
+            _live.remove(server)
+        server.close()
+
+
+@pytest.fixture(scope="session")
+def oauth2_smtp_server(oauth2_dovecot: Dovecot) -> Iterator[SmtpServer]:
+    """SMTP with AUTH XOAUTH2/OAUTHBEARER (checked by ``oauth2_dovecot``), delivering there."""
+    server = SmtpServer(oauth2_dovecot)
     try:
         server.start()
         _live.append(server)
@@ -99,7 +148,7 @@ def pytest_runtest_teardown(
     finally:
         # Session fixtures finalized during this teardown have left ``_live`` already.
         for server in _live:
-            if isinstance(server, SmtpServer):
+            if isinstance(server, SmtpServer | OAuth2TestProvider):
                 server.reset()
             if not server.running:
                 server.start()

@@ -16,6 +16,7 @@ transaction, so "sent" mail can be read back from the recipient's INBOX.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import smtplib
 import threading
@@ -104,6 +105,14 @@ class _Handler:
         self._owner = owner
         self._doomed: weakref.WeakKeyDictionary[Envelope, _Failure] = weakref.WeakKeyDictionary()
 
+    # aiosmtpd offers every ``auth_<MECHANISM>`` method of the handler. The bearer token
+    # is checked by Dovecot (its oauth2 passdb), as IMAP logins are.
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._owner._oauth(server, args, "XOAUTH2")
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await self._owner._oauth(server, args, "OAUTHBEARER")
+
     async def handle_MAIL(
         self,
         server: SMTP,
@@ -184,6 +193,15 @@ class _Handler:
         except (OSError, smtplib.SMTPException) as exc:
             return 451, f"4.4.1 mailbox server unavailable: {exc}"
         return None
+
+
+def _sasl_user(initial: bytes) -> str:
+    """The user an XOAUTH2 (``user=...``) or OAUTHBEARER (``n,a=...,``) message names."""
+    text = initial.decode("utf-8", errors="replace")
+    for part in text.replace(",", "\x01").split("\x01"):
+        if part.startswith(("user=", "a=")):
+            return part.partition("=")[2].replace("=2C", ",").replace("=3D", "=")
+    return ""
 
 
 def _transport_is_tls(server: SMTP) -> bool:
@@ -385,6 +403,32 @@ class SmtpServer:
         if not ok:
             return AuthResult(success=False, handled=False)
         return AuthResult(success=True, auth_data=login)
+
+    async def _oauth(self, server: SMTP, args: list[str], mechanism: str) -> AuthResult:
+        if len(args) > 1:
+            try:
+                initial = base64.b64decode(args[1], validate=True)
+            except ValueError:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 bad base64")
+        else:
+            answer = await server.challenge_auth("")
+            if not isinstance(answer, bytes):
+                return AuthResult(success=False, handled=True)
+            initial = answer
+        try:
+            ok, challenge = await asyncio.to_thread(
+                self.dovecot.sasl_authenticate, mechanism, initial, "smtp"
+            )
+        except DovecotError:
+            return AuthResult(
+                success=False, handled=False, message="454 4.7.0 Temporary authentication failure"
+            )
+        if ok:
+            return AuthResult(success=True, auth_data=_sasl_user(initial))
+        if challenge is not None:
+            # As Gmail does: the error as a 334 challenge; the client ends the exchange.
+            await server.challenge_auth(challenge)
+        return AuthResult(success=False, handled=False)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -24,6 +24,7 @@ from email_service.jobs import Attempt, RetryLater
 from email_service.mail.errors import MailAuthError, MailError
 from email_service.mail.imap import ImapSession
 from email_service.mail.pop3 import Pop3Session
+from email_service.oauth2 import OAuth2Error, OAuth2Unavailable
 from email_service.runtime import Runtime
 from email_service.scope import Scope
 from email_service.services import tasks
@@ -70,6 +71,9 @@ def request_sync(
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OAuth2Error | OAuth2Unavailable):
+        # Already in words: "authorization revoked; reconnect the account", say.
+        return str(exc)
     if isinstance(exc, MailAuthError):
         return f"The mail server refused the login: {exc}"
     if isinstance(exc, MailError):

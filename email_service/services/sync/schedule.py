@@ -33,6 +33,8 @@ def _due_condition(now: int) -> tuple[ColumnElement[bool], ...]:
         Account.deleted_at.is_(None),
         Account.is_enabled.is_(True),
         Account.is_sync_enabled.is_(True),
+        # A revoked OAuth2 authorization waits for its owner to reconnect the account.
+        Account.auth_error.is_(None),
         or_(Account.last_sync_at.is_(None), Account.last_sync_at + interval_ms <= moment),
         # A sync that failed (a wrong password, say) is not retried before the interval
         # has passed again: the scheduler must not hammer a server with bad logins.
