@@ -43,7 +43,10 @@ def _imap(dovecot: Dovecot, user: MailUser, token: str, **extra: object) -> Mail
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_imap_logs_in_with_a_bearer_token(
-    oauth2_dovecot: Dovecot, oauth2_provider: OAuth2TestProvider, oauth_user: MailUser, mechanism: str
+    oauth2_dovecot: Dovecot,
+    oauth2_provider: OAuth2TestProvider,
+    oauth_user: MailUser,
+    mechanism: str,
 ) -> None:
     token = oauth2_provider.access_token(oauth_user.email)
     with ImapSession(_imap(oauth2_dovecot, oauth_user, token, sasl=mechanism)) as imap:
@@ -52,7 +55,10 @@ def test_imap_logs_in_with_a_bearer_token(
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_imap_refused_token_is_an_auth_error_without_the_token(
-    oauth2_dovecot: Dovecot, oauth2_provider: OAuth2TestProvider, oauth_user: MailUser, mechanism: str
+    oauth2_dovecot: Dovecot,
+    oauth2_provider: OAuth2TestProvider,
+    oauth_user: MailUser,
+    mechanism: str,
 ) -> None:
     token = oauth2_provider.access_token(oauth_user.email, ttl=0)
     with pytest.raises(TokenRefused) as caught:
@@ -117,7 +123,10 @@ def test_password_logins_still_work_beside_oauth(
 
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_pop3_logs_in_with_a_bearer_token_and_refreshes_a_refused_one(
-    oauth2_dovecot: Dovecot, oauth2_provider: OAuth2TestProvider, oauth_user: MailUser, mechanism: str
+    oauth2_dovecot: Dovecot,
+    oauth2_provider: OAuth2TestProvider,
+    oauth_user: MailUser,
+    mechanism: str,
 ) -> None:
     expired = oauth2_provider.access_token(oauth_user.email, ttl=0)
     fresh = oauth2_provider.access_token(oauth_user.email)
