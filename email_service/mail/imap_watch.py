@@ -23,6 +23,7 @@ propagates unchanged, as in the other clients.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import re
 import ssl
@@ -44,6 +45,7 @@ from .errors import (
     describe_network_error,
     redact,
 )
+from .sasl import TokenRefused, describe_challenge, error_reply, initial_response
 
 __all__ = [
     "MAX_LINE",
@@ -204,6 +206,9 @@ class WatchSession:
         Raises :class:`MailAuthError` when the server refuses the credentials.
         """
         ep = self._endpoint
+        if ep.sasl is not None:
+            await self._login_oauth()
+            return
         if "LOGINDISABLED" in self.capabilities:
             raise MailAuthError(
                 "the IMAP server does not allow logging in on this connection"
@@ -218,6 +223,69 @@ class WatchSession:
             self._caps_from(text)
 
     _caps_after_login = False
+
+    async def _login_oauth(self) -> None:
+        # As email_service.mail.sasl.login_with_refresh, with the (blocking) refresh on a
+        # thread: one fresh token after a refusal, then the refusal stands.
+        ep = self._endpoint
+        assert ep.sasl is not None
+        if f"AUTH={ep.sasl}" not in self.capabilities:
+            raise MailAuthError(
+                f"the IMAP server at {ep.address} does not offer {ep.sasl} (OAuth2) logins"
+            )
+        try:
+            await self._authenticate_oauth(ep.password)
+        except TokenRefused:
+            if ep.token_refresh is None:
+                raise
+            fresh = await asyncio.to_thread(ep.token_refresh, ep.password)
+            await self._authenticate_oauth(fresh)
+
+    async def _authenticate_oauth(self, token: str) -> None:
+        ep = self._endpoint
+        assert ep.sasl is not None and self._writer is not None
+        credentials = base64.b64encode(initial_response(ep.sasl, ep.username, token))
+        tag = self._send(b"AUTHENTICATE " + ep.sasl.encode())
+        sent = False
+        detail = ""
+        while True:
+            await self._writer.drain()
+            response = await self._next(ep.timeout)
+            if response is None:
+                raise MailConnectionError(
+                    f"the IMAP server at {ep.address} did not answer AUTHENTICATE within "
+                    f"{ep.timeout:.0f}s"
+                )
+            first = response.first
+            if first.startswith(b"+"):
+                if not sent:
+                    self._writer.write(credentials + b"\r\n")
+                    sent = True
+                else:
+                    # The server's error for a refused token; end the exchange.
+                    with contextlib.suppress(ValueError):
+                        detail = describe_challenge(base64.b64decode(first[1:].strip()))
+                    self._writer.write(base64.b64encode(error_reply(ep.sasl)) + b"\r\n")
+                continue
+            tagged = _TAGGED_RE.match(first)
+            if not (tagged and tagged.group(1) == tag):
+                self._dispatch(response, None)
+                continue
+            text = tagged.group(3)
+            if tagged.group(2).upper() == b"OK":
+                self._caps_after_login = bool(_CAPS_IN_CODE_RE.search(text))
+                if self._caps_after_login:
+                    self._caps_from(text)
+                return
+            error = self._login_error(text)
+            if isinstance(error, MailConnectionError):
+                raise error
+            message = redact(self._text(text), token)
+            raise TokenRefused(
+                f"the IMAP server refused the OAuth2 access token ({message}"
+                + (f"; {detail}" if detail else "")
+                + ")"
+            )
 
     def _login_error(self, text: bytes) -> MailError:
         message = redact(self._text(text), self._endpoint.password)

@@ -123,11 +123,13 @@ class AccountWatch:
         backoff = Backoff(self._settings.backoff_min, self._settings.backoff_max)
         while True:
             await self._gate.admit(self.account.host)
-            endpoint = await self._backend.endpoint(self.account)
-            if endpoint is None:
-                return  # deleted or no longer IMAP; the next tick drops the watch
             began = time.monotonic()
             try:
+                # Inside the try: for an OAuth2 account this may refresh the access token,
+                # which fails like a login (revoked) or like the network (provider down).
+                endpoint = await self._backend.endpoint(self.account)
+                if endpoint is None:
+                    return  # deleted or no longer IMAP; the next tick drops the watch
                 await self._watch(endpoint)
             except asyncio.CancelledError:
                 raise

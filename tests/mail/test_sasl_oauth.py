@@ -6,11 +6,14 @@ whose it is; the SMTP test server hands the SASL exchange to that same Dovecot.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.errors import MailAuthError
 from email_service.mail.imap import ImapSession
+from email_service.mail.imap_watch import WatchSession
 from email_service.mail.pop3 import Pop3Session
 from email_service.mail.sasl import TokenRefused, initial_response
 from email_service.mail.smtp import send
@@ -224,3 +227,31 @@ def test_initial_responses_follow_the_mechanisms() -> None:
         initial_response("XOAUTH2", "a@b.test", "tok\x01auth=Bearer other")
     with pytest.raises(MailAuthError):
         initial_response("XOAUTH2", "a\x01@b.test", "tok")
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_the_watchers_session_logs_in_with_a_bearer_token_and_refreshes_once(
+    oauth2_dovecot: Dovecot,
+    oauth2_provider: OAuth2TestProvider,
+    oauth_user: MailUser,
+    mechanism: str,
+) -> None:
+    expired = oauth2_provider.access_token(oauth_user.email, ttl=0)
+    fresh = oauth2_provider.access_token(oauth_user.email)
+    refused: list[str] = []
+
+    def refresh(token: str) -> str:
+        refused.append(token)
+        return fresh
+
+    async def watch(endpoint: MailEndpoint) -> int:
+        async with WatchSession(endpoint) as session:
+            return (await session.examine("INBOX")).messages or 0
+
+    endpoint = _imap(oauth2_dovecot, oauth_user, expired, sasl=mechanism, token_refresh=refresh)
+    assert asyncio.run(watch(endpoint)) == 0
+    assert refused == [expired]
+    # Without a way to refresh, the refusal stands, in words and without the token.
+    with pytest.raises(TokenRefused) as caught:
+        asyncio.run(watch(_imap(oauth2_dovecot, oauth_user, expired, sasl=mechanism)))
+    assert expired not in str(caught.value)

@@ -68,11 +68,15 @@ def watchable_accounts(runtime: Runtime) -> list[WatchedAccount]:
                 Account.username,
                 Account.password_key_id,
                 Account.password_ciphertext,
+                Account.oauth2_provider,
             ).where(
                 Account.deleted_at.is_(None),
                 Account.is_enabled.is_(True),
                 Account.is_sync_enabled.is_(True),
                 Account.protocol == "imap",
+                # A revoked OAuth2 authorization: nothing to watch until it is reconnected
+                # (which clears the mark, so the account comes back with a new watch).
+                Account.auth_error.is_(None),
             )
         ).all()
     accounts = []
@@ -80,7 +84,13 @@ def watchable_accounts(runtime: Runtime) -> list[WatchedAccount]:
         digest = hashlib.sha256()
         for part in (row.hostname, str(row.port), row.encryption, row.username):
             digest.update(part.encode() + b"\0")
-        digest.update(row.password_key_id.encode() + b"\0" + bytes(row.password_ciphertext))
+        if row.password_ciphertext is not None:
+            digest.update(row.password_key_id.encode() + b"\0" + bytes(row.password_ciphertext))
+        else:
+            # OAuth2: the sealed tokens change with every refresh, which must not restart
+            # the watch; the provider stands for them (a reconnection after a revocation
+            # brings the account back through the filter above).
+            digest.update(b"oauth2\0" + (row.oauth2_provider or "").encode())
         accounts.append(
             WatchedAccount(row.id, row.tenant_id, row.user_id, row.hostname, digest.hexdigest())
         )
