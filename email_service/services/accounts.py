@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db.models import Account, new_id, now_ms
 from email_service.crypto import Sealed
-from email_service.errors import AccountNotFound, DuplicateEmail
+from email_service.errors import AccountNotFound, DuplicateEmail, InvalidRequest
 from email_service.mail.endpoint import MailEndpoint
 from email_service.runtime import Runtime
 from email_service.scope import Scope
@@ -127,7 +127,28 @@ def list_accounts(scope: Scope, limit: int, offset: int) -> dict[str, Any]:
     }
 
 
+def _credential(body: dict[str, Any], *, creating: bool) -> str | None:
+    """Which credential the body gives ("password" / "oauth2"), checked against ``authType``.
+
+    The spec cannot say this (the SDK generators break on an ``anyOf`` of request bodies).
+    Raises ``InvalidRequest`` (``AUTH_TYPE_MISMATCH``).
+    """
+    given = [name for name in ("password", "oauth2") if name in body]
+    if len(given) > 1:
+        raise InvalidRequest("Give either password or oauth2, not both", code="AUTH_TYPE_MISMATCH")
+    credential = given[0] if given else None
+    wanted = body.get("authType", "password" if creating else credential)
+    if wanted != credential:
+        needed = "oauth2" if wanted == "oauth2" else "password"
+        raise InvalidRequest(
+            f"authType '{wanted}' needs {needed}" if wanted else "authType needs a credential",
+            code="AUTH_TYPE_MISMATCH",
+        )
+    return credential
+
+
 def create_account(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
+    _credential(body, creating=True)
     address = body["emailAddress"].strip()
     normalized = address.lower()
     _ensure_address_free(scope, normalized, address)
@@ -160,7 +181,7 @@ def create_account(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
         is_enabled=True,
         is_syncing=False,
     )
-    if body.get("authType") == "oauth2" or "oauth2" in body:
+    if "oauth2" in body:
         oauth2.connect(scope.runtime, row, body["oauth2"])
     else:
         seal_password(scope.runtime, row, body["password"])
@@ -206,6 +227,7 @@ _UPDATABLE = {
 
 
 def update_account(scope: Scope, account_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    _credential(body, creating=False)
     row = load_account(scope, account_id, for_update=True)
     # Only what changes is checked: a stored host is checked again at connect time.
     hosts = []
@@ -220,7 +242,7 @@ def update_account(scope: Scope, account_id: str, body: dict[str, Any]) -> dict[
     for field, attribute in _UPDATABLE.items():
         if field in body:
             setattr(row, attribute, body[field])
-    # The spec lets only one credential through, matching ``authType`` when that is given.
+    # At most one credential, matching ``authType`` when that is given (``_credential``).
     if "oauth2" in body:
         oauth2.connect(scope.runtime, row, body["oauth2"])
     elif "password" in body:

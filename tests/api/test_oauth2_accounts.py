@@ -126,13 +126,15 @@ def test_one_credential_matching_the_auth_type(
     body = {**_oauth_body(), **change}
     response = client.post("/api/accounts", json=body, headers=alice.bearer)
     assert response.status_code == 400, response.text
+    assert response.json()["code"] == "AUTH_TYPE_MISMATCH"
 
 
 def test_password_account_without_password_is_400(built: Any, alice: Identity) -> None:
     _, client = built
     body = account_body()
     del body["password"]
-    assert client.post("/api/accounts", json=body, headers=alice.bearer).status_code == 400
+    response = client.post("/api/accounts", json=body, headers=alice.bearer)
+    assert response.status_code == 400 and response.json()["code"] == "AUTH_TYPE_MISMATCH"
 
 
 def test_switching_between_password_and_oauth2(built: Any, alice: Identity) -> None:
