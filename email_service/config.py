@@ -110,7 +110,27 @@ class Settings(BaseSettings):
     # Run the watcher inside ``serve`` on the embedded default.
     embedded_watcher: bool = True
 
-    @field_validator("mail_allowed_hosts", mode="before")
+    # Webhooks (services/webhooks). Receivers are held to the mail hosts' outbound guard:
+    # public addresses only unless listed here (same entry forms as MAIL_ALLOWED_HOSTS),
+    # https unless WEBHOOK_ALLOW_HTTP; WEBHOOK_CA_FILE is trusted beside the system CAs.
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_allow_http: bool = False
+    webhook_ca_file: str | None = None
+    # One delivery attempt: connect, send and read the status line within this time.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Backoff between attempts of one delivery grows from the first to the second value
+    # (with jitter); after WEBHOOK_RETRY_HOURS the delivery is marked failed, and an
+    # endpoint that has not taken a delivery for WEBHOOK_DISABLE_AFTER_HOURS is disabled.
+    webhook_min_backoff_ms: int = Field(default=5_000, gt=0)
+    webhook_max_backoff_ms: int = Field(default=3_600_000, gt=0)
+    webhook_retry_hours: float = Field(default=24.0, gt=0)
+    webhook_disable_after_hours: float = Field(default=72.0, gt=0)
+    # Webhooks one user may register.
+    webhook_max_per_user: int = Field(default=20, gt=0)
+    # Finished deliveries and their attempts are kept this long for listWebhookDeliveries.
+    webhook_delivery_retention_hours: float = Field(default=168.0, gt=0)
+
+    @field_validator("mail_allowed_hosts", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _hosts_from_csv(cls, value: object) -> object:
         return _split_csv(value)

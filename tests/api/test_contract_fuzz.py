@@ -60,7 +60,7 @@ _PUBLIC = ipaddress.ip_address("93.184.216.34")
 OWNER = new_identity()
 OTHER_TENANT = new_identity()
 
-# Every operation of the contract, all 15.
+# Every operation of the contract, all 22.
 owner_schema = schemathesis.openapi.from_path(SPEC)
 other_schema = schemathesis.openapi.from_path(SPEC)
 
