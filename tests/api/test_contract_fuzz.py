@@ -197,7 +197,7 @@ _aimed = Counter[str]()
 def victim(
     fuzz_server: str, fuzz_runtime: Runtime, request: pytest.FixtureRequest
 ) -> Iterator[dict[str, str]]:
-    """The owner's account with a folder, a message, an attachment and a task."""
+    """The owner's account with a folder, a message, an attachment and a task; a webhook."""
     import httpx
 
     created = httpx.post(
@@ -214,12 +214,19 @@ def victim(
     started = httpx.post(
         f"{fuzz_server}/api/sync/{created['id']}", json={}, headers=OWNER.bearer
     ).json()
+    hook = httpx.post(
+        f"{fuzz_server}/api/webhooks",
+        json={"url": "https://hooks.example.test/in", "events": ["*"]},
+        headers=OWNER.bearer,
+    ).json()
+    hook.pop("secret")
     _victim.update(
         accountId=created["id"],
         folderId=folder,
         messageId=messages[0],
         attachmentId=attachments[0],
         taskId=started["taskId"],
+        webhookId=hook["id"],
     )
     # As the owner left it (starting the sync touched the account's row).
     created = httpx.get(f"{fuzz_server}/api/accounts/{created['id']}", headers=OWNER.bearer).json()
@@ -229,6 +236,9 @@ def victim(
         assert _aimed["requests"] > 0, "no request was aimed at the owner's objects"
     after = httpx.get(f"{fuzz_server}/api/accounts/{created['id']}", headers=OWNER.bearer)
     assert after.status_code == 200 and after.json() == created, "the owner's account changed"
+    hook_after = httpx.get(f"{fuzz_server}/api/webhooks/{hook['id']}", headers=OWNER.bearer)
+    assert hook_after.status_code == 200, hook_after.text
+    assert hook_after.json() == hook, "the owner's webhook changed"
     _victim.clear()
 
 
