@@ -27,13 +27,11 @@ from email_service.config import Settings
 from email_service.errors import InvalidRequest
 from email_service.mail.endpoint import tls_context
 from email_service.netguard import (
-    METADATA_ADDRESSES,
     HostNotAllowed,
     HostPolicy,
     HostUnresolvable,
     PlaintextNotAllowed,
     Resolver,
-    forbidden_reason,
     system_resolver,
 )
 
@@ -144,32 +142,21 @@ class ReceiverPolicy:
         return target
 
     def addresses(self, target: Target, *, saving: bool = False) -> list[IPAddress]:
-        """The addresses to connect to, every one of them checked.
+        """The addresses to connect to, every one of them checked by the mail hosts' guard.
 
-        Raises ``HostUnresolvable`` or ``HostNotAllowed``. An allow-listed *name* is not
-        resolved when saving (it need not resolve yet), as for mail hosts.
+        Raises ``HostUnresolvable`` or ``HostNotAllowed``. An allow-listed name need not
+        resolve when saving (as for mail hosts); it must when delivering.
         """
-        listed_name = self.hosts.name_is_listed(target.host)
-        if listed_name and saving:
-            return []
         try:
-            found = self.hosts.resolver(target.host, target.port)
-        except (OSError, UnicodeError, ValueError):
-            found = []
-        if not found:
+            found = self.hosts.check_host(target.host, target.port)
+        except (HostNotAllowed, HostUnresolvable) as exc:
+            # The guard speaks of mail hosts; the refusal is the same for receivers.
+            message = exc.message.replace("The mail host", "The webhook host").replace(
+                "mail connections", "webhook deliveries"
+            )
+            raise type(exc)(message) from None
+        if not found and not saving:
             raise HostUnresolvable(f"The webhook host '{target.host}' does not resolve")
-        for address in found:
-            reason = forbidden_reason(address)
-            if reason is None:
-                continue
-            metadata = address in METADATA_ADDRESSES or reason == "a cloud metadata endpoint"
-            listed = listed_name or any(address in n for n in self.hosts.allowed_networks)
-            if metadata or not listed:
-                raise HostNotAllowed(
-                    f"The webhook host '{target.host}' resolves to {reason}, which webhook "
-                    "deliveries may not reach"
-                )
-        # Keep the resolver's order, without repeats (one per socket type and family).
         return list(dict.fromkeys(found))
 
     def tls(self) -> ssl.SSLContext:
