@@ -8,10 +8,11 @@ words, so each of their characters is a token of its own and a word of several b
 a phrase (adjacent tokens), which finds it anywhere inside a sentence.
 
 The tokens are made here, in Python, for both stores, so a query is cut exactly the way
-its documents were: PostgreSQL receives a ready ``tsvector`` (its text form, with
-positions), SQLite FTS5 receives the tokens separated by spaces under its ``ascii``
-tokenizer, which splits on exactly those spaces (every non-ASCII character is a token
-character to it, and our tokens hold no ASCII punctuation).
+its documents were. The body (the bulk) is reduced to its tokens separated by spaces,
+which PostgreSQL's ``to_tsvector('simple', ...)`` and SQLite FTS5's ``ascii`` tokenizer
+both split at exactly those spaces and nowhere else (neither has any punctuation left
+to act on; FTS5 counts every non-ASCII character as a token character). The short
+fields go to PostgreSQL as a ready ``tsvector`` in its text form.
 
 Fields. Every word of the subject, the addresses and names, the attachment names and
 the body is a plain token, which a bare query word matches. The fields that the query
@@ -86,6 +87,23 @@ def tokens(value: str) -> list[str]:
     return [token[:_MAX_TOKEN_CHARS] for token in TOKEN.findall(fold(value))]
 
 
+# Every ASCII character that is not a letter or digit becomes a space.
+_ASCII_SEPARATORS = str.maketrans(
+    {chr(code): " " for code in range(128) if not chr(code).isalnum() or chr(code) == "_"}
+)
+
+
+def token_text(value: str) -> str:
+    """``tokens(value)`` separated by spaces, made fast for the common ASCII case.
+
+    Used for the body, the bulk of every document: ``str.translate`` runs at C speed
+    where the regular expression costs sync a tenth of a millisecond per message.
+    """
+    if value.isascii():
+        return value.lower().translate(_ASCII_SEPARATORS)
+    return " ".join(TOKEN.findall(fold(value)))
+
+
 @dataclass
 class SearchDocument:
     """What the index holds for one message, field by field (each a list of tokens)."""
@@ -96,7 +114,7 @@ class SearchDocument:
     recipients: list[str]
     copied: list[str]
     filenames: list[str]
-    body: list[str]
+    body: str  # tokens separated by whitespace
 
     @classmethod
     def of(
@@ -118,33 +136,30 @@ class SearchDocument:
             recipients=tokens(" ".join(to)),
             copied=tokens(" ".join(cc)),
             filenames=tokens(" ".join(filenames)),
-            body=tokens(body_text[:BODY_PREFIX_CHARS]),
+            body=token_text(body_text[:BODY_PREFIX_CHARS]),
         )
 
-    def _fields(self) -> list[tuple[str | None, list[str]]]:
-        return [
+    def field_tsvector(self) -> str:
+        """The fields' part of the PostgreSQL ``tsvector``, in its text form.
+
+        Every token is there plainly and field-marked at the same position. Fields follow
+        each other with a gap of two positions, so no phrase spans two fields; the body's
+        ``to_tsvector`` goes before it (``||`` shifts these positions past the body's).
+        """
+        positions: dict[str, list[str]] = {}
+        position = 3
+        for marker, words in (
             (FIELD_SUBJECT, self.subject),
             (FIELD_FROM, self.sender),
             (FIELD_TO, self.recipients),
             (FIELD_CC, self.copied),
             (FIELD_FILENAME, self.filenames),
-            (None, self.body),
-        ]
-
-    def tsvector(self) -> str:
-        """The PostgreSQL ``tsvector`` in its text form.
-
-        Fields follow each other with a gap of two positions, so no phrase spans two
-        fields; a field's marked tokens share the positions of its plain ones.
-        """
-        positions: dict[str, list[str]] = {}
-        position = 1
-        for marker, words in self._fields():
+        ):
             for word in words:
                 if position > _MAX_POSITION:
                     break
                 where = str(position)
-                for lexeme in (word, f"{marker}:{word}") if marker else (word,):
+                for lexeme in (word, f"{marker}:{word}"):
                     found = positions.get(lexeme)
                     if found is None:
                         positions[lexeme] = [where]
@@ -163,7 +178,7 @@ class SearchDocument:
             "recipients": " ".join(self.recipients),
             "copied": " ".join(self.copied),
             "filenames": " ".join(self.filenames),
-            "body": " ".join(self.body),
+            "body": self.body,
         }
 
 
@@ -181,10 +196,14 @@ def document_for_row(row: dict[str, Any], filenames: Sequence[str]) -> SearchDoc
     )
 
 
+# The body is cut by PostgreSQL's parser, in C and in the database's own process, from
+# text that holds nothing but our tokens and spaces: it finds exactly those tokens.
 _PG_INSERT = text(
     "INSERT INTO message_search (message_id, tenant_id, document) "
-    "SELECT id, CAST(:tenant_id AS uuid), CAST(doc AS tsvector) "
-    "FROM unnest(CAST(:ids AS text[]), CAST(:docs AS text[])) AS d(id, doc)"
+    "SELECT id, CAST(:tenant_id AS uuid), "
+    "to_tsvector('simple', body) || CAST(fields AS tsvector) "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:bodies AS text[]), CAST(:fields AS text[])) "
+    "AS d(id, body, fields)"
 )
 _SQLITE_ROWID = text("INSERT INTO message_search_rows (message_id) VALUES (:message_id)")
 _SQLITE_INSERT = text(
@@ -207,7 +226,8 @@ def index_messages(
             {
                 "tenant_id": str(tenant_id),
                 "ids": [doc.message_id for doc in documents],
-                "docs": [doc.tsvector() for doc in documents],
+                "bodies": [doc.body for doc in documents],
+                "fields": [doc.field_tsvector() for doc in documents],
             },
         )
         return
