@@ -28,6 +28,7 @@ from sqlalchemy import insert
 from bench.api_bench import _free_port, server
 from bench.env import BenchEnv
 from db.models import Folder, Message, new_id
+from db.session import make_engine
 from db.textindex import SearchDocument, index_messages
 from email_service.auth import issue_token
 from email_service.config import load_settings
@@ -110,7 +111,8 @@ def seed(env: BenchEnv, total: int) -> tuple[Caller, list[str], list[str]]:
                     ids.append(folder.id)
                 inboxes.append(ids[0])
                 folders.append(ids)
-        with runtime.db.engine.begin() as conn:
+        owner = make_engine(env.owner_url or env.database_url)
+        with owner.begin() as conn:
             conn.exec_driver_sql("DROP INDEX ix_message_search_document")
         rare_every = max(total // 20, 1)
         chunk = 5000
@@ -159,7 +161,7 @@ def seed(env: BenchEnv, total: int) -> tuple[Caller, list[str], list[str]]:
                 index_messages(session, caller.tenant_id, documents)
             if first % 100_000 == 0:
                 print(f"  P9 seeded {first + len(rows)}", flush=True)
-        with runtime.db.engine.connect() as conn:
+        with owner.connect() as conn:
             conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             conn.exec_driver_sql("SET maintenance_work_mem = '256MB'")
             conn.exec_driver_sql(
@@ -167,6 +169,7 @@ def seed(env: BenchEnv, total: int) -> tuple[Caller, list[str], list[str]]:
             )
             conn.exec_driver_sql("VACUUM ANALYZE messages")
             conn.exec_driver_sql("VACUUM ANALYZE message_search")
+        owner.dispose()
     finally:
         runtime.close()
     return caller, account_ids, inboxes
