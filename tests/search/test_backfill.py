@@ -14,6 +14,16 @@ from tests.conftest import Identity, make_settings
 from tests.factories import SeededAttachment, SeededMessage, create_account, seed_folder
 
 
+def _before_0016() -> str:
+    from alembic.script import ScriptDirectory
+
+    from db.migrate import alembic_config
+
+    parent = ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision("0016")
+    assert parent is not None and isinstance(parent.down_revision, str)
+    return parent.down_revision
+
+
 def _downgrade(engine: Engine, revision: str) -> None:
     from alembic import command
 
@@ -53,7 +63,7 @@ def test_backfill_on_sqlite(tmp_path: Path, alice: Identity) -> None:
     url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
     runtime = build_runtime(make_settings(tmp_path / "data", url, rate_limit_enabled=False))
     try:
-        upgrade(runtime.db.engine, "0003")
+        upgrade(runtime.db.engine, _before_0016())
         set_runtime(runtime)
         with create_app(runtime=runtime).test_client() as client:
             _seed_and_search(runtime, client, alice, lambda: upgrade(runtime.db.engine))
@@ -64,7 +74,7 @@ def test_backfill_on_sqlite(tmp_path: Path, alice: Identity) -> None:
 def test_backfill_on_postgresql(
     owner_engine: Engine, runtime: Runtime, client: Any, alice: Identity
 ) -> None:
-    _downgrade(owner_engine, "0003")
+    _downgrade(owner_engine, _before_0016())
     try:
         _seed_and_search(runtime, client, alice, lambda: upgrade(owner_engine))
     finally:

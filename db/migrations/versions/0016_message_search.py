@@ -16,7 +16,7 @@ the FTS5 row.
 Messages already stored are indexed here, in batches.
 
 Revision ID: 0016
-Revises: 0003
+Revises: 0013w
 Create Date: 2026-12-03
 """
 
@@ -28,7 +28,7 @@ from alembic import op
 from sqlalchemy import bindparam, text
 
 revision = "0016"
-down_revision = "0003"
+down_revision = "0013w"
 branch_labels = None
 depends_on = None
 
