@@ -20,6 +20,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from email_service.mail.limits import MailLimits
+
 log = logging.getLogger(__name__)
 
 DEV_SECRETS_FILE = "dev-secrets.json"
@@ -64,7 +66,17 @@ class Settings(BaseSettings):
     mail_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     mail_allow_plaintext: bool = False
     mail_ca_file: str | None = None
-    mail_timeout: float = 30.0
+    # Deadlines (seconds) and caps for every mail connection: a server that is silent,
+    # slow or sends without end fails the attempt within them (README, "Untrusted
+    # servers and failures").
+    mail_connect_timeout: float = Field(default=15.0, gt=0)
+    mail_greeting_timeout: float = Field(default=30.0, gt=0)
+    mail_login_timeout: float = Field(default=30.0, gt=0)
+    mail_command_timeout: float = Field(default=120.0, gt=0)
+    # Larger messages are kept with their headers and size only (a defect says why).
+    max_message_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    mail_max_line_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    mail_max_response_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
     # The limits themselves are the spec's ``x-rate-limits`` block. Off only where one
     # caller must make many requests quickly (the contract fuzz tests).
@@ -134,6 +146,18 @@ class Settings(BaseSettings):
     @classmethod
     def _hosts_from_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    def mail_limits(self) -> MailLimits:
+        """The deadlines and caps every mail connection gets."""
+        return MailLimits(
+            connect_timeout=self.mail_connect_timeout,
+            greeting_timeout=self.mail_greeting_timeout,
+            login_timeout=self.mail_login_timeout,
+            command_timeout=self.mail_command_timeout,
+            max_message_bytes=self.max_message_bytes,
+            max_line_bytes=self.mail_max_line_bytes,
+            max_response_bytes=self.mail_max_response_bytes,
+        )
 
     @property
     def embedded(self) -> bool:

@@ -426,11 +426,11 @@ class WatchSession:
         self, tag: bytes, on_change: Callable[[Change], None] | None
     ) -> tuple[str, bytes]:
         while True:
-            response = await self._next(self._endpoint.timeout)
+            response = await self._next(self._endpoint.limits.command_timeout)
             if response is None:
                 raise MailConnectionError(
                     f"the IMAP server at {self._endpoint.address} did not answer within "
-                    f"{self._endpoint.timeout:.0f}s"
+                    f"{self._endpoint.limits.command_timeout:.0f}s"
                 )
             first = response.first
             tagged = _TAGGED_RE.match(first)
@@ -447,7 +447,7 @@ class WatchSession:
         assert self._writer is not None
         await self._writer.drain()
         while True:
-            response = await self._next(self._endpoint.timeout)
+            response = await self._next(self._endpoint.limits.command_timeout)
             if response is None:
                 raise MailConnectionError(
                     f"the IMAP server at {self._endpoint.address} did not answer IDLE"
@@ -540,11 +540,11 @@ class WatchSession:
 
     async def _deadline(self, work: Any, action: str) -> Any:
         try:
-            return await asyncio.wait_for(work, self._endpoint.timeout)
+            return await asyncio.wait_for(work, self._endpoint.limits.command_timeout)
         except TimeoutError as exc:
             raise MailConnectionError(
                 f"the IMAP server at {self._endpoint.address} did not answer within "
-                f"{self._endpoint.timeout:.0f}s while {action}"
+                f"{self._endpoint.limits.command_timeout:.0f}s while {action}"
             ) from exc
 
     def _network_error(self, exc: BaseException, action: str) -> MailConnectionError:

@@ -24,6 +24,10 @@ from base64 import b64encode
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
 
 from .endpoint import MailEndpoint, PinnedSMTP, PinnedSMTP_SSL, resolve_target, tls_context
 from .errors import (
@@ -89,10 +93,10 @@ def send(
         # for SMTPS and STARTTLS alike.
         if endpoint.encryption == "tls":
             smtp = PinnedSMTP_SSL(
-                target, local_hostname=local_hostname, timeout=endpoint.timeout, context=context
+                target, endpoint.limits, local_hostname=local_hostname, context=context
             )
         else:
-            smtp = PinnedSMTP(target, local_hostname=local_hostname, timeout=endpoint.timeout)
+            smtp = PinnedSMTP(target, endpoint.limits, local_hostname=local_hostname)
         smtp.ehlo_or_helo_if_needed()
         if endpoint.encryption == "starttls":
             stage = "starting TLS"

@@ -61,7 +61,7 @@ def account_endpoint(runtime: Runtime, row: Account, *, smtp: bool = False) -> M
         username=row.username,
         password=account_password(runtime, row),
         ca_file=settings.mail_ca_file,
-        timeout=settings.mail_timeout,
+        limits=settings.mail_limits(),
     )
 
 

@@ -49,6 +49,12 @@ class Incoming:
     uid: int | None = None
     modseq: int | None = None
     pop_uidl: str | None = None
+    #: Not stored at all (it could not be read); listed in the task's skipped messages
+    #: with this reason, and the resume point still moves past it.
+    skip_reason: str | None = None
+    #: Stored as far as it could be read (too large: headers and size only), and listed
+    #: in the skipped messages with this reason.
+    partial_reason: str | None = None
 
 
 @dataclass
@@ -280,6 +286,13 @@ class MessageStore:
     ) -> BatchOutcome:
         """Insert ``items`` into ``target`` within ``session`` (the caller commits)."""
         outcome = BatchOutcome()
+        for item in items:
+            reason = item.skip_reason or item.partial_reason
+            if reason:
+                outcome.skipped.append(
+                    Skipped(target.folder_name, reason, uid=item.uid, pop_uidl=item.pop_uidl)
+                )
+        items = [item for item in items if item.skip_reason is None]
         if not items:
             return outcome
         rows = [message_row(target, item) for item in items]
