@@ -38,6 +38,7 @@ from .errors import (
     describe_network_error,
     redact,
 )
+from .limits import MailLimitExceeded
 
 __all__ = ["SmtpResult", "send"]
 
@@ -121,6 +122,14 @@ def send(
     except smtplib.SMTPResponseException as exc:
         raise _reply_error(exc.smtp_code, _text(exc.smtp_error), endpoint, stage) from exc
     except smtplib.SMTPServerDisconnected as exc:
+        if isinstance(exc.__context__, MailLimitExceeded):
+            # smtplib turns our deadline or cap into "connection unexpectedly closed".
+            reason = str(exc.__context__)
+            raise SmtpTransientError(
+                None,
+                reason,
+                f"the SMTP connection to {endpoint.address} failed while {stage}: {reason}",
+            ) from exc
         raise SmtpTransientError(
             None,
             redact(str(exc) or "connection closed", endpoint.password),
