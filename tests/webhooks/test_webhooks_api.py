@@ -144,3 +144,35 @@ def test_a_user_holds_a_bounded_number_of_webhooks(app_factory: Any, alice: Iden
         )
     assert response.status_code == 409
     assert response.json()["code"] == "WEBHOOK_LIMIT_REACHED"
+
+
+def test_rotate_keys_reencrypts_webhook_secrets(
+    api: Any, webhook_runtime: Any, pg_database: Any, tmp_path: Any, alice: Identity
+) -> None:
+    import base64
+    import secrets as random_secrets
+
+    from sqlalchemy import select
+
+    from db.models import Webhook
+    from email_service.runtime import build_runtime
+    from email_service.services.keys import rotate_credentials
+    from email_service.services.webhooks import registry, signing
+    from tests.conftest import make_settings
+
+    created = create_hook(api, alice)
+    rotated = api.post(f"/api/webhooks/{created['id']}/rotate-secret", headers=alice.bearer).json()
+    old_ring = webhook_runtime.settings.credential_keys.get_secret_value()
+    new_key = "k9:" + base64.b64encode(random_secrets.token_bytes(32)).decode()
+    rotated_rt = build_runtime(
+        make_settings(tmp_path, pg_database.url, credential_keys=f"{new_key},{old_ring}")
+    )
+    try:
+        assert rotate_credentials(rotated_rt) >= 1
+        with rotated_rt.db.transaction(alice.caller.tenant_id) as session:
+            row = session.scalars(select(Webhook).where(Webhook.id == created["id"])).one()
+            assert row.secret_key_id == "k9" and row.previous_secret_key_id == "k9"
+            keys = registry.signing_keys(rotated_rt, row)
+    finally:
+        rotated_rt.close()
+    assert keys == [signing.secret_key(rotated["secret"]), signing.secret_key(created["secret"])]

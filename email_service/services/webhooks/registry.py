@@ -39,12 +39,13 @@ class WebhookLimitReached(Conflict):
     code = "WEBHOOK_LIMIT_REACHED"
 
 
-def _context(row: Webhook) -> str:
+def secret_context(row: Webhook) -> str:
+    # Binds the ciphertext to this webhook of this tenant (AES-GCM associated data).
     return f"webhook:{row.tenant_id}:{row.id}"
 
 
 def _seal(runtime: Runtime, row: Webhook, secret: str) -> Sealed:
-    return runtime.keyring.encrypt(secret, _context(row))
+    return runtime.keyring.encrypt(secret, secret_context(row))
 
 
 def signing_keys(runtime: Runtime, row: Webhook, now: int | None = None) -> list[bytes]:
@@ -52,7 +53,7 @@ def signing_keys(runtime: Runtime, row: Webhook, now: int | None = None) -> list
     previous one while its overlap lasts. Raises ``crypto.DecryptionError``."""
     moment = now_ms() if now is None else now
     current = Sealed(row.secret_key_id, row.secret_ciphertext)
-    secrets = [runtime.keyring.decrypt(current, _context(row))]
+    secrets = [runtime.keyring.decrypt(current, secret_context(row))]
     if (
         row.previous_secret_ciphertext is not None
         and row.previous_secret_key_id is not None
@@ -60,7 +61,7 @@ def signing_keys(runtime: Runtime, row: Webhook, now: int | None = None) -> list
         and row.previous_secret_expires_at > moment
     ):
         previous = Sealed(row.previous_secret_key_id, row.previous_secret_ciphertext)
-        secrets.append(runtime.keyring.decrypt(previous, _context(row)))
+        secrets.append(runtime.keyring.decrypt(previous, secret_context(row)))
     return [signing.secret_key(secret) for secret in secrets]
 
 
