@@ -30,7 +30,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P9", help="comma-separated ids")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P9", help="comma-separated ids")
     parser.add_argument("--messages", type=int, default=10_000, help="P1 mailbox size")
     parser.add_argument("--list-rows", type=int, default=100_000, help="P3 folder size")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (median is kept)")
@@ -56,6 +56,10 @@ def main() -> None:
             from bench import send_bench
 
             rows.extend(send_bench.p5_send(env, 500, args.reps))
+        if "P6" in wanted:
+            from bench import webhook_bench
+
+            rows.extend(webhook_bench.p6_webhooks(env.database_url, env.env, 2000, 300, args.reps))
         if "P9" in wanted:
             from bench import search_bench
 

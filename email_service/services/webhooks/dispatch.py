@@ -55,7 +55,17 @@ DELIVER_ACTOR = "webhooks.deliver"
 #: How long one job keeps delivering before it hands over to a fresh job (fairness
 #: between webhooks sharing a worker), and how long a lease outlives its last renewal.
 RUN_BUDGET_SECONDS = 20.0
-LEASE_MS = 60_000
+#: Deliveries picked per transaction, and how long their attempts may take before the
+#: outcomes are recorded (one attempt's timeout may come on top).
+BATCH = 50
+BATCH_SECONDS = 20.0
+
+
+def _lease_ms(runtime: Runtime) -> int:
+    """A lease outlives a batch's attempts and their recording by a wide margin."""
+    return int((BATCH_SECONDS + 2 * runtime.settings.webhook_timeout_seconds + 30) * 1000)
+
+
 #: A due delivery untouched for this long is re-queued by the sweep.
 SWEEP_GRACE_MS = 30_000
 
@@ -187,7 +197,7 @@ def _claim(runtime: Runtime, tenant_id: uuid.UUID, webhook_id: str) -> bool:
                 Webhook.id == webhook_id,
                 or_(Webhook.lease_until.is_(None), Webhook.lease_until < moment),
             )
-            .values(lease_until=moment + LEASE_MS)
+            .values(lease_until=moment + _lease_ms(runtime))
             .execution_options(synchronize_session=False)
         )
         return bool(claimed.rowcount)  # type: ignore[attr-defined]
@@ -222,11 +232,16 @@ def _head(session: Session, tenant_id: uuid.UUID, webhook_id: str) -> WebhookDel
     ).first()
 
 
-def _record(runtime: Runtime, session: Session, hook: Webhook, sent: _Sent) -> int | None:
+def _record(
+    runtime: Runtime,
+    session: Session,
+    hook: Webhook,
+    delivery: WebhookDelivery | None,
+    sent: _Sent,
+) -> int | None:
     """Store an attempt's outcome; returns the wait before the next try, if it failed."""
     settings = runtime.settings
     moment = now_ms()
-    delivery = session.get(WebhookDelivery, sent.delivery_id)
     if delivery is None or delivery.status != "pending":
         return None  # deleted or settled meanwhile (the webhook was disabled, say)
     result = sent.result
@@ -296,12 +311,14 @@ def _record(runtime: Runtime, session: Session, hook: Webhook, sent: _Sent) -> i
 
 
 def _step(
-    runtime: Runtime, tenant_id: uuid.UUID, webhook_id: str, sent: _Sent | None
-) -> _Next | int | None:
-    """Record the last attempt and pick the next delivery, in one transaction.
+    runtime: Runtime, tenant_id: uuid.UUID, webhook_id: str, sent: list[_Sent]
+) -> list[_Next] | int | None:
+    """Record the attempts just made and pick the next due deliveries, in one transaction.
 
-    Returns the next delivery to attempt, a wait in milliseconds before the head of the
-    queue is due, or None when there is nothing (more) to do.
+    Returns up to :data:`BATCH` deliveries to attempt next, in order; or a wait in
+    milliseconds before the head of the queue is due; or None when there is nothing
+    (more) to do. One transaction per batch rather than per attempt is what lets one
+    worker keep up with fast receivers.
     """
     with runtime.db.transaction(tenant_id) as session:
         hook = session.scalars(
@@ -309,27 +326,52 @@ def _step(
         ).one_or_none()
         if hook is None:
             return None
-        if sent is not None:
-            wait = _record(runtime, session, hook, sent)
-            if wait is not None:
-                return wait
+        if sent:
+            # All in one query, rather than one per attempt.
+            rows = {
+                row.id: row
+                for row in session.scalars(
+                    select(WebhookDelivery).where(
+                        WebhookDelivery.tenant_id == tenant_id,
+                        WebhookDelivery.id.in_([item.delivery_id for item in sent]),
+                    )
+                )
+            }
+            for item in sent:
+                wait = _record(runtime, session, hook, rows.get(item.delivery_id), item)
+                if wait is not None:
+                    return wait
         if not hook.is_enabled:
             return None
-        head = _head(session, tenant_id, webhook_id)
-        if head is None:
+        heads = session.scalars(
+            select(WebhookDelivery)
+            .where(
+                WebhookDelivery.tenant_id == tenant_id,
+                WebhookDelivery.webhook_id == webhook_id,
+                WebhookDelivery.status == "pending",
+            )
+            .order_by(WebhookDelivery.id)
+            .limit(BATCH)
+        ).all()
+        if not heads:
             return None
         moment = now_ms()
-        if head.next_attempt_at > moment:
-            return head.next_attempt_at - moment
-        hook.lease_until = moment + LEASE_MS
+        if heads[0].next_attempt_at > moment:
+            return heads[0].next_attempt_at - moment
+        hook.lease_until = moment + _lease_ms(runtime)
         try:
             keys = registry.signing_keys(runtime, hook, moment)
         except DecryptionError:
             # The key ring lost the key that sealed this secret: nothing can be signed
             # until the owner rotates the secret; retry as a failed attempt would.
             log.error("webhook secret cannot be decrypted", extra={"webhook_id": hook.id})
-            return backoff_ms(runtime, head.attempts + 1)
-        return _Next(head.id, head.event_id, head.body.encode(), hook.url, keys)
+            return backoff_ms(runtime, heads[0].attempts + 1)
+        due = []
+        for head in heads:
+            if head.next_attempt_at > moment:
+                break
+            due.append(_Next(head.id, head.event_id, head.body.encode(), hook.url, keys))
+        return due
 
 
 def run_deliveries(runtime: Runtime, tenant_id: uuid.UUID, webhook_id: str) -> None:
@@ -341,19 +383,18 @@ def run_deliveries(runtime: Runtime, tenant_id: uuid.UUID, webhook_id: str) -> N
     policy = ReceiverPolicy.for_runtime(runtime)
     budget_end = time.monotonic() + RUN_BUDGET_SECONDS
     while _claim(runtime, tenant_id, webhook_id):
-        outcome: _Next | int | None = None
+        outcome: list[_Next] | int | None = None
         try:
-            sent: _Sent | None = None
+            sent: list[_Sent] = []
             while True:
                 outcome = _step(runtime, tenant_id, webhook_id, sent)
-                if not isinstance(outcome, _Next):
+                if not isinstance(outcome, list):
                     break
-                headers = signing.signature_headers(outcome.keys, outcome.event_id, outcome.body)
-                sent = _Sent(outcome.delivery_id, post(policy, outcome.url, headers, outcome.body))
+                sent = _attempt_in_order(policy, outcome)
                 if time.monotonic() > budget_end:
-                    # Record this attempt, then hand over to a fresh job.
+                    # Record these attempts, then hand over to a fresh job.
                     outcome = _step(runtime, tenant_id, webhook_id, sent)
-                    if isinstance(outcome, _Next):
+                    if isinstance(outcome, list):
                         outcome = 0
                     break
         finally:
@@ -365,6 +406,20 @@ def run_deliveries(runtime: Runtime, tenant_id: uuid.UUID, webhook_id: str) -> N
         # the lease taken and returned), we are done.
         if not _has_ready(runtime, tenant_id, webhook_id):
             return
+
+
+def _attempt_in_order(policy: ReceiverPolicy, batch: list[_Next]) -> list[_Sent]:
+    """Attempt ``batch`` in order, stopping after the first failure (what follows it must
+    wait for it) or once the lease's safe share of time is used."""
+    sent: list[_Sent] = []
+    started = time.monotonic()
+    for item in batch:
+        headers = signing.signature_headers(item.keys, item.event_id, item.body)
+        result = post(policy, item.url, headers, item.body)
+        sent.append(_Sent(item.delivery_id, result))
+        if not result.ok or time.monotonic() - started > BATCH_SECONDS:
+            break
+    return sent
 
 
 def sweep(runtime: Runtime, now: int | None = None) -> int:
