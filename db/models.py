@@ -58,7 +58,7 @@ class Account(TenantMixin, Base):
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
     account_name: Mapped[str] = mapped_column(String(255), nullable=False)
     email_address: Mapped[str] = mapped_column(String(320), nullable=False)
-    # Lower-cased address: uniqueness within a tenant ignores case.
+    # Lower-cased address: uniqueness per user ignores case.
     email_normalized: Mapped[str] = mapped_column(String(320), nullable=False)
     protocol: Mapped[str] = mapped_column(String(8), nullable=False)
     hostname: Mapped[str] = mapped_column(String(253), nullable=False)
@@ -82,10 +82,12 @@ class Account(TenantMixin, Base):
     folders: Mapped[list[Folder]] = relationship(back_populates="account", lazy="raise")
 
     __table_args__ = (
-        # One live account per address and tenant; deleted ones free the address.
+        # One live account per address and user (migration 0012); deleted ones free the
+        # address. Per user, not per tenant: another user's addresses are not disclosed.
         Index(
-            "uq_accounts_tenant_email_live",
+            "uq_accounts_user_email_live",
             "tenant_id",
+            "user_id",
             "email_normalized",
             unique=True,
             postgresql_where=text("deleted_at IS NULL"),

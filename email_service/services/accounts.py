@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db.models import Account, new_id, now_ms
 from email_service.crypto import Sealed
-from email_service.errors import AccountNotFound, DuplicateEmail
+from email_service.errors import AccountNotFound, DuplicateEmail, InvalidRequest
 from email_service.mail.endpoint import MailEndpoint
 from email_service.runtime import Runtime
 from email_service.scope import Scope
@@ -152,6 +152,7 @@ def _ensure_address_free(scope: Scope, normalized: str, address: str) -> None:
     taken = scope.session.scalar(
         select(Account.id).where(
             Account.tenant_id == scope.caller.tenant_id,
+            Account.user_id == scope.caller.user_id,
             Account.email_normalized == normalized,
             Account.deleted_at.is_(None),
         )
@@ -179,8 +180,55 @@ _UPDATABLE = {
 }
 
 
+#: Where the stored credential is sent: changing any of these sends it somewhere new.
+CONNECTION_TARGET_FIELDS = (
+    "hostname",
+    "port",
+    "encryption",
+    "username",
+    "smtpHostname",
+    "smtpPort",
+    "smtpEncryption",
+)
+#: Fields that carry a credential. A request that retargets the account must hold one
+#: of them, so a stolen API token alone cannot redirect the stored password.
+CREDENTIAL_FIELDS = ("password",)
+
+
+class CredentialRequired(InvalidRequest):
+    code = "CREDENTIAL_REQUIRED"
+
+
+def retargeted_without_credential(row: Account, body: dict[str, Any]) -> list[str]:
+    """The connection target fields ``body`` changes without giving a credential.
+
+    A field counts as changed when its value differs from the stored one (sending the
+    settings back unchanged is not a retarget). Empty when nothing is retargeted or a
+    credential field is present.
+    """
+    if any(field in body for field in CREDENTIAL_FIELDS):
+        return []
+    return [
+        field
+        for field in CONNECTION_TARGET_FIELDS
+        if field in body and body[field] != getattr(row, _UPDATABLE[field])
+    ]
+
+
 def update_account(scope: Scope, account_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Change the given settings of the caller's account.
+
+    Raises ``AccountNotFound``, :class:`CredentialRequired` when a connection target
+    field changes without ``password`` in the same request, and the host policy's
+    refusals.
+    """
     row = load_account(scope, account_id, for_update=True)
+    retargeted = retargeted_without_credential(row, body)
+    if retargeted:
+        raise CredentialRequired(
+            f"Changing {', '.join(retargeted)} sends the account's credentials to a new "
+            "place: give the password in the same request"
+        )
     # Only what changes is checked: a stored host is checked again at connect time.
     hosts = []
     if "hostname" in body:
