@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     database_allow_privileged_role: bool = False
     redis_url: str | None = None
     jwt_secret: SecretStr | None = None
+    # Tokens living longer than this are refused, whatever their signature (one day).
+    jwt_max_ttl_seconds: int = Field(default=86_400, gt=0)
+    # When set, tokens must carry this `iss` / `aud`, and `email-service token` adds them.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
     # "kid1:BASE64KEY,kid2:BASE64KEY" - the first key encrypts, all of them decrypt.
     credential_keys: SecretStr | None = None
 
@@ -196,9 +201,34 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
     return values
 
 
+class ConfigurationError(ValueError):
+    """A setting the service refuses to start with."""
+
+
+#: HS256 with a shorter secret can be brute-forced offline from one captured token.
+MIN_JWT_SECRET_BYTES = 32
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings from the environment, filling development secrets if absent."""
+    """Read the settings from the environment, filling development secrets if absent.
+
+    Raises :class:`ConfigurationError` for a ``JWT_SECRET`` shorter than 32 bytes
+    outside the embedded default (with ``DATABASE_URL`` or ``REDIS_URL`` set).
+    """
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.jwt_secret is not None:
+        length = len(settings.jwt_secret.get_secret_value().encode())
+        if length < MIN_JWT_SECRET_BYTES:
+            if settings.database_url or settings.redis_url:
+                raise ConfigurationError(
+                    f"JWT_SECRET is {length} bytes long; at least {MIN_JWT_SECRET_BYTES} "
+                    "random bytes are needed (a short HMAC secret can be guessed offline "
+                    "from one token)"
+                )
+            log.warning(
+                "JWT_SECRET is shorter than %d bytes: fine for a try-out only",
+                MIN_JWT_SECRET_BYTES,
+            )
     if settings.jwt_secret is None or settings.credential_keys is None:
         dev = _dev_secrets(settings.data_dir)
         log.warning(
