@@ -35,7 +35,7 @@ from imapclient.imap_utf7 import decode as decode_utf7
 from imapclient.imap_utf7 import encode as encode_utf7
 from imapclient.response_parser import parse_response
 
-from .endpoint import MailEndpoint, endpoint_guard, tls_context
+from .endpoint import ConnectTarget, MailEndpoint, resolve_target, tls_context
 from .errors import (
     MailAuthError,
     MailConnectionError,
@@ -146,27 +146,34 @@ class WatchSession:
     async def open(self) -> None:
         """Connect (after the guard), secure, read the greeting, log in, read capabilities."""
         ep = self._endpoint
-        # The guard may resolve the name: keep that off the event loop.
-        await asyncio.to_thread(endpoint_guard, ep.host, ep.port)
+        # The guard resolves the name once (off the event loop) and checks the addresses;
+        # the connection goes to exactly those (no second lookup to rebind).
+        target = await asyncio.to_thread(resolve_target, ep.host, ep.port)
         try:
-            await self._deadline(self._connect(), "connecting")
+            await self._deadline(self._connect(target), "connecting")
         except BaseException:
             await self.close()
             raise
 
-    async def _connect(self) -> None:
+    async def _connect(self, target: ConnectTarget) -> None:
         ep = self._endpoint
         context = tls_context(ep.ca_file) if ep.encryption != "none" else None
-        try:
-            self._reader, self._writer = await asyncio.open_connection(
-                ep.host,
-                ep.port,
-                ssl=context if ep.encryption == "tls" else None,
-                server_hostname=ep.host if ep.encryption == "tls" else None,
-                limit=MAX_LINE,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise self._network_error(exc, "connecting") from exc
+        error: BaseException | None = None
+        for address in target.addresses:
+            try:
+                # TLS verifies the account's host name, not the address connected to.
+                self._reader, self._writer = await asyncio.open_connection(
+                    address,
+                    target.port,
+                    ssl=context if ep.encryption == "tls" else None,
+                    server_hostname=target.host if ep.encryption == "tls" else None,
+                    limit=MAX_LINE,
+                )
+                break
+            except (OSError, ssl.SSLError) as exc:
+                error = exc
+        else:
+            raise self._network_error(error or OSError("no address"), "connecting") from error
         greeting = (await self._read_response()).first
         if greeting.upper().startswith(b"* BYE"):
             raise MailConnectionError(
