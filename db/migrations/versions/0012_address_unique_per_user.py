@@ -9,7 +9,7 @@ Downgrade restores the per-tenant index, which fails if two users of one tenant 
 the same live address by then (remove one first).
 
 Revision ID: 0012
-Revises: 0003
+Revises: 0016
 Create Date: 2026-12-03
 """
 
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0003"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
