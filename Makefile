@@ -42,7 +42,7 @@ sdk: sdk-tools
 test: lint typecheck pytest
 
 # Benchmarks (README, "Performance"): starts Dovecot, an S3 server and a fresh database,
-# prints P1-P5 against baselines measured in the same run, writes bench/results/latest.json.
+# prints P1-P6 against baselines measured in the same run, writes bench/results/latest.json.
 .PHONY: bench
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -30,11 +30,12 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", default="P1,P2,P3,P4,P5", help="comma-separated ids")
+    parser.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P9", help="comma-separated ids")
     parser.add_argument("--messages", type=int, default=10_000, help="P1 mailbox size")
     parser.add_argument("--list-rows", type=int, default=100_000, help="P3 folder size")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (median is kept)")
     parser.add_argument("--duration", type=int, default=10, help="P3 seconds of load")
+    parser.add_argument("--search-rows", type=int, default=1_000_000, help="P9 messages")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args()
     wanted = {item.strip().upper() for item in args.only.split(",")}
@@ -55,6 +56,14 @@ def main() -> None:
             from bench import send_bench
 
             rows.extend(send_bench.p5_send(env, 500, args.reps))
+        if "P6" in wanted:
+            from bench import webhook_bench
+
+            rows.extend(webhook_bench.p6_webhooks(env.database_url, env.env, 2000, 300, args.reps))
+        if "P9" in wanted:
+            from bench import search_bench
+
+            rows.extend(search_bench.p9_search(env, args.search_rows, max(args.duration, 10)))
     print()
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

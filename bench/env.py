@@ -42,6 +42,7 @@ class BenchEnv:
     database_url: str
     data_dir: Path
     env: dict[str, str]
+    owner_url: str = ""  # the owner role: DDL and VACUUM in the benchmarks' seeding
 
     def child_env(self, **extra: str) -> dict[str, str]:
         """Environment for a service process (serve, a sync run) of this benchmark."""
@@ -109,7 +110,7 @@ def bench_env() -> Iterator[BenchEnv]:
             "LOG_LEVEL": "WARNING",
             "RATE_LIMIT_ENABLED": "false",
         }
-        yield BenchEnv(dovecot, s3, bucket, url, data_dir, env)
+        yield BenchEnv(dovecot, s3, bucket, url, data_dir, env, owner_url)
     finally:
         dovecot.close()
         s3.close()

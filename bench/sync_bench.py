@@ -124,6 +124,7 @@ def run_sync(
     *,
     force: bool = False,
     local_blobs: bool = False,
+    search_index: bool = True,
     repeat: int = 1,
 ) -> list[dict[str, Any]]:
     """Sync in a child process (``repeat`` times in a row); the figures of each run."""
@@ -134,6 +135,8 @@ def run_sync(
     if force:
         command.append("--force")
     extra = {"S3_ENDPOINT": ""} if local_blobs else {}
+    if not search_index:
+        extra["BENCH_SEARCH_INDEX"] = "off"
     profile = os.environ.get("BENCH_PYSPY")  # a path: record the sync's stacks with py-spy
     if profile:
         command = [
@@ -189,17 +192,27 @@ def p1_initial_sync(env: BenchEnv, messages: int, reps: int) -> list[dict[str, A
         baseline.append(total / seconds)
     base = statistics.median(baseline)
     rows = []
+    # Local blobs: the runs with the search index alternate with runs without it, so
+    # the index's cost (issue 16: at most 10 %) is measured against the same conditions.
+    unindexed: list[float] = []
     for local in (False, True):
         ours, rss = [], []
         for rep in range(reps):
-            wipe(env)
-            caller, account_id = new_account(env, user)
-            [figures] = run_sync(env, caller, account_id, local_blobs=local)
-            assert figures["result"]["messagesAdded"] == total, figures["result"]
-            ours.append(total / figures["seconds"])
-            rss.append(figures["maxrss_mib"])
-            where = "local blobs" if local else "S3"
-            print(f"  P1 ({where}) rep {rep + 1}: {ours[-1]:.0f} msg/s, peak RSS {rss[-1]:.0f} MiB")
+            for indexed in (True, False) if local else (True,):
+                wipe(env)
+                caller, account_id = new_account(env, user)
+                [figures] = run_sync(
+                    env, caller, account_id, local_blobs=local, search_index=indexed
+                )
+                assert figures["result"]["messagesAdded"] == total, figures["result"]
+                speed = total / figures["seconds"]
+                where = ("local blobs" if local else "S3") + ("" if indexed else ", no index")
+                print(f"  P1 ({where}) rep {rep + 1}: {speed:.0f} msg/s")
+                if not indexed:
+                    unindexed.append(speed)
+                    continue
+                ours.append(speed)
+                rss.append(figures["maxrss_mib"])
         value = statistics.median(ours)
         row: dict[str, Any] = {
             "id": "P1",
@@ -215,6 +228,19 @@ def p1_initial_sync(env: BenchEnv, messages: int, reps: int) -> list[dict[str, A
         if not local:
             row["worker_peak_rss_mib"] = max(rss)
         rows.append(row)
+    without = statistics.median(unindexed)
+    rows.append(
+        {
+            "id": "P1",
+            "what": "search index cost: the local-disk sync with the index against without",
+            "baseline": f"{without:.0f} msg/s without the index",
+            "value": rows[-1]["value"],
+            "ratio": value / without,
+            "target": ">= 0.9",
+            "met": value / without >= 0.9,
+            "raw": {"with_msg_s": ours, "without_msg_s": unindexed},
+        }
+    )
     return rows
 
 

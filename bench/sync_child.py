@@ -73,6 +73,14 @@ def _watch_memory() -> None:
     atexit.register(report)
 
 
+def _without_search_index() -> None:
+    """P1's comparison run: the mail store writes no search index (nor builds its text)."""
+    from email_service.services.sync import store
+
+    store._documents = lambda rows, _attachments: [None] * len(rows)  # type: ignore[assignment,misc]
+    store.index_messages = lambda *_args, **_kwargs: None  # type: ignore[assignment]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("tenant", type=uuid.UUID)
@@ -95,6 +103,8 @@ def main() -> None:
 
     imap_module.ImapSession.__init__ = counting_init  # type: ignore[method-assign]
 
+    if os.environ.get("BENCH_SEARCH_INDEX") == "off":
+        _without_search_index()
     if os.environ.get("BENCH_TRACEMALLOC"):
         _watch_memory()
     for _ in range(args.repeat):

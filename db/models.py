@@ -58,7 +58,7 @@ class Account(TenantMixin, Base):
     user_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
     account_name: Mapped[str] = mapped_column(String(255), nullable=False)
     email_address: Mapped[str] = mapped_column(String(320), nullable=False)
-    # Lower-cased address: uniqueness within a tenant ignores case.
+    # Lower-cased address: uniqueness per user ignores case.
     email_normalized: Mapped[str] = mapped_column(String(320), nullable=False)
     protocol: Mapped[str] = mapped_column(String(8), nullable=False)
     hostname: Mapped[str] = mapped_column(String(253), nullable=False)
@@ -96,10 +96,12 @@ class Account(TenantMixin, Base):
     folders: Mapped[list[Folder]] = relationship(back_populates="account", lazy="raise")
 
     __table_args__ = (
-        # One live account per address and tenant; deleted ones free the address.
+        # One live account per address and user (migration 0012); deleted ones free the
+        # address. Per user, not per tenant: another user's addresses are not disclosed.
         Index(
-            "uq_accounts_tenant_email_live",
+            "uq_accounts_user_email_live",
             "tenant_id",
+            "user_id",
             "email_normalized",
             unique=True,
             postgresql_where=text("deleted_at IS NULL"),
@@ -274,4 +276,111 @@ class Task(TenantMixin, Base):
     )
 
 
-TENANT_TABLES = ("accounts", "folders", "messages", "attachments", "drafts", "tasks")
+# Integer keys that autoincrement on both databases (SQLite only does so for INTEGER).
+SerialKey = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Webhook(TenantMixin, Base):
+    """A user's HTTP receiver of change events (services/webhooks).
+
+    The signing secret is stored encrypted under the credential key ring; after a rotation
+    the previous one keeps signing beside it until ``previous_secret_expires_at``.
+    """
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    events: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)
+    # None: every account of the user.
+    account_ids: Mapped[list[Any] | None] = mapped_column(JsonType)
+    description: Mapped[str | None] = mapped_column(Text)
+    secret_key_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    secret_ciphertext: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    previous_secret_key_id: Mapped[str | None] = mapped_column(String(64))
+    previous_secret_ciphertext: Mapped[bytes | None] = mapped_column(LargeBinary)
+    previous_secret_expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    secret_rotated_at: Mapped[int | None] = mapped_column(BigInteger)
+    is_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    disabled_at: Mapped[int | None] = mapped_column(BigInteger)
+    # The failure streak: since when no delivery has been taken, and how many attempts.
+    failing_since: Mapped[int | None] = mapped_column(BigInteger)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    last_success_at: Mapped[int | None] = mapped_column(BigInteger)
+    last_failure_at: Mapped[int | None] = mapped_column(BigInteger)
+    # Whoever holds the lease delivers this webhook's queue (one at a time: in order).
+    lease_until: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_webhooks_owner", "tenant_id", "user_id", "created_at"),)
+
+
+class WebhookDelivery(TenantMixin, Base):
+    """One change to send to one webhook; ``body`` holds the exact bytes every attempt signs."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(SerialKey, primary_key=True, autoincrement=True)
+    webhook_id: Mapped[str] = mapped_column(
+        ForeignKey("webhooks.id", ondelete="CASCADE"), nullable=False
+    )
+    # The change's id: the ``webhook-id`` header, the same on every attempt.
+    event_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    event_type: Mapped[str] = mapped_column(String(64), nullable=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    next_attempt_at: Mapped[int] = mapped_column(BigInteger, nullable=False, default=now_ms)
+    last_attempt_at: Mapped[int | None] = mapped_column(BigInteger)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("uq_webhook_deliveries_event", "webhook_id", "event_id", unique=True),
+        Index("ix_webhook_deliveries_queue", "webhook_id", "status", "id"),
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    )
+
+
+class WebhookAttempt(TenantMixin, Base):
+    """One HTTP attempt of a delivery: what the receiver answered, how long it took."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(SerialKey, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), nullable=False
+    )
+    number: Mapped[int] = mapped_column(Integer, nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    duration_ms: Mapped[int] = mapped_column(Integer, nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index("ix_webhook_attempts_delivery", "delivery_id", "id"),)
+
+
+class WebhookFanout(TenantMixin, Base):
+    """How far one user's change feed has been handed to that user's webhooks."""
+
+    __tablename__ = "webhook_fanouts"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    # The last change position whose deliveries were recorded.
+    position: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+
+
+TENANT_TABLES = (
+    "accounts",
+    "folders",
+    "messages",
+    "attachments",
+    "drafts",
+    "tasks",
+    "webhooks",
+    "webhook_deliveries",
+    "webhook_attempts",
+    "webhook_fanouts",
+)

@@ -12,15 +12,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
 from connexion.exceptions import OAuthProblem
 
+from email_service.config import Settings
 from email_service.identity import Caller
 
 ALGORITHM = "HS256"
 LEEWAY_SECONDS = 5
+#: The default of ``JWT_MAX_TTL_SECONDS``: no token may live longer than a day.
+DEFAULT_MAX_TTL_SECONDS = 86_400
 
 
 class AuthError(Exception):
@@ -32,37 +36,96 @@ class _HasHeaders(Protocol):
     def headers(self) -> Mapping[str, str]: ...
 
 
-def issue_token(secret: str, tenant_id: uuid.UUID, user_id: uuid.UUID, ttl: int = 3600) -> str:
-    """A signed token for ``tenant_id``/``user_id`` valid for ``ttl`` seconds."""
+@dataclass(frozen=True)
+class TokenPolicy:
+    """What a token must satisfy beyond its signature (``JWT_*`` settings)."""
+
+    max_ttl_seconds: int = DEFAULT_MAX_TTL_SECONDS
+    issuer: str | None = None
+    audience: str | None = None
+
+
+def issue_token(
+    secret: str,
+    tenant_id: uuid.UUID,
+    user_id: uuid.UUID,
+    ttl: int = 3600,
+    *,
+    policy: TokenPolicy | None = None,
+) -> str:
+    """A signed token for ``tenant_id``/``user_id`` valid for ``ttl`` seconds.
+
+    With a ``policy``, ``ttl`` must be within its maximum (``ValueError`` otherwise) and
+    the token carries its issuer and audience.
+    """
+    if ttl <= 0:
+        raise ValueError("the token lifetime must be positive")
+    if policy is not None and ttl > policy.max_ttl_seconds:
+        raise ValueError(
+            f"the token lifetime {ttl} s exceeds JWT_MAX_TTL_SECONDS ({policy.max_ttl_seconds} s)"
+        )
     now = int(time.time())
-    claims = {
+    claims: dict[str, Any] = {
         "tenantId": str(tenant_id),
         "userId": str(user_id),
         "sub": str(user_id),
         "iat": now,
         "exp": now + ttl,
     }
+    if policy is not None and policy.issuer:
+        claims["iss"] = policy.issuer
+    if policy is not None and policy.audience:
+        claims["aud"] = policy.audience
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def decode_token(token: str, secret: str) -> Caller:
-    """Verify ``token`` and return its caller. Raises ``AuthError`` with the reason."""
+def decode_token(token: str, secret: str, policy: TokenPolicy | None = None) -> Caller:
+    """Verify ``token`` and return its caller. Raises ``AuthError`` with the reason.
+
+    Beyond the signature: ``exp`` and ``iat`` must be numbers (NumericDate), the
+    lifetime (``exp - iat``, and what is left of it now) may not exceed the policy's
+    maximum - a token minted to last for years is refused even while "valid" - and
+    ``iss``/``aud`` must match when the policy names them.
+    """
+    policy = policy or TokenPolicy()
     if not token:
         raise AuthError("empty token")
+    required = ["exp", "iat", "tenantId", "userId"]
+    if policy.issuer:
+        required.append("iss")
+    if policy.audience:
+        required.append("aud")
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
-            options={"require": ["exp", "tenantId", "userId"]},
+            options={"require": required},
             leeway=LEEWAY_SECONDS,
+            issuer=policy.issuer,
+            audience=policy.audience,
         )
     except jwt.ExpiredSignatureError as exc:
         raise AuthError("token expired") from exc
     except jwt.MissingRequiredClaimError as exc:
         raise AuthError(f"token lacks the '{exc.claim}' claim") from exc
+    except jwt.InvalidIssuerError as exc:
+        raise AuthError("token is from another issuer") from exc
+    except jwt.InvalidAudienceError as exc:
+        raise AuthError("token is meant for another audience") from exc
+    except jwt.ImmatureSignatureError as exc:
+        raise AuthError("token is issued in the future") from exc
     except jwt.InvalidTokenError as exc:
         raise AuthError("token is malformed or its signature is invalid") from exc
+    exp, iat = claims["exp"], claims["iat"]
+    for name, value in (("exp", exp), ("iat", iat)):
+        # PyJWT reads "exp": "9999999999" as a number; the JWT spec says NumericDate.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise AuthError(f"the '{name}' claim must be a number")
+    if exp - iat > policy.max_ttl_seconds or exp - time.time() > (
+        policy.max_ttl_seconds + LEEWAY_SECONDS
+    ):
+        raise AuthError("token lifetime exceeds the allowed maximum")
     try:
         return Caller(_uuid_claim(claims, "tenantId"), _uuid_claim(claims, "userId"))
     except ValueError as exc:
@@ -79,7 +142,9 @@ def _uuid_claim(claims: Mapping[str, Any], name: str) -> uuid.UUID:
         raise ValueError(f"the '{name}' claim must be a UUID string") from exc
 
 
-def authenticate(headers: Mapping[str, str], secret: str) -> Caller:
+def authenticate(
+    headers: Mapping[str, str], secret: str, policy: TokenPolicy | None = None
+) -> Caller:
     """The caller named by every credential in ``headers``. Raises ``AuthError``."""
     callers: list[Caller] = []
     authorization = headers.get("authorization")
@@ -87,10 +152,10 @@ def authenticate(headers: Mapping[str, str], secret: str) -> Caller:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer":
             raise AuthError("the Authorization header must use the Bearer scheme")
-        callers.append(decode_token(token.strip(), secret))
+        callers.append(decode_token(token.strip(), secret, policy))
     header_token = headers.get("x-auth-token")
     if header_token is not None:
-        caller = decode_token(header_token.strip(), secret)
+        caller = decode_token(header_token.strip(), secret, policy)
         tenant, user = headers.get("x-tenant-id"), headers.get("x-user-id")
         if tenant is None or user is None:
             raise AuthError("X-Auth-Token needs X-Tenant-ID and X-User-ID headers")
@@ -115,10 +180,11 @@ def _token_info(request: _HasHeaders) -> dict[str, str]:
     # Imported here: the runtime imports the web layer's modules, not the reverse.
     from email_service.runtime import get_runtime
 
-    secret = get_runtime().settings.jwt_secret
+    settings = get_runtime().settings
+    secret = settings.jwt_secret
     assert secret is not None  # load_settings always fills it
     try:
-        caller = authenticate(request.headers, secret.get_secret_value())
+        caller = authenticate(request.headers, secret.get_secret_value(), token_policy(settings))
     except AuthError as exc:
         raise OAuthProblem(detail=f"Invalid credentials: {exc}") from None
     return {
@@ -126,6 +192,14 @@ def _token_info(request: _HasHeaders) -> dict[str, str]:
         "tenantId": str(caller.tenant_id),
         "userId": str(caller.user_id),
     }
+
+
+def token_policy(settings: Settings) -> TokenPolicy:
+    return TokenPolicy(
+        max_ttl_seconds=settings.jwt_max_ttl_seconds,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
 
 
 def bearer_info(token: str, request: _HasHeaders) -> dict[str, str]:

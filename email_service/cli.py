@@ -119,10 +119,21 @@ def cmd_migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
-    from email_service.auth import issue_token
+    from email_service.auth import issue_token, token_policy
 
     assert settings.jwt_secret is not None
-    print(issue_token(settings.jwt_secret.get_secret_value(), args.tenant, args.user, args.ttl))
+    try:
+        token = issue_token(
+            settings.jwt_secret.get_secret_value(),
+            args.tenant,
+            args.user,
+            args.ttl,
+            policy=token_policy(settings),
+        )
+    except ValueError as refusal:  # a lifetime the service would refuse
+        log.error("%s", refusal)
+        return 2
+    print(token)
     return 0
 
 
@@ -250,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="print a JWT for the configured secret")
     token.add_argument("--tenant", type=uuid.UUID, required=True)
     token.add_argument("--user", type=uuid.UUID, required=True)
-    token.add_argument("--ttl", type=int, default=3600, help="seconds of validity")
+    token.add_argument(
+        "--ttl", type=int, default=3600, help="seconds of validity, at most JWT_MAX_TTL_SECONDS"
+    )
     token.set_defaults(handler=cmd_token)
 
     rotate = commands.add_parser("rotate-keys", help="re-encrypt credentials with the primary key")
@@ -274,8 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from email_service.config import ConfigurationError
+
     args = build_parser().parse_args(argv)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ConfigurationError as refusal:
+        print(f"email-service: {refusal}", file=sys.stderr)
+        return 2
     _configure_logging(settings)
     from db.roles import PrivilegedRole
 

@@ -20,6 +20,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from email_service.mail.limits import MailLimits
+
 log = logging.getLogger(__name__)
 
 DEV_SECRETS_FILE = "dev-secrets.json"
@@ -43,6 +45,11 @@ class Settings(BaseSettings):
     database_allow_privileged_role: bool = False
     redis_url: str | None = None
     jwt_secret: SecretStr | None = None
+    # Tokens living longer than this are refused, whatever their signature (one day).
+    jwt_max_ttl_seconds: int = Field(default=86_400, gt=0)
+    # When set, tokens must carry this `iss` / `aud`, and `email-service token` adds them.
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
     # "kid1:BASE64KEY,kid2:BASE64KEY" - the first key encrypts, all of them decrypt.
     credential_keys: SecretStr | None = None
 
@@ -64,7 +71,17 @@ class Settings(BaseSettings):
     mail_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
     mail_allow_plaintext: bool = False
     mail_ca_file: str | None = None
-    mail_timeout: float = 30.0
+    # Deadlines (seconds) and caps for every mail connection: a server that is silent,
+    # slow or sends without end fails the attempt within them (README, "Untrusted
+    # servers and failures").
+    mail_connect_timeout: float = Field(default=15.0, gt=0)
+    mail_greeting_timeout: float = Field(default=30.0, gt=0)
+    mail_login_timeout: float = Field(default=30.0, gt=0)
+    mail_command_timeout: float = Field(default=120.0, gt=0)
+    # Larger messages are kept with their headers and size only (a defect says why).
+    max_message_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    mail_max_line_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    mail_max_response_bytes: int = Field(default=64 * 1024 * 1024, gt=0)
 
     # The limits themselves are the spec's ``x-rate-limits`` block. Off only where one
     # caller must make many requests quickly (the contract fuzz tests).
@@ -119,10 +136,42 @@ class Settings(BaseSettings):
     # An access token is refreshed when it has less than this many seconds left.
     oauth2_refresh_margin_seconds: int = Field(default=120, ge=0)
 
-    @field_validator("mail_allowed_hosts", mode="before")
+    # Webhooks (services/webhooks). Receivers are held to the mail hosts' outbound guard:
+    # public addresses only unless listed here (same entry forms as MAIL_ALLOWED_HOSTS),
+    # https unless WEBHOOK_ALLOW_HTTP; WEBHOOK_CA_FILE is trusted beside the system CAs.
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_allow_http: bool = False
+    webhook_ca_file: str | None = None
+    # One delivery attempt: connect, send and read the status line within this time.
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Backoff between attempts of one delivery grows from the first to the second value
+    # (with jitter); after WEBHOOK_RETRY_HOURS the delivery is marked failed, and an
+    # endpoint that has not taken a delivery for WEBHOOK_DISABLE_AFTER_HOURS is disabled.
+    webhook_min_backoff_ms: int = Field(default=5_000, gt=0)
+    webhook_max_backoff_ms: int = Field(default=3_600_000, gt=0)
+    webhook_retry_hours: float = Field(default=24.0, gt=0)
+    webhook_disable_after_hours: float = Field(default=72.0, gt=0)
+    # Webhooks one user may register.
+    webhook_max_per_user: int = Field(default=20, gt=0)
+    # Finished deliveries and their attempts are kept this long for listWebhookDeliveries.
+    webhook_delivery_retention_hours: float = Field(default=168.0, gt=0)
+
+    @field_validator("mail_allowed_hosts", "webhook_allowed_hosts", mode="before")
     @classmethod
     def _hosts_from_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    def mail_limits(self) -> MailLimits:
+        """The deadlines and caps every mail connection gets."""
+        return MailLimits(
+            connect_timeout=self.mail_connect_timeout,
+            greeting_timeout=self.mail_greeting_timeout,
+            login_timeout=self.mail_login_timeout,
+            command_timeout=self.mail_command_timeout,
+            max_message_bytes=self.max_message_bytes,
+            max_line_bytes=self.mail_max_line_bytes,
+            max_response_bytes=self.mail_max_response_bytes,
+        )
 
     @property
     def embedded(self) -> bool:
@@ -161,9 +210,34 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
     return values
 
 
+class ConfigurationError(ValueError):
+    """A setting the service refuses to start with."""
+
+
+#: HS256 with a shorter secret can be brute-forced offline from one captured token.
+MIN_JWT_SECRET_BYTES = 32
+
+
 def load_settings(**overrides: object) -> Settings:
-    """Read the settings from the environment, filling development secrets if absent."""
+    """Read the settings from the environment, filling development secrets if absent.
+
+    Raises :class:`ConfigurationError` for a ``JWT_SECRET`` shorter than 32 bytes
+    outside the embedded default (with ``DATABASE_URL`` or ``REDIS_URL`` set).
+    """
     settings = Settings(**overrides)  # type: ignore[arg-type]
+    if settings.jwt_secret is not None:
+        length = len(settings.jwt_secret.get_secret_value().encode())
+        if length < MIN_JWT_SECRET_BYTES:
+            if settings.database_url or settings.redis_url:
+                raise ConfigurationError(
+                    f"JWT_SECRET is {length} bytes long; at least {MIN_JWT_SECRET_BYTES} "
+                    "random bytes are needed (a short HMAC secret can be guessed offline "
+                    "from one token)"
+                )
+            log.warning(
+                "JWT_SECRET is shorter than %d bytes: fine for a try-out only",
+                MIN_JWT_SECRET_BYTES,
+            )
     if settings.jwt_secret is None or settings.credential_keys is None:
         dev = _dev_secrets(settings.data_dir)
         log.warning(

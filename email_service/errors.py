@@ -83,7 +83,7 @@ class DuplicateEmail(Conflict):
     code = "EMAIL_DUPLICATE"
 
     def __init__(self, address: str) -> None:
-        super().__init__(f"The address '{address}' is already registered in this tenant")
+        super().__init__(f"You already have an account with the address '{address}'")
 
 
 class PayloadTooLarge(ServiceError):

@@ -22,8 +22,10 @@ class PreparedJob(Protocol):
 
 
 class JobQueue(Protocol):
-    def prepare(self, actor: str, task_id: str, **kwargs: Any) -> PreparedJob:
-        """A job for ``actor``, not yet sent.
+    def prepare(
+        self, actor: str, task_id: str, *, delay_ms: int | None = None, **kwargs: Any
+    ) -> PreparedJob:
+        """A job for ``actor``, not yet sent; with ``delay_ms``, run no sooner than that.
 
         The job's id is ``task_id`` (the broker keeps it across retries); the actor is
         called with ``task_id`` and the other JSON-able keyword arguments.
@@ -33,7 +35,9 @@ class JobQueue(Protocol):
 class NoJobQueue:
     """Stands in until a queue is installed: preparing a job is a programming error."""
 
-    def prepare(self, actor: str, task_id: str, **kwargs: Any) -> PreparedJob:
+    def prepare(
+        self, actor: str, task_id: str, *, delay_ms: int | None = None, **kwargs: Any
+    ) -> PreparedJob:
         raise RuntimeError(f"no job queue is installed; cannot queue {actor!r}")
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from email_service.services import mailbox, writeback
+from email_service.services import mailbox, search, writeback
 from email_service.web.context import request_scope
 
 
@@ -32,3 +32,24 @@ def update_message(
     with request_scope() as scope:
         updated = writeback.update_message(scope, account_id, message_id, body)
     return updated, 200
+
+
+def search_messages(
+    q: str,
+    account_id: str | None = None,
+    folder_id: str | None = None,
+    limit: int = 25,
+    cursor: str | None = None,
+    sort: str = "date",
+) -> tuple[dict[str, Any], int]:
+    with request_scope() as scope:
+        found = search.search_messages(
+            scope,
+            q,
+            account_id=account_id,
+            folder_id=folder_id,
+            limit=limit,
+            cursor=cursor,
+            sort=sort,
+        )
+    return found, 200

@@ -13,7 +13,8 @@
 # Python: openapi-python-client, pinned with everything it imports in
 # client-sdks/generator/requirements.txt, in its own virtualenv (client-sdks/.tools/venv) so that
 # its ruff never changes the project's. TypeScript: openapi-typescript, pinned in
-# client-sdks/typescript/package-lock.json, installed with `npm ci`.
+# client-sdks/typescript/package-lock.json, installed with `npm ci`. Hand-written Python helpers in
+# client-sdks/extras/python/ are copied into the generated package.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -68,6 +69,8 @@ generate_python() {
         --output-path "$work/client" \
         --overwrite \
         --fail-on-warning >"$work/log" 2>&1 || { cat "$work/log" >&2; rm -rf "$work"; return 1; }
+    # Hand-written helpers that ship with the generated package (webhook signatures).
+    cp "$SDKS"/extras/python/*.py "$work/client/email_service_client/"
     if [[ -d "$out" ]] && diff -rq -x __pycache__ "$out" "$work/client" >/dev/null; then
         rm -rf "$work"
         return

@@ -216,3 +216,33 @@ def test_dev_secrets_are_stable_across_runs(
     assert first.jwt_secret.get_secret_value() == second.jwt_secret.get_secret_value()
     assert first.jwt_secret.get_secret_value().startswith("dev-only-")
     assert oct((tmp_path / "dev-secrets.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_token_command_refuses_a_lifetime_beyond_the_maximum(tmp_path: Path) -> None:
+    env = _clean_env(
+        JWT_SECRET=secrets.token_hex(32),
+        CREDENTIAL_KEYS="a:" + base64.b64encode(b"k" * 32).decode(),
+        DATA_DIR=str(tmp_path),
+        JWT_MAX_TTL_SECONDS="600",
+    )
+    ids = ["--tenant", str(uuid.uuid4()), "--user", str(uuid.uuid4())]
+    refused = subprocess.run(
+        [*CLI, "token", *ids, "--ttl", "601"], env=env, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and not refused.stdout
+    assert "JWT_MAX_TTL_SECONDS" in refused.stderr
+    issued = subprocess.run(
+        [*CLI, "token", *ids, "--ttl", "600"], env=env, capture_output=True, text=True
+    )
+    assert issued.returncode == 0 and issued.stdout.count(".") == 2
+
+
+def test_a_short_jwt_secret_stops_the_service(tmp_path: Path) -> None:
+    env = _clean_env(
+        JWT_SECRET="too-short",
+        DATABASE_URL="postgresql://nobody@127.0.0.1:1/none",
+        DATA_DIR=str(tmp_path),
+    )
+    result = subprocess.run([*CLI, "migrate"], env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "JWT_SECRET is 9 bytes" in result.stderr

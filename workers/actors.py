@@ -10,7 +10,7 @@ from dramatiq.middleware import CurrentMessage
 
 from email_service.jobs import Attempt, RetryLater
 from email_service.runtime import Runtime
-from email_service.services import compose, delivery, sync, writeback
+from email_service.services import compose, delivery, sync, webhooks, writeback
 
 
 def _attempt(max_retries: int) -> Attempt:
@@ -50,8 +50,21 @@ def declare_actors(
     def write_flags(task_id: str, tenant_id: str) -> None:
         writeback.run_flags(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
 
+    def deliver_webhook(task_id: str, tenant_id: str, webhook_id: str) -> None:
+        webhooks.run_deliveries(runtime, uuid.UUID(tenant_id), webhook_id)
+
     declare = dramatiq.actor
     return {
+        # Webhook jobs keep their own schedule (dispatch queues the next run with the
+        # backoff it chose) and a queue of their own, so a slow receiver never holds up
+        # mail; an unexpected error is left to the sweep rather than retried blindly.
+        webhooks.DELIVER_ACTOR: declare(
+            actor_name=webhooks.DELIVER_ACTOR,
+            queue_name="webhooks",
+            broker=broker,
+            max_retries=0,
+            time_limit=120_000,
+        )(deliver_webhook),
         sync.SYNC_ACTOR: declare(
             actor_name=sync.SYNC_ACTOR,
             queue_name="sync",

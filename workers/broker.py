@@ -32,13 +32,14 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
 class _Job:
     broker: dramatiq.Broker
     message: dramatiq.Message[Any]
+    delay_ms: int | None = None
 
     @property
     def job_id(self) -> str:
         return str(self.message.message_id)
 
     def send(self) -> None:
-        self.broker.enqueue(self.message)
+        self.broker.enqueue(self.message, delay=self.delay_ms)
 
 
 class DramatiqJobs:
@@ -48,8 +49,10 @@ class DramatiqJobs:
         self.broker = broker
         self.actors = actors
 
-    def prepare(self, actor: str, task_id: str, **kwargs: Any) -> _Job:
+    def prepare(
+        self, actor: str, task_id: str, *, delay_ms: int | None = None, **kwargs: Any
+    ) -> _Job:
         message = self.actors[actor].message_with_options(kwargs={"task_id": task_id, **kwargs})
         # The task row's id is the message id: stable across retries, and what the
         # worker is handed back.
-        return _Job(self.broker, message.copy(message_id=task_id))
+        return _Job(self.broker, message.copy(message_id=task_id), delay_ms)

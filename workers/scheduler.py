@@ -1,4 +1,5 @@
-"""The scheduler loop: every tick, queue the syncs whose interval has passed."""
+"""The scheduler loop: every tick, queue the syncs whose interval has passed, and
+re-queue webhook deliveries whose jobs were lost."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 import threading
 
 from email_service.runtime import Runtime
+from email_service.services import webhooks
 from email_service.services.sync.schedule import enqueue_due_syncs
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,10 @@ def run_scheduler(runtime: Runtime, stop: threading.Event) -> None:
         except Exception:
             # The database may be briefly away; the next tick tries again.
             log.exception("scheduler tick failed")
+        try:
+            webhooks.sweep(runtime)
+        except Exception:
+            log.exception("webhook sweep failed")
         stop.wait(interval)
 
 

@@ -20,14 +20,18 @@ import smtplib
 import socket
 import ssl
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from imapclient import IMAPClient
 from imapclient.imap4 import IMAP4WithTimeout
 from imapclient.tls import IMAP4_TLS
 
 from .errors import MailConnectionError, describe_network_error
+from .limits import BoundedReader, MailLimits
+
+if TYPE_CHECKING:
+    from _typeshed import ReadableBuffer
 
 __all__ = [
     "ConnectGuard",
@@ -36,7 +40,6 @@ __all__ = [
     "MailEndpoint",
     "PinnedIMAPClient",
     "PinnedPOP3",
-    "PinnedPOP3_SSL",
     "PinnedSMTP",
     "PinnedSMTP_SSL",
     "endpoint_guard",
@@ -81,7 +84,10 @@ class MailEndpoint:
     username: str
     password: str = field(repr=False)
     ca_file: str | None = None
-    timeout: float = 30.0
+    #: Deadlines and byte caps for the connection (see :mod:`email_service.mail.limits`).
+    limits: MailLimits = field(default_factory=MailLimits)
+    #: Shorthand: when set, no deadline of ``limits`` is longer than this.
+    timeout: float | None = None
     sasl: Literal["XOAUTH2", "OAUTHBEARER"] | None = None
     token_refresh: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
 
@@ -94,8 +100,22 @@ class MailEndpoint:
             raise ValueError("host must not be empty")
         if not 0 < self.port < 65536:
             raise ValueError(f"port {self.port} is outside 1-65535")
-        if not self.timeout > 0:
-            raise ValueError("timeout must be positive")
+        if self.timeout is not None:
+            if not self.timeout > 0:
+                raise ValueError("timeout must be positive")
+            t = self.timeout
+            limits = self.limits
+            object.__setattr__(
+                self,
+                "limits",
+                replace(
+                    limits,
+                    connect_timeout=min(limits.connect_timeout, t),
+                    greeting_timeout=min(limits.greeting_timeout, t),
+                    login_timeout=min(limits.login_timeout, t),
+                    command_timeout=min(limits.command_timeout, t),
+                ),
+            )
         if self.sasl not in (None, "XOAUTH2", "OAUTHBEARER"):
             raise ValueError("sasl must be XOAUTH2 or OAUTHBEARER")
 
@@ -191,21 +211,44 @@ def _address_text(address: object) -> str:
 # (the libraries' own STARTTLS/STLS also wrap with that name).
 
 
-class _PinnedIMAP4(IMAP4WithTimeout):
-    def __init__(self, target: ConnectTarget, timeout: float | None) -> None:
+# Every client also reads its server through a BoundedReader (limits.py) from the
+# greeting on: deadlines for the greeting, the login and each command, and byte caps.
+
+
+class _BoundedIMAP4Mixin:
+    _limits: MailLimits
+    sock: Any
+    file: Any
+
+    def open(self, host: str = "", port: int = 143, timeout: float | None = None) -> None:
+        super().open(host, port, self._limits.connect_timeout)  # type: ignore[misc]
+        reader = BoundedReader(self.sock, self._limits)
+        reader.arm(self._limits.greeting_timeout, "waiting for the IMAP greeting")
+        self.file = reader
+
+    def readline(self) -> bytes:
+        # imaplib's own cap is 1 MB whatever we configure; the reader enforces ours.
+        line: bytes = self.file.readline()
+        return line
+
+
+class _PinnedIMAP4(_BoundedIMAP4Mixin, IMAP4WithTimeout):
+    def __init__(self, target: ConnectTarget, limits: MailLimits) -> None:
         self._target = target
-        super().__init__(target.host, target.port, timeout)
+        self._limits = limits
+        super().__init__(target.host, target.port, limits.connect_timeout)
 
     def _create_socket(self, timeout: float | None = None) -> socket.socket:
         return self._target.connect(timeout if timeout is not None else self._timeout)
 
 
-class _PinnedIMAP4_TLS(IMAP4_TLS):
+class _PinnedIMAP4_TLS(_BoundedIMAP4Mixin, IMAP4_TLS):
     def __init__(
-        self, target: ConnectTarget, ssl_context: ssl.SSLContext | None, timeout: float | None
+        self, target: ConnectTarget, ssl_context: ssl.SSLContext | None, limits: MailLimits
     ) -> None:
         self._target = target
-        super().__init__(target.host, target.port, ssl_context, timeout)
+        self._limits = limits
+        super().__init__(target.host, target.port, ssl_context, limits.connect_timeout)
 
     def _create_socket(self, timeout: float | None) -> socket.socket:
         sock = self._target.connect(timeout if timeout is not None else self._timeout)
@@ -214,60 +257,95 @@ class _PinnedIMAP4_TLS(IMAP4_TLS):
 
 
 class PinnedIMAPClient(IMAPClient):
-    """An ``IMAPClient`` whose connection goes to ``target``'s addresses only."""
+    """An ``IMAPClient`` whose connection goes to ``target``'s addresses only, bounded."""
 
-    def __init__(self, target: ConnectTarget, **kwargs: Any) -> None:
+    def __init__(
+        self, target: ConnectTarget, *, limits: MailLimits | None = None, **kwargs: Any
+    ) -> None:
         self._target = target  # before __init__, which connects
+        self._limits = limits or MailLimits()
         super().__init__(target.host, target.port, **kwargs)
 
     def _create_IMAP4(self) -> imaplib.IMAP4:
-        timeout = getattr(self._timeout, "connect", None)
         if self.ssl:
-            return _PinnedIMAP4_TLS(self._target, self.ssl_context, timeout)
-        return _PinnedIMAP4(self._target, timeout)
+            return _PinnedIMAP4_TLS(self._target, self.ssl_context, self._limits)
+        return _PinnedIMAP4(self._target, self._limits)
 
 
 class PinnedPOP3(poplib.POP3):
-    """``poplib.POP3`` connected to ``target``'s addresses; STLS verifies ``target.host``."""
+    """``poplib.POP3`` connected to ``target``'s addresses, bounded from the greeting on.
 
-    def __init__(self, target: ConnectTarget, timeout: float) -> None:
-        self._target = target
-        super().__init__(target.host, target.port, timeout)
+    With ``context``: POP3S (TLS from the first byte, verifying ``target.host``); STLS
+    verifies ``target.host`` too.
+    """
 
-    def _create_socket(self, timeout: float) -> socket.socket:
-        return self._target.connect(timeout)
-
-
-class PinnedPOP3_SSL(poplib.POP3_SSL):
-    """``poplib.POP3_SSL`` connected to ``target``'s addresses, verifying ``target.host``."""
-
-    def __init__(self, target: ConnectTarget, timeout: float, context: ssl.SSLContext) -> None:
+    def __init__(
+        self,
+        target: ConnectTarget,
+        limits: MailLimits,
+        context: ssl.SSLContext | None = None,
+    ) -> None:
+        # poplib.POP3.__init__, with the reader in place before the greeting is read.
         self._target = target
         self._tls = context
-        super().__init__(target.host, target.port, timeout=timeout, context=context)
+        self.host = target.host
+        self.port = target.port
+        self._tls_established = False
+        self.sock = self._create_socket(limits.connect_timeout)
+        reader = BoundedReader(self.sock, limits)
+        reader.arm(limits.greeting_timeout, "waiting for the POP3 greeting")
+        self.file = reader  # type: ignore[assignment]
+        self._debugging = 0
+        self.welcome = self._getresp()  # type: ignore[attr-defined]
 
     def _create_socket(self, timeout: float) -> socket.socket:
         sock = self._target.connect(timeout)
-        return self._tls.wrap_socket(sock, server_hostname=self._target.host)
+        if self._tls is not None:
+            sock = self._tls.wrap_socket(sock, server_hostname=self._target.host)
+        return sock
 
 
-class PinnedSMTP(smtplib.SMTP):
+class _BoundedSMTPMixin:
+    """The greeting has ``greeting_timeout``; every other reply ``command_timeout`` from
+    the moment the command (or the message data) was sent."""
+
+    _limits: MailLimits
+    sock: Any
+    file: Any
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None:  # a new connection, or the TLS socket after STARTTLS
+            reader = BoundedReader(self.sock, self._limits)
+            reader.arm(self._limits.greeting_timeout, "waiting for the SMTP greeting")
+            self.file = reader
+        reply: tuple[int, bytes] = super().getreply()  # type: ignore[misc]
+        return reply
+
+    def send(self, s: ReadableBuffer | str) -> None:
+        super().send(s)  # type: ignore[misc]
+        if isinstance(self.file, BoundedReader):
+            self.file.arm(self._limits.command_timeout, "waiting for the SMTP server's reply")
+
+
+class PinnedSMTP(_BoundedSMTPMixin, smtplib.SMTP):
     """``smtplib.SMTP`` connected to ``target``'s addresses; STARTTLS verifies its host."""
 
-    def __init__(self, target: ConnectTarget, **kwargs: Any) -> None:
+    def __init__(self, target: ConnectTarget, limits: MailLimits, **kwargs: Any) -> None:
         self._target = target
-        super().__init__(target.host, target.port, **kwargs)
+        self._limits = limits
+        super().__init__(target.host, target.port, timeout=limits.connect_timeout, **kwargs)
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         return self._target.connect(timeout)
 
 
-class PinnedSMTP_SSL(smtplib.SMTP_SSL):
+class PinnedSMTP_SSL(_BoundedSMTPMixin, smtplib.SMTP_SSL):
     """``smtplib.SMTP_SSL`` connected to ``target``'s addresses, verifying its host."""
 
-    def __init__(self, target: ConnectTarget, **kwargs: Any) -> None:
+    def __init__(self, target: ConnectTarget, limits: MailLimits, **kwargs: Any) -> None:
         self._target = target
-        super().__init__(target.host, target.port, **kwargs)
+        self._limits = limits
+        super().__init__(target.host, target.port, timeout=limits.connect_timeout, **kwargs)
 
     def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
         sock = self._target.connect(timeout)

@@ -14,6 +14,8 @@ import socket
 import ssl
 from typing import Any, ClassVar
 
+from .limits import MailLimitExceeded
+
 __all__ = [
     "MailAuthError",
     "MailConnectionError",
@@ -165,6 +167,8 @@ def describe_network_error(exc: BaseException) -> tuple[str, bool]:
             # The classic symptom of speaking TLS to a plaintext port.
             reason += ": the server did not answer with TLS; check the port and encryption"
         return f"TLS handshake failed ({reason})", False
+    if isinstance(exc, MailLimitExceeded):
+        return str(exc), False  # already in words: which cap or deadline, while doing what
     if isinstance(exc, TimeoutError):
         return "timed out", False
     if isinstance(exc, socket.gaierror):

@@ -50,7 +50,7 @@ from .errors import (
     redact,
 )
 from .imap_bounds import UidRanges, copyuid_target
-from .limits import MAX_FOLDER_UIDS
+from .limits import MAX_FOLDER_UIDS, BoundedReader
 from .sasl import (
     TokenRefused,
     describe_challenge,
@@ -100,6 +100,11 @@ _RESPONSE_CODE_RE = re.compile(r"^\[([A-Z-]+)")
 # FETCH items for a full message. BODY.PEEK[] leaves \Seen alone (BODY[] would set it).
 _MESSAGE_ITEMS = "(UID BODY.PEEK[] FLAGS INTERNALDATE RFC822.SIZE)"
 _MESSAGE_ITEMS_MODSEQ = "(UID BODY.PEEK[] FLAGS INTERNALDATE RFC822.SIZE MODSEQ)"
+# For a message above the size cap: its headers (the first 64 KiB of them) instead.
+_HEADER_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER]<0.65536>)"
+_HEADER_ITEMS_MODSEQ = "(UID FLAGS INTERNALDATE RFC822.SIZE MODSEQ BODY.PEEK[HEADER]<0.65536>)"
+# Marks a FETCH whose literal was over the cap and thrown away by the reader.
+_DISCARDED = b"X-DISCARDED-LITERAL"
 
 # Commands that carry a UID set are kept well under servers' line limits (Dovecot's
 # imap_max_line_length is 64 KiB; some servers allow 8 KiB).
@@ -158,6 +163,9 @@ class FetchedMessage:
     size: int
     raw: bytes
     modseq: int | None
+    #: The message is above ``max_message_bytes``: ``raw`` holds its headers only (or
+    #: nothing, when the server sent the body anyway and it was thrown away).
+    too_large: bool = False
 
 
 def special_use_by_name(folder: RemoteFolder) -> str | None:
@@ -254,11 +262,13 @@ class ImapSession:
                 context = tls_context(ep.ca_file) if ep.encryption != "none" else None
                 self._client = PinnedIMAPClient(
                     target,
+                    limits=ep.limits,
                     ssl=ep.encryption == "tls",
                     ssl_context=context,
-                    timeout=ep.timeout,
+                    timeout=ep.limits.command_timeout,
                 )
                 self._imap = self._client._imap
+                self._arm(ep.limits.login_timeout, "logging in")
                 # IMAPClient sets debug = 5; imaplib then formats every line and literal
                 # (message bodies) for a logger that drops them: ~5x slower fetches, and
                 # it would route the LOGIN line (with the password) to a logger.
@@ -282,6 +292,9 @@ class ImapSession:
         if not self._broken:
             try:
                 self.round_trips += 1
+                reader = getattr(imap, "file", None)
+                if isinstance(reader, BoundedReader):
+                    reader.arm(min(self._endpoint.limits.command_timeout, 10.0), "logging out")
                 imap.logout()  # imaplib shuts the socket down after BYE
                 return
             except Exception:  # noqa: S110 - the session's work is done; logout is courtesy
@@ -304,6 +317,9 @@ class ImapSession:
         try:
             self.round_trips += 2  # STARTTLS, then imaplib re-reads CAPABILITY
             self._client.starttls(context)
+            # STARTTLS put a plain socket file on the new TLS socket: bound it again.
+            self._imap.file = BoundedReader(self._imap.sock, self._endpoint.limits)
+            self._arm(self._endpoint.limits.login_timeout, "logging in")
         except CapabilityError as exc:  # pragma: no cover - checked above
             raise MailConnectionError(str(exc)) from exc
 
@@ -437,6 +453,8 @@ class ImapSession:
         """Translate imaplib/socket/TLS exceptions raised while ``action`` into MailErrors."""
         where = self._endpoint.address
         password = self._endpoint.password
+        if action != "connecting":
+            self._arm(self._endpoint.limits.command_timeout, action)
         try:
             yield
         except MailError:
@@ -469,6 +487,16 @@ class ImapSession:
             else:
                 message = f"the IMAP connection to {where} failed while {action}: {description}"
             raise MailConnectionError(message, certificate_error=cert_error) from exc
+
+    def _arm(self, seconds: float, phase: str) -> None:
+        """Give the server ``seconds`` from now for ``phase`` (see :class:`BoundedReader`)."""
+        reader = getattr(self._imap, "file", None)
+        if isinstance(reader, BoundedReader):
+            reader.arm(seconds, phase)
+
+    def _take_discarded(self) -> int | None:
+        reader = getattr(self._imap, "file", None)
+        return reader.take_discarded() if isinstance(reader, BoundedReader) else None
 
     def _command(self, name: str, *args: str | bytes | None) -> tuple[str, list[Any]]:
         """Send one command and wait for its completion; returns imaplib's (typ, data)."""
@@ -820,10 +848,23 @@ class ImapSession:
         return self._fetch_messages(wanted, batch_size)
 
     def _fetch_messages(self, wanted: set[int], batch_size: int) -> Iterator[FetchedMessage]:
-        items = _MESSAGE_ITEMS_MODSEQ if self._state_has_modseq() else _MESSAGE_ITEMS
+        modseq_items = self._state_has_modseq()
+        items = _MESSAGE_ITEMS_MODSEQ if modseq_items else _MESSAGE_ITEMS
+        head_items = _HEADER_ITEMS_MODSEQ if modseq_items else _HEADER_ITEMS
+        cap = self._endpoint.limits.max_message_bytes
+        # RFC822.SIZE first: a body above the cap is never asked for, only its headers.
+        sizes = self._sizes(wanted)
+        commands: list[tuple[str, str]] = []
+        ordered = sorted(wanted)
+        for start in range(0, len(ordered), batch_size):
+            chunk = ordered[start : start + batch_size]
+            large = [uid for uid in chunk if sizes.get(uid, 0) > cap]
+            small = set(chunk).difference(large)
+            commands += [(uid_set, head_items) for uid_set in _uid_sets(large, batch_size)]
+            commands += [(uid_set, items) for uid_set in _uid_sets(small, batch_size)]
         seen: set[int] = set()
         stream = self._uid_fetch(
-            _uid_sets(wanted, batch_size),
+            commands,
             items,
             action="fetching messages",
             depth=_FETCH_PIPELINE_DEPTH,
@@ -834,19 +875,50 @@ class ImapSession:
         with self._errors("fetching messages"), closing(stream):
             for uid, data in stream:
                 raw = data.get(b"BODY[]")
+                too_large = False
+                if raw is None:
+                    raw = next((v for k, v in data.items() if k.startswith(b"BODY[HEADER]")), None)
+                    too_large = raw is not None
+                discarded = data.get(_DISCARDED)
+                if discarded is not None:
+                    # The server sent a body above the cap although its RFC822.SIZE
+                    # said otherwise: it was read and thrown away.
+                    raw, too_large = b"", True
                 # Unsolicited FETCHes (flag changes by other clients) carry no body.
                 if raw is None or uid not in wanted or uid in seen:
                     continue
                 seen.add(uid)
                 modseq = data.get(b"MODSEQ")
+                size = data.get(b"RFC822.SIZE")
                 yield FetchedMessage(
                     uid=uid,
                     flags=_flags(data.get(b"FLAGS", ())),
                     internaldate=_utc(data.get(b"INTERNALDATE")),
-                    size=int(data.get(b"RFC822.SIZE", len(raw))),
-                    raw=bytes(raw),
+                    size=max(
+                        size if isinstance(size, int) else len(raw),
+                        discarded or 0,
+                        sizes.get(uid, 0),
+                    ),
+                    raw=bytes(raw) if isinstance(raw, bytes | bytearray) else b"",
                     modseq=int(modseq[0]) if modseq else None,
+                    too_large=too_large,
                 )
+
+    def _sizes(self, wanted: set[int]) -> dict[int, int]:
+        """``RFC822.SIZE`` of each of ``wanted`` that exists, by UID (one command)."""
+        sizes: dict[int, int] = {}
+        stream = self._uid_fetch(
+            _uid_sets(wanted, _FLAG_CHUNK),
+            "(UID RFC822.SIZE)",
+            action="reading message sizes",
+            parse=_parse_size_fetch,
+        )
+        with self._errors("reading message sizes"), closing(stream):
+            for uid, data in stream:
+                size = data.get(b"RFC822.SIZE")
+                if uid in wanted and isinstance(size, int):
+                    sizes[uid] = size
+        return sizes
 
     def _state_has_modseq(self) -> bool:
         return bool(
@@ -855,7 +927,7 @@ class ImapSession:
 
     def _uid_fetch(
         self,
-        sets: Iterable[str],
+        sets: Iterable[str | tuple[str, str]],
         items: str,
         modifiers: str | None = None,
         *,
@@ -879,8 +951,10 @@ class ImapSession:
         set_iter = iter(sets)
 
         def send_next() -> None:
-            for uid_set in set_iter:
-                pending.append(imap._command("UID", "FETCH", uid_set, items, modifiers))
+            for entry in set_iter:
+                # An entry is a UID set, or (UID set, items) for a command of its own.
+                uid_set, what = entry if isinstance(entry, tuple) else (entry, items)
+                pending.append(imap._command("UID", "FETCH", uid_set, what, modifiers))
                 self.round_trips += 1
                 return
 
@@ -892,12 +966,17 @@ class ImapSession:
                 tag = pending[0]
                 while tagged[tag] is None:
                     imap._get_response()
+                    discarded = self._take_discarded()
                     parts = untagged.pop("FETCH", None)
                     if parts:
-                        for data in parse(parts):
+                        # A literal thrown away cannot be parsed: its UID is all we need.
+                        parsed = parse(parts) if discarded is None else _discarded(parts, discarded)
+                        for data in parsed:
                             uid = data.get(b"UID")
                             if uid is not None:
                                 yield uid, data
+                    # Each response of the stream gets its own deadline and byte count.
+                    self._arm(self._endpoint.limits.command_timeout, action)
                     if "BYE" in untagged:
                         raise imaplib.IMAP4.abort(_text(untagged["BYE"][-1]))
                 pending.popleft()
@@ -926,6 +1005,7 @@ class ImapSession:
                 while imap.tagged_commands.get(tag, ()) is None:
                     imap._get_response()
                     imap.untagged_responses.pop("FETCH", None)
+                    self._arm(self._endpoint.limits.command_timeout, "finishing a fetch")
                 imap.tagged_commands.pop(tag, None)
         except Exception:
             # The connection is in an unknown state; make sure nobody reuses it.
@@ -1134,6 +1214,33 @@ def _parse_message_fetch(parts: list[Any]) -> Iterable[dict[bytes, Any]]:
                     data[b"MODSEQ"] = (int(match["modseq"]),)
                 return (data,)
     return _parse_fetch(parts)
+
+
+_SIZE_FETCH_RE = re.compile(
+    rb"\d+ \((?:UID (\d+) RFC822\.SIZE (\d+)|RFC822\.SIZE (\d+) UID (\d+))\)"
+)
+
+
+def _parse_size_fetch(parts: list[Any]) -> Iterable[dict[bytes, Any]]:
+    """Parse a ``(UID n RFC822.SIZE n)`` response without the general parser."""
+    if len(parts) == 1 and isinstance(parts[0], bytes):
+        match = _SIZE_FETCH_RE.fullmatch(parts[0])
+        if match:
+            uid, size, size2, uid2 = match.groups()
+            return ({b"UID": int(uid or uid2), b"RFC822.SIZE": int(size or size2)},)
+    return _parse_fetch(parts)
+
+
+_UID_ITEM_RE = re.compile(rb"\bUID (\d+)")
+
+
+def _discarded(parts: list[Any], size: int) -> Iterable[dict[bytes, Any]]:
+    """A FETCH response whose literal (``size`` bytes) the reader threw away."""
+    head = parts[0][0] if parts and isinstance(parts[0], tuple) else parts[0] if parts else b""
+    match = _UID_ITEM_RE.search(head if isinstance(head, bytes) else b"")
+    if match is None:
+        return ()
+    return ({b"UID": int(match.group(1)), _DISCARDED: size},)
 
 
 def _parse_internaldate(value: bytes) -> datetime | None:

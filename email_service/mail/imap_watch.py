@@ -36,7 +36,7 @@ from imapclient.imap_utf7 import decode as decode_utf7
 from imapclient.imap_utf7 import encode as encode_utf7
 from imapclient.response_parser import parse_response
 
-from .endpoint import MailEndpoint, endpoint_guard, tls_context
+from .endpoint import ConnectTarget, MailEndpoint, resolve_target, tls_context
 from .errors import (
     MailAuthError,
     MailConnectionError,
@@ -148,27 +148,34 @@ class WatchSession:
     async def open(self) -> None:
         """Connect (after the guard), secure, read the greeting, log in, read capabilities."""
         ep = self._endpoint
-        # The guard may resolve the name: keep that off the event loop.
-        await asyncio.to_thread(endpoint_guard, ep.host, ep.port)
+        # The guard resolves the name once (off the event loop) and checks the addresses;
+        # the connection goes to exactly those (no second lookup to rebind).
+        target = await asyncio.to_thread(resolve_target, ep.host, ep.port)
         try:
-            await self._deadline(self._connect(), "connecting")
+            await self._deadline(self._connect(target), "connecting")
         except BaseException:
             await self.close()
             raise
 
-    async def _connect(self) -> None:
+    async def _connect(self, target: ConnectTarget) -> None:
         ep = self._endpoint
         context = tls_context(ep.ca_file) if ep.encryption != "none" else None
-        try:
-            self._reader, self._writer = await asyncio.open_connection(
-                ep.host,
-                ep.port,
-                ssl=context if ep.encryption == "tls" else None,
-                server_hostname=ep.host if ep.encryption == "tls" else None,
-                limit=MAX_LINE,
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise self._network_error(exc, "connecting") from exc
+        error: BaseException | None = None
+        for address in target.addresses:
+            try:
+                # TLS verifies the account's host name, not the address connected to.
+                self._reader, self._writer = await asyncio.open_connection(
+                    address,
+                    target.port,
+                    ssl=context if ep.encryption == "tls" else None,
+                    server_hostname=target.host if ep.encryption == "tls" else None,
+                    limit=MAX_LINE,
+                )
+                break
+            except (OSError, ssl.SSLError) as exc:
+                error = exc
+        else:
+            raise self._network_error(error or OSError("no address"), "connecting") from error
         greeting = (await self._read_response()).first
         if greeting.upper().startswith(b"* BYE"):
             raise MailConnectionError(
@@ -250,11 +257,11 @@ class WatchSession:
         detail = ""
         while True:
             await self._writer.drain()
-            response = await self._next(ep.timeout)
+            response = await self._next(ep.limits.login_timeout)
             if response is None:
                 raise MailConnectionError(
                     f"the IMAP server at {ep.address} did not answer AUTHENTICATE within "
-                    f"{ep.timeout:.0f}s"
+                    f"{ep.limits.login_timeout:.0f}s"
                 )
             first = response.first
             if first.startswith(b"+"):
@@ -494,11 +501,11 @@ class WatchSession:
         self, tag: bytes, on_change: Callable[[Change], None] | None
     ) -> tuple[str, bytes]:
         while True:
-            response = await self._next(self._endpoint.timeout)
+            response = await self._next(self._endpoint.limits.command_timeout)
             if response is None:
                 raise MailConnectionError(
                     f"the IMAP server at {self._endpoint.address} did not answer within "
-                    f"{self._endpoint.timeout:.0f}s"
+                    f"{self._endpoint.limits.command_timeout:.0f}s"
                 )
             first = response.first
             tagged = _TAGGED_RE.match(first)
@@ -515,7 +522,7 @@ class WatchSession:
         assert self._writer is not None
         await self._writer.drain()
         while True:
-            response = await self._next(self._endpoint.timeout)
+            response = await self._next(self._endpoint.limits.command_timeout)
             if response is None:
                 raise MailConnectionError(
                     f"the IMAP server at {self._endpoint.address} did not answer IDLE"
@@ -608,11 +615,11 @@ class WatchSession:
 
     async def _deadline(self, work: Any, action: str) -> Any:
         try:
-            return await asyncio.wait_for(work, self._endpoint.timeout)
+            return await asyncio.wait_for(work, self._endpoint.limits.command_timeout)
         except TimeoutError as exc:
             raise MailConnectionError(
                 f"the IMAP server at {self._endpoint.address} did not answer within "
-                f"{self._endpoint.timeout:.0f}s while {action}"
+                f"{self._endpoint.limits.command_timeout:.0f}s while {action}"
             ) from exc
 
     def _network_error(self, exc: BaseException, action: str) -> MailConnectionError:

@@ -17,7 +17,7 @@ from contextlib import contextmanager, suppress
 from types import TracebackType
 from typing import Any
 
-from .endpoint import MailEndpoint, PinnedPOP3, PinnedPOP3_SSL, resolve_target, tls_context
+from .endpoint import MailEndpoint, PinnedPOP3, resolve_target, tls_context
 from .errors import (
     MailAuthError,
     MailConnectionError,
@@ -26,6 +26,7 @@ from .errors import (
     describe_network_error,
     redact,
 )
+from .limits import BoundedReader, MailLimits
 from .sasl import (
     TokenRefused,
     describe_challenge,
@@ -34,7 +35,19 @@ from .sasl import (
     login_with_refresh,
 )
 
-__all__ = ["Pop3Session"]
+__all__ = ["MessageTooLarge", "Pop3Session"]
+
+#: How much of a too-large message's header is kept.
+_HEADER_BYTES = 64 * 1024
+
+
+class MessageTooLarge(MailProtocolError):
+    """A message is longer than ``MAX_MESSAGE_BYTES``; ``size`` is how long it was."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"the message is {size} bytes, more than MAX_MESSAGE_BYTES allows")
+        self.size = size
+
 
 # Read message lines in pieces of at most this size. poplib's own reader refuses lines
 # over 2048 bytes, which real messages (unwrapped HTML, long base64) exceed.
@@ -79,13 +92,12 @@ class Pop3Session:
         target = resolve_target(ep.host, ep.port)
         try:
             with self._errors("connecting"):
-                if ep.encryption == "tls":
-                    self._pop = PinnedPOP3_SSL(target, ep.timeout, tls_context(ep.ca_file))
-                else:
-                    self._pop = PinnedPOP3(target, ep.timeout)
+                context = tls_context(ep.ca_file) if ep.encryption == "tls" else None
+                self._pop = PinnedPOP3(target, ep.limits, context)
+                self._arm(ep.limits.login_timeout, "logging in")
                 if ep.encryption == "starttls":
                     self._stls()
-            with self._errors("logging in"):
+            with self._errors("logging in", ep.limits.login_timeout):
                 self._login()
         except BaseException:
             self._broken = True
@@ -106,6 +118,9 @@ class Pop3Session:
                 "refusing to continue without TLS"
             )
         pop.stls(tls_context(self._endpoint.ca_file))
+        # STLS put a plain socket file on the new TLS socket: bound it again.
+        pop.file = BoundedReader(pop.sock, self._endpoint.limits)  # type: ignore[assignment]
+        self._arm(self._endpoint.limits.login_timeout, "logging in")
 
     def _login(self) -> None:
         pop = self._require_open()
@@ -181,6 +196,9 @@ class Pop3Session:
             return
         if not self._broken:
             with suppress(Exception):  # the work is done; QUIT is courtesy
+                reader = getattr(pop, "file", None)
+                if isinstance(reader, BoundedReader):
+                    reader.arm(min(self._endpoint.limits.command_timeout, 10.0), "logging out")
                 pop.quit()
                 return
         with suppress(Exception):
@@ -192,10 +210,17 @@ class Pop3Session:
         sock = getattr(self._pop, "sock", None)
         return sock.version() if isinstance(sock, ssl.SSLSocket) else None
 
+    def _arm(self, seconds: float, phase: str) -> None:
+        reader = getattr(self._pop, "file", None)
+        if isinstance(reader, BoundedReader):
+            reader.arm(seconds, phase)
+
     @contextmanager
-    def _errors(self, action: str) -> Iterator[None]:
+    def _errors(self, action: str, seconds: float | None = None) -> Iterator[None]:
         where = self._endpoint.address
         password = self._endpoint.password
+        if action != "connecting":
+            self._arm(seconds or self._endpoint.limits.command_timeout, action)
         try:
             yield
         except MailError:
@@ -248,20 +273,50 @@ class Pop3Session:
             result[fields[1].strip().decode("latin-1")] = int(fields[0])
         return result
 
+    @property
+    def limits(self) -> MailLimits:
+        """The deadlines and caps of this connection."""
+        return self._endpoint.limits
+
+    def sizes(self) -> dict[int, int]:
+        """Each message's size in octets (LIST), by message number."""
+        pop = self._require_open()
+        with self._errors("LIST"):
+            _resp, lines, _octets = pop.list()
+        sizes: dict[int, int] = {}
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 2 and fields[0].isdigit() and fields[1].isdigit():
+                sizes[int(fields[0])] = int(fields[1])
+        return sizes
+
     def retrieve(self, number: int) -> bytes:
         """The raw bytes of message ``number`` (RETR), with dot-stuffing undone.
 
         Line endings are kept as the server sent them (CRLF on the wire). Raises
-        :class:`MailProtocolError` for a message number that does not exist.
+        :class:`MailProtocolError` for a message number that does not exist, and
+        :class:`MessageTooLarge` (the rest read and thrown away, the session still
+        usable) when the message is longer than ``MAX_MESSAGE_BYTES``.
         """
+        return self._multiline(f"RETR {int(number)}", f"retrieving message {number}")
+
+    def headers(self, number: int) -> bytes:
+        """The header of message ``number`` (``TOP n 0``), at most its first 64 KiB."""
+        return self._multiline(
+            f"TOP {int(number)} 0", f"reading the headers of message {number}", keep=_HEADER_BYTES
+        )
+
+    def _multiline(self, command: str, action: str, keep: int | None = None) -> bytes:
         pop = self._require_open()
-        with self._errors(f"retrieving message {number}"):
+        limit = self._endpoint.limits.max_message_bytes if keep is None else keep
+        with self._errors(action):
             # poplib.retr() splits into lines and refuses lines over 2048 bytes; read the
             # multi-line reply ourselves instead.
             internals: Any = pop  # poplib's command helpers are private (not in typeshed)
-            internals._putcmd(f"RETR {int(number)}")
+            internals._putcmd(command)
             internals._getresp()  # raises error_proto on -ERR
             out = bytearray()
+            total = 0
             at_line_start = True
             readline = pop.file.readline
             while True:
@@ -273,8 +328,14 @@ class Pop3Session:
                         break
                     if piece.startswith(b"."):
                         piece = piece[1:]  # a line starting with "." was sent as ".."
-                out += piece
+                total += len(piece)
+                if total <= limit:
+                    out += piece
+                elif keep is None and out:
+                    out = bytearray()  # over the cap: read on to the end, keep nothing
                 at_line_start = piece.endswith(b"\n")
+            if keep is None and total > limit:
+                raise MessageTooLarge(total)
             return bytes(out)
 
 

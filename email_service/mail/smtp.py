@@ -24,6 +24,10 @@ from base64 import b64encode
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
 
 from .endpoint import MailEndpoint, PinnedSMTP, PinnedSMTP_SSL, resolve_target, tls_context
 from .errors import (
@@ -34,6 +38,7 @@ from .errors import (
     describe_network_error,
     redact,
 )
+from .limits import MailLimitExceeded
 from .sasl import (
     TokenRefused,
     describe_challenge,
@@ -96,10 +101,10 @@ def send(
         # for SMTPS and STARTTLS alike.
         if endpoint.encryption == "tls":
             smtp = PinnedSMTP_SSL(
-                target, local_hostname=local_hostname, timeout=endpoint.timeout, context=context
+                target, endpoint.limits, local_hostname=local_hostname, context=context
             )
         else:
-            smtp = PinnedSMTP(target, local_hostname=local_hostname, timeout=endpoint.timeout)
+            smtp = PinnedSMTP(target, endpoint.limits, local_hostname=local_hostname)
         smtp.ehlo_or_helo_if_needed()
         if endpoint.encryption == "starttls":
             stage = "starting TLS"
@@ -124,6 +129,14 @@ def send(
     except smtplib.SMTPResponseException as exc:
         raise _reply_error(exc.smtp_code, _text(exc.smtp_error), endpoint, stage) from exc
     except smtplib.SMTPServerDisconnected as exc:
+        if isinstance(exc.__context__, MailLimitExceeded):
+            # smtplib turns our deadline or cap into "connection unexpectedly closed".
+            reason = str(exc.__context__)
+            raise SmtpTransientError(
+                None,
+                reason,
+                f"the SMTP connection to {endpoint.address} failed while {stage}: {reason}",
+            ) from exc
         raise SmtpTransientError(
             None,
             redact(str(exc) or "connection closed", endpoint.password),

@@ -62,25 +62,21 @@ def account_endpoint(runtime: Runtime, row: Account, *, smtp: bool = False) -> M
     settings = runtime.settings
     if row.auth_type == "oauth2":
         provider = oauth2.provider_of(runtime, row.oauth2_provider or "")
-        return MailEndpoint(
-            host=row.smtp_hostname if smtp else row.hostname,
-            port=row.smtp_port if smtp else row.port,
-            encryption=row.smtp_encryption if smtp else row.encryption,  # type: ignore[arg-type]
-            username=row.username,
-            password=oauth2.login_token(runtime, row),
-            ca_file=settings.mail_ca_file,
-            timeout=settings.mail_timeout,
-            sasl=provider.mechanism,
-            token_refresh=functools.partial(_refresh_refused, runtime, row),
-        )
+        secret = oauth2.login_token(runtime, row)
+        sasl: Any = provider.mechanism
+        refresh: Any = functools.partial(_refresh_refused, runtime, row)
+    else:
+        secret, sasl, refresh = account_password(runtime, row), None, None
     return MailEndpoint(
         host=row.smtp_hostname if smtp else row.hostname,
         port=row.smtp_port if smtp else row.port,
         encryption=row.smtp_encryption if smtp else row.encryption,  # type: ignore[arg-type]
         username=row.username,
-        password=account_password(runtime, row),
+        password=secret,
         ca_file=settings.mail_ca_file,
-        timeout=settings.mail_timeout,
+        limits=settings.mail_limits(),
+        sasl=sasl,
+        token_refresh=refresh,
     )
 
 
@@ -199,6 +195,7 @@ def _ensure_address_free(scope: Scope, normalized: str, address: str) -> None:
     taken = scope.session.scalar(
         select(Account.id).where(
             Account.tenant_id == scope.caller.tenant_id,
+            Account.user_id == scope.caller.user_id,
             Account.email_normalized == normalized,
             Account.deleted_at.is_(None),
         )
@@ -226,9 +223,59 @@ _UPDATABLE = {
 }
 
 
+#: Where the stored credential is sent: changing any of these sends it somewhere new.
+CONNECTION_TARGET_FIELDS = (
+    "hostname",
+    "port",
+    "encryption",
+    "username",
+    "smtpHostname",
+    "smtpPort",
+    "smtpEncryption",
+)
+#: Fields that carry a credential. A request that retargets the account must hold one
+#: of them, so a stolen API token alone cannot redirect the stored password.
+# OAuth2 tokens are credentials as much as a password: a bearer token sent to a new host
+# can be replayed by it, so retargeting an OAuth2 account takes new tokens (or a password).
+CREDENTIAL_FIELDS = ("password", "oauth2")
+
+
+class CredentialRequired(InvalidRequest):
+    code = "CREDENTIAL_REQUIRED"
+
+
+def retargeted_without_credential(row: Account, body: dict[str, Any]) -> list[str]:
+    """The connection target fields ``body`` changes without giving a credential.
+
+    A field counts as changed when its value differs from the stored one (sending the
+    settings back unchanged is not a retarget). Empty when nothing is retargeted or a
+    credential field is present.
+    """
+    if any(field in body for field in CREDENTIAL_FIELDS):
+        return []
+    return [
+        field
+        for field in CONNECTION_TARGET_FIELDS
+        if field in body and body[field] != getattr(row, _UPDATABLE[field])
+    ]
+
+
 def update_account(scope: Scope, account_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Change the given settings of the caller's account.
+
+    Raises ``AccountNotFound``, :class:`CredentialRequired` when a connection target
+    field changes without a credential (``password`` or ``oauth2``) in the same request,
+    ``InvalidRequest`` (``AUTH_TYPE_MISMATCH``, ``OAUTH2_PROVIDER_UNKNOWN``), and the host policy's
+    refusals.
+    """
     _credential(body, creating=False)
     row = load_account(scope, account_id, for_update=True)
+    retargeted = retargeted_without_credential(row, body)
+    if retargeted:
+        raise CredentialRequired(
+            f"Changing {', '.join(retargeted)} sends the account's credentials to a new "
+            "place: give the password (or new oauth2 tokens) in the same request"
+        )
     # Only what changes is checked: a stored host is checked again at connect time.
     hosts = []
     if "hostname" in body:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import select
 
 from db.models import Account
@@ -57,14 +58,14 @@ def test_smtp_settings_default_from_incoming_server(client, alice: Identity) -> 
     )
 
 
-def test_duplicate_address_in_tenant_is_409_ignoring_case(
-    client, alice: Identity, bob_same_tenant: Identity, mallory: Identity
+def test_duplicate_address_of_the_same_user_is_409_ignoring_case(
+    client, alice: Identity, mallory: Identity
 ) -> None:
     first = create_account(client, alice.bearer, emailAddress="Shared@Example.test")
     again = client.post(
         "/api/accounts",
         json=account_body(emailAddress="shared@example.TEST"),
-        headers=bob_same_tenant.bearer,
+        headers=alice.bearer,
     )
     assert again.status_code == 409
     assert again.json()["code"] == "EMAIL_DUPLICATE"
@@ -127,6 +128,63 @@ def test_update_changes_given_fields_and_reencrypts_password(
         assert account_password(runtime, row) == "second-password"
 
 
+RETARGETS = {
+    "hostname": "imap2.example.test",
+    "port": 994,
+    "encryption": "starttls",
+    "username": "someone-else",
+    "smtpHostname": "smtp2.example.test",
+    "smtpPort": 2525,
+    "smtpEncryption": "starttls",
+}
+
+
+@pytest.mark.parametrize("field", sorted(RETARGETS))
+def test_retargeting_without_the_password_is_refused(
+    client, alice: Identity, runtime: Runtime, field: str
+) -> None:
+    # A stolen API token must not be able to send the stored password somewhere new.
+    created = create_account(client, alice.bearer, password="the-stored-password")
+    response = client.put(
+        f"/api/accounts/{created['id']}",
+        json={field: RETARGETS[field], "accountName": "Renamed"},
+        headers=alice.bearer,
+    )
+    assert response.status_code == 400
+    error = response.json()
+    assert error["code"] == "CREDENTIAL_REQUIRED" and field in error["message"]
+    assert client.get(f"/api/accounts/{created['id']}", headers=alice.bearer).json() == created
+
+    # With the password in the same request, the change goes through.
+    response = client.put(
+        f"/api/accounts/{created['id']}",
+        json={field: RETARGETS[field], "password": "a-new-password"},
+        headers=alice.bearer,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()[field] == RETARGETS[field]
+
+
+def test_unchanged_connection_settings_and_other_fields_need_no_password(
+    client, alice: Identity
+) -> None:
+    created = create_account(client, alice.bearer)
+    response = client.put(
+        f"/api/accounts/{created['id']}",
+        json={
+            "hostname": created["hostname"],
+            "port": created["port"],
+            "encryption": created["encryption"],
+            "accountName": "Renamed",
+            "syncInterval": 600,
+            "isSyncEnabled": False,
+        },
+        headers=alice.bearer,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["accountName"] == "Renamed"
+
+
 def test_email_address_cannot_change(client, alice: Identity) -> None:
     created = create_account(client, alice.bearer)
     response = client.put(
@@ -174,3 +232,22 @@ def test_short_password_is_rejected(client, alice: Identity) -> None:
     )
     assert response.status_code == 400
     assert "short" not in response.json()["message"]  # the password is not echoed back
+
+
+def test_an_address_is_private_to_its_user(
+    client, alice: Identity, bob_same_tenant: Identity
+) -> None:
+    # Given alice's account
+    created = create_account(client, alice.bearer, emailAddress="Shared@Example.test")
+    # A user of the same tenant may add the same address: nothing says alice has it.
+    bobs = create_account(client, bob_same_tenant.bearer, emailAddress="shared@example.test")
+    assert bobs["id"] != created["id"]
+    # Alice herself still cannot add it twice (any case).
+    response = client.post(
+        "/api/accounts",
+        json=account_body(emailAddress="SHARED@example.test"),
+        headers=alice.bearer,
+    )
+    assert response.status_code == 409
+    assert response.json()["code"] == "EMAIL_DUPLICATE"
+    assert "tenant" not in response.json()["message"]

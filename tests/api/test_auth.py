@@ -18,10 +18,12 @@ def _token(
 
 
 def _claims(**overrides: object) -> dict[str, object]:
+    now = int(time.time())
     claims: dict[str, object] = {
         "tenantId": str(uuid.uuid4()),
         "userId": str(uuid.uuid4()),
-        "exp": int(time.time()) + 600,
+        "iat": now,
+        "exp": now + 600,
     }
     claims.update(overrides)
     return {k: v for k, v in claims.items() if v is not None}
@@ -41,6 +43,15 @@ BAD_BEARERS = {
     "no userId": _token(_claims(userId=None)),
     "tenantId not a uuid": _token(_claims(tenantId="tenant-1")),
     "userId not a string": _token(_claims(userId=42)),
+    "no iat": _token(_claims(iat=None)),
+    "exp as a string": _token(_claims(exp=str(int(time.time()) + 600))),
+    "iat as a string": _token(_claims(iat=str(int(time.time())))),
+    "lifetime over a day": _token(_claims(exp=int(time.time()) + 86_400 + 60)),
+    "exp ten years ahead": _token(_claims(exp=int(time.time()) + 10 * 365 * 86_400)),
+    "exp ahead, iat back-dated": _token(
+        _claims(iat=int(time.time()) - 2 * 86_400, exp=int(time.time()) + 600)
+    ),
+    "iat in the future": _token(_claims(iat=int(time.time()) + 3600, exp=int(time.time()) + 7200)),
     "garbage": "not.a.jwt",
     "empty": "",
 }
@@ -131,3 +142,52 @@ def test_health_needs_no_credentials(client) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "healthy" and body["service"] == "email_service"
+
+
+def test_a_token_within_the_maximum_lifetime_is_accepted(client) -> None:
+    claims = _claims(exp=int(time.time()) + 86_400)
+    response = client.get("/api/accounts", headers={"Authorization": f"Bearer {_token(claims)}"})
+    assert response.status_code == 200
+
+
+def test_issuer_and_audience_are_checked_when_configured(app_factory) -> None:
+    from email_service.auth import TokenPolicy, issue_token
+
+    _, app = app_factory(jwt_issuer="https://id.example", jwt_audience="email-api")
+    tenant, user = uuid.uuid4(), uuid.uuid4()
+    right = TokenPolicy(issuer="https://id.example", audience="email-api")
+    cases = {
+        "right": (issue_token(TEST_JWT_SECRET, tenant, user, policy=right), 200),
+        "neither": (issue_token(TEST_JWT_SECRET, tenant, user), 401),
+        "other issuer": (
+            issue_token(
+                TEST_JWT_SECRET, tenant, user, policy=TokenPolicy(issuer="x", audience="email-api")
+            ),
+            401,
+        ),
+        "other audience": (
+            issue_token(
+                TEST_JWT_SECRET,
+                tenant,
+                user,
+                policy=TokenPolicy(issuer="https://id.example", audience="other"),
+            ),
+            401,
+        ),
+    }
+    with app.test_client() as client:
+        for name, (token, status) in cases.items():
+            response = client.get("/api/accounts", headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == status, name
+
+
+def test_a_short_jwt_secret_stops_the_start_outside_the_embedded_default(tmp_path) -> None:
+    from email_service.config import ConfigurationError, load_settings
+
+    with pytest.raises(ConfigurationError, match="JWT_SECRET is 11 bytes"):
+        load_settings(data_dir=tmp_path, jwt_secret="short-token", database_url="postgresql://db/x")
+    with pytest.raises(ConfigurationError):
+        load_settings(data_dir=tmp_path, jwt_secret="s" * 31, redis_url="redis://r:6379/0")
+    assert load_settings(data_dir=tmp_path, jwt_secret="s" * 32, redis_url="redis://r/0")
+    # The embedded default (a try-out on one machine) only warns.
+    assert load_settings(data_dir=tmp_path, jwt_secret="short-token")

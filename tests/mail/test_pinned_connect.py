@@ -8,6 +8,7 @@ on this machine at all, so a client that looked the name up again could not conn
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from email_service.config import Settings
 from email_service.mail.endpoint import MailEndpoint, resolve_target, set_connect_guard
 from email_service.mail.errors import MailError
 from email_service.mail.imap import ImapSession
+from email_service.mail.imap_watch import WatchSession
 from email_service.mail.pop3 import Pop3Session
 from email_service.mail.smtp import send
 from email_service.netguard import HostNotAllowed, HostPolicy
@@ -100,6 +102,27 @@ def test_smtp_connects_to_the_checked_address(
     assert resolver.questions == [REBINDING_NAME]
 
 
+def test_the_push_watcher_connects_to_the_checked_address(
+    rebinding: Callable[[], RebindingResolver], dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    resolver = rebinding()
+    endpoint = MailEndpoint(
+        REBINDING_NAME, dovecot.imap_port, "none", mail_user.email, mail_user.password
+    )
+
+    async def watch() -> frozenset[str]:
+        async with WatchSession(endpoint) as session:
+            return session.capabilities
+
+    assert "IDLE" in asyncio.run(watch())
+    assert resolver.questions == [REBINDING_NAME]
+
+
+async def _watch(endpoint: MailEndpoint) -> None:
+    async with WatchSession(endpoint):
+        pass
+
+
 def _session(session: ImapSession | Pop3Session) -> None:
     with session:
         pass
@@ -128,6 +151,12 @@ def _tls_endpoints(dovecot: Dovecot, smtp: SmtpServer, user: MailUser, host: str
                 MailEndpoint(host, dovecot.pop3_port, "starttls", user.email, user.password, ca)
             )
         ),
+        "watch-imaps": lambda: asyncio.run(
+            _watch(MailEndpoint(host, dovecot.imaps_port, "tls", user.email, user.password, ca))
+        ),
+        "watch-starttls": lambda: asyncio.run(
+            _watch(MailEndpoint(host, dovecot.imap_port, "starttls", user.email, user.password, ca))
+        ),
         "smtps": lambda: send(
             MailEndpoint(host, smtp.smtps_port, "tls", "", "", ca),
             "a@example.test",
@@ -143,7 +172,16 @@ def _tls_endpoints(dovecot: Dovecot, smtp: SmtpServer, user: MailUser, host: str
     }
 
 
-PROTOCOLS = ["imaps", "imap-starttls", "pop3s", "pop3-stls", "smtps", "smtp-starttls"]
+PROTOCOLS = [
+    "imaps",
+    "imap-starttls",
+    "pop3s",
+    "pop3-stls",
+    "watch-imaps",
+    "watch-starttls",
+    "smtps",
+    "smtp-starttls",
+]
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

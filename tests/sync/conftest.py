@@ -56,7 +56,7 @@ def sync_settings(
         s3_bucket=bucket,
         s3_secure=False,
         mail_ca_file=str(dovecot.ca_file),
-        mail_timeout=10.0,
+        mail_command_timeout=10.0,
         # Small batches, so a handful of messages already spans several of them.
         sync_batch_size=4,
         task_max_retries=3,

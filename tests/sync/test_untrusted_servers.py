@@ -8,6 +8,7 @@ could be), and that an honest account synced by the same worker afterwards is co
 
 from __future__ import annotations
 
+import re
 import resource
 import time
 from collections.abc import Iterator
@@ -15,12 +16,16 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from db.models import Message
+from email_service.config import Settings
+from email_service.runtime import Runtime
 from tests.conftest import Identity
 from tests.servers import hostile
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.sync.conftest import Mailbox, account_for, sync
-from tests.sync.test_imap_sync import all_messages, folders_by_name
+from tests.sync.test_imap_sync import all_messages, detail, folders_by_name
 
 
 def message(subject: str, *, date: str = "Tue, 02 Jan 2024 03:04:05 +0000") -> bytes:
@@ -147,3 +152,163 @@ def test_internaldate_nil_falls_back_to_the_date_header_and_the_sync_goes_on(
     }
     assert received["dated"] == 1704276000000  # 2024-01-03T10:00:00Z
     assert received["undated"] >= before_ms
+
+
+# ---------------------------------------------------------------------- deadlines and caps
+
+
+@pytest.fixture
+def tight_limits(sync_runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """Deadlines of a second and small caps, so a stalled server fails a task quickly."""
+    settings = sync_runtime.settings
+    monkeypatch.setattr(settings, "mail_login_timeout", 1.0)
+    monkeypatch.setattr(settings, "mail_command_timeout", 1.0)
+    monkeypatch.setattr(settings, "mail_max_line_bytes", 256 * 1024)
+    return settings
+
+
+@pytest.mark.parametrize(
+    ("rule", "error"),
+    [
+        (hostile.silent_after_login, r"did not answer within 1 s while"),
+        (hostile.drip_after_login, r"did not answer within 1 s while logging in"),
+        (hostile.endless_after_login, r"sent a line longer than 256 KiB while"),
+    ],
+    ids=["silent", "drip", "endless-line"],
+)
+def test_a_stalling_server_fails_the_task_within_its_deadlines(
+    api: Any,
+    alice: Identity,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    proxy: hostile.HostileProxy,
+    tight_limits: Settings,
+    rule: hostile.Rule,
+    error: str,
+) -> None:
+    # Given a server that stalls (or floods) right after the login
+    dovecot.append(mail_user, "INBOX", message("never read"))
+    proxy.rules = [rule]
+    proxy.drip_interval = 0.3
+    box = proxied_account(api, alice, dovecot, mail_user, proxy)
+    rss_before = peak_rss_mib()
+
+    # When the account is synced (every attempt: the task's retries included)
+    started = time.monotonic()
+    task = sync(api, box)
+
+    # Then the task fails within its deadlines, saying why in words
+    assert time.monotonic() - started < 20
+    assert task["status"] == "failure", task
+    assert re.search(error, task["error"]), task["error"]
+    assert peak_rss_mib() - rss_before < 100
+    proxy.rules = []
+    assert_honest_account_syncs(api, alice, dovecot)
+
+
+def stored_size(runtime: Runtime, message_id: str) -> int:
+    with runtime.db.transaction(system=True) as session:
+        size = session.scalar(sa.select(Message.size).where(Message.id == message_id))
+    assert size is not None
+    return int(size)
+
+
+def big_message(subject: str, size: int) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "Sender <sender@example.test>"
+    msg["To"] = "someone@example.test"
+    msg["Subject"] = subject
+    msg["Date"] = "Tue, 02 Jan 2024 03:04:05 +0000"
+    msg.set_content("line of text\n" * (size // 13))
+    return msg.as_bytes()
+
+
+def test_a_message_above_max_message_bytes_is_kept_with_headers_and_size_only(
+    api: Any,
+    alice: Identity,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    sync_runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a mailbox with a message above the cap between two small ones
+    monkeypatch.setattr(sync_runtime.settings, "max_message_bytes", 20_000)
+    dovecot.append(mail_user, "INBOX", message("small 1"))
+    big_uid = dovecot.append(mail_user, "INBOX", big_message("too big", 200_000))
+    dovecot.append(mail_user, "INBOX", message("small 2"))
+    box = account_for(api, alice, dovecot, mail_user)
+
+    # When it is synced
+    task = sync(api, box)
+
+    # Then all three are listed, the big one with its size, headers and no body
+    assert task["status"] == "success", task
+    assert task["result"]["messagesAdded"] == 3
+    [skipped] = task["result"]["skipped"]
+    assert skipped["uid"] == big_uid and "MAX_MESSAGE_BYTES" in skipped["reason"]
+    folders = folders_by_name(api, box)
+    listed = {m["subject"]: m for m in all_messages(api, box, folders["INBOX"]["id"])}
+    assert sorted(listed) == ["small 1", "small 2", "too big"]
+    big = detail(api, box, listed["too big"]["id"])
+    assert stored_size(sync_runtime, big["id"]) > 200_000
+    assert big["from"] == "sender@example.test"
+    assert "line of text" not in big["body"]
+    assert "Body of small 1" in detail(api, box, listed["small 1"]["id"])["body"]
+
+
+def test_a_body_bigger_than_its_announced_size_is_thrown_away_and_the_sync_goes_on(
+    api: Any,
+    alice: Identity,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    proxy: hostile.HostileProxy,
+    sync_runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a server that says every message is 100 bytes but sends one of 300 KB
+    monkeypatch.setattr(sync_runtime.settings, "max_message_bytes", 20_000)
+    dovecot.append(mail_user, "INBOX", message("honest size"))
+    dovecot.append(mail_user, "INBOX", big_message("liar", 300_000))
+    proxy.rules = [hostile.lying_size(100)]
+    box = proxied_account(api, alice, dovecot, mail_user, proxy)
+
+    # When it is synced
+    task = sync(api, box)
+
+    # Then the oversized body was never kept: that message is listed as skipped
+    assert task["status"] == "success", task
+    assert task["result"]["messagesAdded"] == 2
+    [skipped] = task["result"]["skipped"]
+    assert "MAX_MESSAGE_BYTES" in skipped["reason"]
+    assert "honest size" in inbox_subjects(api, box)
+
+
+def test_pop3_message_above_max_message_bytes_is_kept_with_headers_only(
+    api: Any,
+    alice: Identity,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    sync_runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a POP3 mailbox with one message above the cap
+    monkeypatch.setattr(sync_runtime.settings, "max_message_bytes", 20_000)
+    dovecot.append(mail_user, "INBOX", message("pop small"))
+    dovecot.append(mail_user, "INBOX", big_message("pop big", 200_000))
+    box = account_for(
+        api, alice, dovecot, mail_user, protocol="pop3", port=dovecot.pop3_port, encryption="none"
+    )
+
+    # When it is synced
+    task = sync(api, box)
+
+    # Then both are listed; the big one by its headers and size, and named as skipped
+    assert task["status"] == "success", task
+    assert task["result"]["messagesAdded"] == 2
+    [skipped] = task["result"]["skipped"]
+    assert "uidl" in skipped and "MAX_MESSAGE_BYTES" in skipped["reason"]
+    folders = folders_by_name(api, box)
+    listed = {m["subject"]: m for m in all_messages(api, box, folders["INBOX"]["id"])}
+    big = detail(api, box, listed["pop big"]["id"])
+    assert stored_size(sync_runtime, big["id"]) > 200_000
+    assert "line of text" not in big["body"]

@@ -10,6 +10,12 @@ import createClient, { type Client, type ClientOptions } from "openapi-fetch";
 import type { components, paths } from "./schema.js";
 
 export type { components, operations, paths } from "./schema.js";
+export {
+  DEFAULT_TOLERANCE_SECONDS,
+  type VerifyOptions,
+  WebhookVerificationError,
+  verifyWebhook,
+} from "./webhooks.js";
 
 type Schemas = components["schemas"];
 export type Account = Schemas["AccountResponse"];
@@ -20,6 +26,8 @@ export type Folder = Schemas["Folder"];
 export type Message = Schemas["Message"];
 export type MessageDetail = Schemas["MessageDetail"];
 export type ErrorResponse = Schemas["ErrorResponse"];
+export type Webhook = Schemas["Webhook"];
+export type WebhookWithSecret = Schemas["WebhookWithSecret"];
 
 export type EmailServiceClient = Client<paths>;
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -205,6 +206,7 @@ def _fetch_new(
     uids: list[int],
     progress: Callable[[float], None],
 ) -> None:
+    uids = sorted(uids)
     target = FolderTarget(
         tenant_id=job.tenant_id,
         account_id=job.account_id,
@@ -219,8 +221,22 @@ def _fetch_new(
         done += count
         progress(done / len(uids))
 
+    # The resume point is the end of the run of asked-for UIDs (ascending) that are all
+    # stored: answers may come out of order (a too-large message's headers come before
+    # its batch's bodies), and a resume must not step over one still to be stored.
+    handled: set[int] = set()
+    position = 0
+
     def mark_seen(session: Session, items: Sequence[Incoming]) -> None:
-        highest = max(item.uid or 0 for item in items)
+        nonlocal position
+        handled.update(item.uid for item in items if item.uid is not None)
+        start = position
+        while position < len(uids) and uids[position] in handled:
+            handled.discard(uids[position])
+            position += 1
+        if position == start:
+            return
+        highest = uids[position - 1]
         session.execute(
             update(Folder)
             .where(Folder.id == folder.id, Folder.last_seen_uid < highest)
@@ -233,13 +249,22 @@ def _fetch_new(
 
 
 def _incoming(message: FetchedMessage) -> Incoming:
+    parsed = parse_message(message.raw)
+    partial = None
+    if message.too_large:
+        partial = (
+            f"the message is {message.size} bytes, more than MAX_MESSAGE_BYTES allows: "
+            "only its headers and size were kept"
+        )
+        parsed = replace(parsed, defects=(*parsed.defects, partial))
     return Incoming(
-        parsed=parse_message(message.raw),
+        parsed=parsed,
         size=message.size,
         flags=message.flags,
         received_at=message.internaldate,
         uid=message.uid,
         modseq=message.modseq,
+        partial_reason=partial,
     )
 
 

@@ -8,13 +8,14 @@ vanished ids are removed. Read/starred/label changes made through the API stay l
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from sqlalchemy import select
 
 from db.models import Folder, Message, new_id, now_ms
 from email_service.mail.mime import parse_message
-from email_service.mail.pop3 import Pop3Session
-from email_service.services.sync.base import SyncJob
+from email_service.mail.pop3 import MessageTooLarge, Pop3Session
+from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
 from email_service.services.sync.folders import refresh_counts
 from email_service.services.sync.store import (
     FolderTarget,
@@ -50,6 +51,33 @@ def _inbox(job: SyncJob) -> str:
         return row.id
 
 
+def _retrieve(pop: Pop3Session, number: int, uidl: str, listed_size: int) -> Incoming:
+    """Message ``number``; one above MAX_MESSAGE_BYTES as its headers and size only."""
+    size = listed_size
+    if listed_size <= pop.limits.max_message_bytes:
+        try:
+            raw = pop.retrieve(number)
+            return Incoming(parsed=parse_message(raw), size=len(raw), pop_uidl=uidl)
+        except MessageTooLarge as exc:  # the server's LIST said less than it sent
+            size = exc.size
+    reason = (
+        f"the message is {size} bytes, more than MAX_MESSAGE_BYTES allows: "
+        "only its headers and size were kept"
+    )
+    parsed = parse_message(pop.headers(number))
+    parsed = replace(parsed, defects=(*parsed.defects, reason))
+    return Incoming(parsed=parsed, size=size, pop_uidl=uidl, partial_reason=reason)
+
+
+def _store(job: SyncJob, target: FolderTarget, items: list[Incoming]) -> int:
+    with job.transaction() as session:
+        outcome = job.store.add_batch(session, target, items)
+        adjust_counts(session, target.folder_id, outcome.added, outcome.unread)
+    job.counts.added += outcome.added
+    job.counts.skipped.extend(outcome.skipped)
+    return len(items)
+
+
 def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
     folder_id = _inbox(job)
     server = pop.uidl()  # unique id -> message number (this session only)
@@ -71,17 +99,21 @@ def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
     # Oldest first, as the server numbers them, so a cut-off sync resumes in order.
     new = sorted((number, uidl) for uidl, number in server.items() if uidl not in known)
     target = FolderTarget(job.tenant_id, job.account_id, folder_id, INBOX, is_spam=False)
-    for start in range(0, len(new), job.batch_size):
-        items = []
-        for number, uidl in new[start : start + job.batch_size]:
-            raw = pop.retrieve(number)
-            items.append(Incoming(parsed=parse_message(raw), size=len(raw), pop_uidl=uidl))
-        with job.transaction() as session:
-            outcome = job.store.add_batch(session, target, items)
-            adjust_counts(session, folder_id, outcome.added, outcome.unread)
-        job.counts.added += outcome.added
-        job.counts.skipped.extend(outcome.skipped)
-        job.progress(100.0 * (start + len(items)) / len(new))
+    sizes = pop.sizes() if new else {}
+    done = 0
+    # Batches end at batch_size messages or MAX_BATCH_BYTES of mail, whichever comes first.
+    items: list[Incoming] = []
+    batch_bytes = 0
+    for number, uidl in new:
+        item = _retrieve(pop, number, uidl, sizes.get(number, 0))
+        items.append(item)
+        batch_bytes += item.size
+        if len(items) >= job.batch_size or batch_bytes >= MAX_BATCH_BYTES:
+            done += _store(job, target, items)
+            job.progress(100.0 * done / len(new))
+            items, batch_bytes = [], 0
+    if items:
+        _store(job, target, items)
 
     with job.transaction() as session:
         refresh_counts(session, folder_id)

@@ -1,7 +1,8 @@
 """Writing mirrored mail into the database and the blob store, in batches.
 
 A batch is parsed messages of one folder; it becomes message rows (one multi-row
-INSERT), attachment blobs (uploaded in parallel, before the rows that point at them are
+INSERT), their search index entries (one more statement, see ``db.textindex``),
+attachment blobs (uploaded in parallel, before the rows that point at them are
 committed) and attachment rows. A message the database refuses is retried alone and,
 if it still fails, skipped with the reason recorded: one bad message never stops a sync.
 """
@@ -22,6 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import Attachment, Folder, Message, new_id, now_ms
+from db.textindex import SearchDocument, document_for_row, index_messages
 from email_service.blobstore import BlobStore
 from email_service.mail.mime import ParsedMessage
 
@@ -47,6 +49,12 @@ class Incoming:
     uid: int | None = None
     modseq: int | None = None
     pop_uidl: str | None = None
+    #: Not stored at all (it could not be read); listed in the task's skipped messages
+    #: with this reason, and the resume point still moves past it.
+    skip_reason: str | None = None
+    #: Stored as far as it could be read (too large: headers and size only), and listed
+    #: in the skipped messages with this reason.
+    partial_reason: str | None = None
 
 
 @dataclass
@@ -278,16 +286,26 @@ class MessageStore:
     ) -> BatchOutcome:
         """Insert ``items`` into ``target`` within ``session`` (the caller commits)."""
         outcome = BatchOutcome()
+        for item in items:
+            reason = item.skip_reason or item.partial_reason
+            if reason:
+                outcome.skipped.append(
+                    Skipped(target.folder_name, reason, uid=item.uid, pop_uidl=item.pop_uidl)
+                )
+        items = [item for item in items if item.skip_reason is None]
         if not items:
             return outcome
         rows = [message_row(target, item) for item in items]
         assign_conversations(session, target.account_id, rows)
         attachments = self._upload(target, rows, items)
+        # The search index is written with the rows, in the same transaction.
+        documents = _documents(rows, attachments)
         try:
             with session.begin_nested():
                 session.execute(insert(Message), rows)
                 if attachments:
                     session.execute(insert(Attachment), attachments)
+                index_messages(session, target.tenant_id, documents)
             outcome.added = len(rows)
             outcome.unread = sum(1 for row in rows if not row["is_read"])
             return outcome
@@ -296,12 +314,13 @@ class MessageStore:
         by_message: dict[str, list[dict[str, Any]]] = {}
         for attachment in attachments:
             by_message.setdefault(attachment["message_id"], []).append(attachment)
-        for row, item in zip(rows, items, strict=True):
+        for row, item, document in zip(rows, items, documents, strict=True):
             try:
                 with session.begin_nested():
                     session.execute(insert(Message), [row])
                     if by_message.get(row["id"]):
                         session.execute(insert(Attachment), by_message[row["id"]])
+                    index_messages(session, target.tenant_id, [document])
                 outcome.added += 1
                 outcome.unread += 0 if row["is_read"] else 1
             except (IntegrityError, DBAPIError) as exc:
@@ -347,6 +366,15 @@ class MessageStore:
         # whose rows are then refused is an orphan, which is harmless.
         list(self._pool.map(lambda upload: self.blobs.put(*upload), uploads))
         return attachments
+
+
+def _documents(
+    rows: list[dict[str, Any]], attachments: list[dict[str, Any]]
+) -> list[SearchDocument]:
+    names: dict[str, list[str]] = {}
+    for attachment in attachments:
+        names.setdefault(attachment["message_id"], []).append(attachment["filename"])
+    return [document_for_row(row, names.get(row["id"], ())) for row in rows]
 
 
 def _stored_already(session: Session, folder_id: str, uid: int) -> bool:
