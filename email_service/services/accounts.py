@@ -133,7 +133,8 @@ def _credential(body: dict[str, Any], *, creating: bool) -> str | None:
     if len(given) > 1:
         raise InvalidRequest("Give either password or oauth2, not both", code="AUTH_TYPE_MISMATCH")
     credential = given[0] if given else None
-    wanted = body.get("authType", "password" if creating else credential)
+    # Without authType the credential says which (a new account without one: password).
+    wanted = body.get("authType", credential or ("password" if creating else None))
     if wanted != credential:
         needed = "oauth2" if wanted == "oauth2" else "password"
         raise InvalidRequest(
