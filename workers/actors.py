@@ -10,7 +10,7 @@ from dramatiq.middleware import CurrentMessage
 
 from email_service.jobs import Attempt, RetryLater
 from email_service.runtime import Runtime
-from email_service.services import compose, delivery, sync, webhooks, writeback
+from email_service.services import compose, delivery, purge, sync, webhooks, writeback
 
 
 def _attempt(max_retries: int) -> Attempt:
@@ -50,6 +50,9 @@ def declare_actors(
     def write_flags(task_id: str, tenant_id: str) -> None:
         writeback.run_flags(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
 
+    def purge_account(task_id: str, tenant_id: str) -> None:
+        purge.run_purge(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
+
     def deliver_webhook(task_id: str, tenant_id: str, webhook_id: str) -> None:
         webhooks.run_deliveries(runtime, uuid.UUID(tenant_id), webhook_id)
 
@@ -78,6 +81,9 @@ def declare_actors(
         compose.DRAFT_ACTOR: declare(
             actor_name=compose.DRAFT_ACTOR, queue_name="writeback", **options
         )(save_draft),
+        purge.PURGE_ACTOR: declare(actor_name=purge.PURGE_ACTOR, queue_name="writeback", **options)(
+            purge_account
+        ),
         writeback.FLAGS_ACTOR: declare(
             actor_name=writeback.FLAGS_ACTOR, queue_name="writeback", **options
         )(write_flags),

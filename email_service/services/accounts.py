@@ -31,6 +31,10 @@ def default_smtp_host(incoming_host: str) -> str:
     return incoming_host
 
 
+#: ``password_key_id`` of a deleted account whose password has been wiped.
+WIPED_KEY_ID = "wiped"
+
+
 def credential_context(row: Account) -> str:
     # Binds the ciphertext to this account of this tenant (AES-GCM associated data).
     return f"account:{row.tenant_id}:{row.id}"
@@ -250,8 +254,16 @@ def update_account(scope: Scope, account_id: str, body: dict[str, Any]) -> dict[
 
 
 def delete_account(scope: Scope, account_id: str) -> None:
+    """Soft-delete the caller's account: its password is wiped in this transaction and
+    its attachments' blobs are removed by a job (``services.purge``). Raises
+    ``AccountNotFound``."""
+    from email_service.services.purge import queue_purge
+
     row = load_account(scope, account_id, for_update=True)
     row.deleted_at = now_ms()
     row.is_enabled = False
     row.is_sync_enabled = False
+    # Not kept "just in case": a deleted account's password has no use left.
+    row.password_key_id, row.password_ciphertext = WIPED_KEY_ID, b""
     scope.session.flush()
+    queue_purge(scope, row.id)

@@ -168,7 +168,7 @@ def test_rotate_keys_reencrypts_webhook_secrets(
         make_settings(tmp_path, pg_database.url, credential_keys=f"{new_key},{old_ring}")
     )
     try:
-        assert rotate_credentials(rotated_rt) >= 1
+        assert rotate_credentials(rotated_rt).changed >= 1
         with rotated_rt.db.transaction(alice.caller.tenant_id) as session:
             row = session.scalars(select(Webhook).where(Webhook.id == created["id"])).one()
             assert row.secret_key_id == "k9" and row.previous_secret_key_id == "k9"
