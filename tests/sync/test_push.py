@@ -301,3 +301,49 @@ def test_a_refused_login_is_reported_once_and_not_retried_in_a_loop(
     assert watcher.backend.refusals == [box.id]
     assert refused._value.get() - before == 1
     assert not watcher.connected(box.id)
+
+
+class CourierLikeDovecot(Dovecot):
+    """Dovecot with Courier's habits: folders under ``INBOX.`` with ``.`` as separator,
+    and IDLE without NOTIFY, LIST-STATUS or CONDSTORE."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        text = self.config_path.read_text()
+        text = text.replace("  separator = /\n", "  separator = .\n  prefix = INBOX.\n", 1)
+        text += (
+            "protocol imap {\n  imap_capability = IMAP4rev1 IDLE NAMESPACE UIDPLUS CHILDREN\n}\n"
+        )
+        self.config_path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def courier(dovecot: Dovecot) -> Iterator[Dovecot]:
+    server = CourierLikeDovecot(cert=dovecot.cert, name=f"courier-{uuid.uuid4().hex[:6]}")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def test_a_courier_like_server_is_watched_by_idle_and_polls(
+    api: Any,
+    alice: Identity,
+    courier: Dovecot,
+    start_watcher: Callable[..., WatcherThread],
+    push_settings: Settings,
+) -> None:
+    user = courier.new_user()
+    courier.append(user, "INBOX.Archive", raw_message("old"))
+    box = hourly_mailbox(api, alice, courier, user)
+    watcher = start_watcher()
+    until(lambda: watcher.connected(box.id), 10, "the watcher to connect")
+
+    courier.deliver(user.email, raw_message("delivered"))
+    until(lambda: "delivered" in subjects_in(api, box, "INBOX"), 10, "the INBOX message")
+
+    appended = time.monotonic()
+    courier.append(user, "INBOX.Archive", raw_message("filed"))
+    until(lambda: "filed" in subjects_in(api, box, "INBOX.Archive"), 10, "the filed message")
+    assert time.monotonic() - appended < push_settings.folder_poll_seconds + 5
