@@ -19,13 +19,16 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
+from db.models import Task
 from email_service import metrics
 from email_service.config import Settings
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.imap_watch import WatchSession
 from email_service.runtime import Runtime
 from email_service.services.sync.push import WatchedAccount
+from email_service.services.tasks import ACTIVE
 from email_service.watcher import DatabaseBackend, build_leases
 from email_service.watcher.core import Watcher
 from tests.conftest import Identity
@@ -91,6 +94,8 @@ class WatcherThread:
                 task.cancel()
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         if not self.loop.is_closed():
+            # Database calls still running on the loop's threads finish first.
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
             self.loop.close()
 
     def kill(self) -> None:
@@ -130,6 +135,16 @@ def start_watcher(
     yield start
     for thread in started:
         thread.stop()
+    # Let the syncs the watchers asked for finish: the tables are emptied next.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with sync_runtime.db.transaction(system=True) as session:
+            active = session.scalar(
+                select(func.count()).select_from(Task).where(Task.status.in_(ACTIVE))
+            )
+        if not active:
+            break
+        time.sleep(0.05)
 
 
 def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
