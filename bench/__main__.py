@@ -60,9 +60,10 @@ def main() -> None:
 
             rows.extend(send_bench.p5_send(env, 500, args.reps))
         if "P6" in wanted:
-            from bench import webhook_bench
+            from bench import changes_bench, webhook_bench
 
             rows.extend(webhook_bench.p6_webhooks(env.database_url, env.env, 2000, 300, args.reps))
+            rows.extend(changes_bench.p6_stream(env))
         if "P9" in wanted:
             from bench import search_bench
 

@@ -14,6 +14,7 @@ from typing import Any
 from db.roles import refuse_privileged_role
 from db.session import Database
 from email_service.blobstore import BlobStore, LocalBlobStore, S3BlobStore
+from email_service.changewake import ChangeWaker
 from email_service.config import Settings
 from email_service.crypto import KeyRing
 from email_service.jobs import JobQueue, NoJobQueue
@@ -36,8 +37,21 @@ class Runtime:
     rate_limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     # Installed by ``workers.install``; services queue background jobs through it.
     jobs: JobQueue = field(default_factory=NoJobQueue)
+    # Wakes this process's open change streams (made on first use).
+    _waker: ChangeWaker | None = field(default=None, repr=False)
+
+    def change_waker(self) -> ChangeWaker:
+        if self._waker is None:
+            dsn = None
+            if self.db.is_postgres:
+                url = self.db.engine.url.set(drivername="postgresql")
+                dsn = url.render_as_string(hide_password=False)
+            self._waker = ChangeWaker(dsn)
+        return self._waker
 
     def close(self) -> None:
+        if self._waker is not None:
+            self._waker.close()
         self.db.dispose()
         self.rate_limiter.close()
         if self.redis is not None:

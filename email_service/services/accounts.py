@@ -14,7 +14,7 @@ from email_service.errors import AccountNotFound, DuplicateEmail, InvalidRequest
 from email_service.mail.endpoint import MailEndpoint
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services import present
+from email_service.services import events, present
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +148,7 @@ def create_account(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
     except IntegrityError as exc:
         # Two creates raced past the check above; the unique index decided.
         raise DuplicateEmail(address) from exc
+    events.account_changed(scope.session, row, "account.created")
     log.info("account created", extra={"account_id": row.id})
     return present.account(row)
 
@@ -250,6 +251,7 @@ def update_account(scope: Scope, account_id: str, body: dict[str, Any]) -> dict[
         seal_password(scope.runtime, row, body["password"])
     row.updated_at = now_ms()
     scope.session.flush()
+    events.account_changed(scope.session, row, "account.updated")
     return present.account(row)
 
 
@@ -266,4 +268,5 @@ def delete_account(scope: Scope, account_id: str) -> None:
     # Not kept "just in case": a deleted account's password has no use left.
     row.password_key_id, row.password_ciphertext = WIPED_KEY_ID, b""
     scope.session.flush()
+    events.account_changed(scope.session, row, "account.deleted")
     queue_purge(scope, row.id)

@@ -44,7 +44,7 @@ from email_service.mail.errors import (
 )
 from email_service.mail.imap import ImapSession, RemoteFolder
 from email_service.runtime import Runtime
-from email_service.services import tasks
+from email_service.services import events, tasks
 from email_service.services.accounts import account_endpoint
 from email_service.services.mailjobs import (
     append_once,
@@ -368,7 +368,14 @@ def _store_copy(
 ) -> str | None:
     try:
         return store_own_copy(
-            runtime, tenant_id, account.id, folder, int(payload["sentUid"]), copy, SENT_FLAGS
+            runtime,
+            tenant_id,
+            account.id,
+            folder,
+            int(payload["sentUid"]),
+            copy,
+            SENT_FLAGS,
+            events.ORIGIN_SEND,
         )
     except Exception:
         # The copy is on the server; the next sync stores it like any other message.
@@ -430,7 +437,7 @@ def run_draft(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
     if uid is not None:
         try:
             result["storedMessageId"] = store_own_copy(
-                runtime, tenant_id, account.id, folder, uid, raw, DRAFT_FLAGS
+                runtime, tenant_id, account.id, folder, uid, raw, DRAFT_FLAGS, events.ORIGIN_DRAFT
             )
         except Exception:
             log.exception("could not store the draft %s", payload["draftId"])

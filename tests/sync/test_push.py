@@ -308,6 +308,7 @@ def test_a_refused_login_is_reported_once_and_not_retried_in_a_loop(
     dovecot.add_user(user.email, "changed-on-the-server")  # our stored password is wrong now
     refused = metrics.WATCHER_CONNECTS.labels(result="login_refused")
     before = refused._value.get()
+    cursor = api.get("/api/changes", headers=alice.bearer).json()["cursor"]
 
     watcher = start_watcher()
     until(lambda: watcher.backend.refusals, 10, "the refusal")
@@ -316,6 +317,11 @@ def test_a_refused_login_is_reported_once_and_not_retried_in_a_loop(
     assert watcher.backend.refusals == [box.id]
     assert refused._value.get() - before == 1
     assert not watcher.connected(box.id)
+    # The change feed tells it once, as account.error (the same helper as a failed sync).
+    feed = api.get(
+        "/api/changes", params={"since": cursor, "types": "account.error"}, headers=alice.bearer
+    ).json()["changes"]
+    assert [(c["accountId"], c["data"]["state"]) for c in feed] == [(box.id, "failing")]
 
 
 class CourierLikeDovecot(Dovecot):
