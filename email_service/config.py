@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     # when every character takes four bytes of UTF-8.
     max_request_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
 
+    # Memory that message builds (send, draft) of one process may hold at once, and how
+    # long a build waits for room before answering 503 (email_service/buildbudget.py).
+    compose_build_budget_mib: int = Field(default=256, gt=0)
+    compose_build_wait_seconds: float = Field(default=20.0, ge=0)
+
     task_max_retries: int = 5
     # Backoff between retries of a failed job grows from the first to the second value.
     task_min_backoff_ms: int = 5_000

@@ -14,6 +14,7 @@ from typing import Any
 from db.roles import refuse_privileged_role
 from db.session import Database
 from email_service.blobstore import BlobStore, LocalBlobStore, S3BlobStore
+from email_service.buildbudget import BuildBudget
 from email_service.changewake import ChangeWaker
 from email_service.config import Settings
 from email_service.crypto import KeyRing
@@ -37,6 +38,8 @@ class Runtime:
     rate_limiter: RateLimiter = field(default_factory=MemoryRateLimiter)
     # Installed by ``workers.install``; services queue background jobs through it.
     jobs: JobQueue = field(default_factory=NoJobQueue)
+    # Bounds the memory of concurrent message builds in this process.
+    build_budget: BuildBudget = field(default_factory=lambda: BuildBudget(256 << 20, 20.0))
     # Wakes this process's open change streams (made on first use).
     _waker: ChangeWaker | None = field(default=None, repr=False)
 
@@ -108,6 +111,9 @@ def build_runtime(settings: Settings) -> Runtime:
         # Every process builds its runtime here, so none connects to a mail server unguarded.
         host_policy=install_connect_guard(settings),
         rate_limiter=build_rate_limiter(settings),
+        build_budget=BuildBudget(
+            settings.compose_build_budget_mib << 20, settings.compose_build_wait_seconds
+        ),
     )
 
 
