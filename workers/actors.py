@@ -56,6 +56,9 @@ def declare_actors(
     def deliver_webhook(task_id: str, tenant_id: str, webhook_id: str) -> None:
         webhooks.run_deliveries(runtime, uuid.UUID(tenant_id), webhook_id)
 
+    def fan_out_changes(task_id: str, tenant_id: str, user_id: str) -> None:
+        webhooks.fan_out(runtime, uuid.UUID(tenant_id), uuid.UUID(user_id))
+
     declare = dramatiq.actor
     return {
         # Webhook jobs keep their own schedule (dispatch queues the next run with the
@@ -68,6 +71,13 @@ def declare_actors(
             max_retries=0,
             time_limit=120_000,
         )(deliver_webhook),
+        webhooks.FANOUT_ACTOR: declare(
+            actor_name=webhooks.FANOUT_ACTOR,
+            queue_name="webhooks",
+            broker=broker,
+            max_retries=0,
+            time_limit=120_000,
+        )(fan_out_changes),
         sync.SYNC_ACTOR: declare(
             actor_name=sync.SYNC_ACTOR,
             queue_name="sync",

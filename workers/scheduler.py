@@ -1,5 +1,5 @@
 """The scheduler loop: every tick, queue the syncs whose interval has passed and
-re-queue webhook deliveries whose jobs were lost; every few minutes, prune the change
+re-queue webhook fan-outs and deliveries whose jobs were lost; every few minutes, prune the change
 feed past its retention."""
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def run_scheduler(runtime: Runtime, stop: threading.Event) -> None:
             # The database may be briefly away; the next tick tries again.
             log.exception("scheduler tick failed")
         try:
+            webhooks.sweep_fanout(runtime)
             webhooks.sweep(runtime)
         except Exception:
             log.exception("webhook sweep failed")
