@@ -4,8 +4,9 @@ What ``email-service rotate-keys`` promises: when it reports success, no stored 
 (mail password, webhook signing secret) is encrypted under any key but the primary one,
 so the old keys can be removed from ``CREDENTIAL_KEYS``. To keep that promise:
 
-- a row another transaction holds locked is *waited for*, not skipped (a sync or an
-  account update finishes within seconds);
+- a row another transaction holds locked is *waited for*, not skipped (an account
+  update finishes within milliseconds); a lock held for longer than ``lock_wait`` seconds
+  (two minutes) is reported as such and the run ends unfinished instead of hanging;
 - it runs in passes over the whole table, batch by batch in id order (each batch its own
   transaction, so an interrupted run can be started again), and starts another pass as
   long as the last one found something to do: a server process still running with the
@@ -22,10 +23,13 @@ accounts deleted before it did).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, or_, select, text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from db.models import Account, Webhook
 from email_service.crypto import DecryptionError, Sealed
@@ -36,6 +40,8 @@ from email_service.services.webhooks.registry import secret_context
 BATCH = 200
 #: Passes over the tables before giving up on rows that keep appearing on old keys.
 MAX_PASSES = 5
+#: How long a batch waits for a row another transaction holds locked.
+LOCK_WAIT_SECONDS = 120.0
 
 #: ``progress(kind, done)``: called after every batch (``kind`` is "account" or "webhook").
 Progress = Callable[[str, int], None]
@@ -57,35 +63,68 @@ class RotationReport:
         return not self.failures and not any(self.remaining.values())
 
 
+class _StillLocked(Exception):
+    pass
+
+
 def rotate_credentials(
-    runtime: Runtime, *, batch: int = BATCH, progress: Progress | None = None
+    runtime: Runtime,
+    *,
+    batch: int = BATCH,
+    progress: Progress | None = None,
+    lock_wait: float = LOCK_WAIT_SECONDS,
 ) -> RotationReport:
     """Re-encrypt every secret not under the primary key; see the module docstring."""
     report = RotationReport(runtime.keyring.primary_id)
     for kind, rotate_batch in (("account", _account_batch), ("webhook", _webhook_batch)):
-        for _ in range(MAX_PASSES):
-            changed_in_pass = 0
-            after = ""
-            while True:
-                changed, after = rotate_batch(runtime, report, after, batch)
-                changed_in_pass += changed
-                if progress is not None:
-                    progress(kind, report.changed)
-                if after == "":
+        try:
+            for _ in range(MAX_PASSES):
+                changed_in_pass = 0
+                after = ""
+                while True:
+                    with _lock_wait():
+                        changed, next_after = rotate_batch(runtime, report, after, batch, lock_wait)
+                    after = next_after
+                    changed_in_pass += changed
+                    if progress is not None:
+                        progress(kind, report.changed)
+                    if after == "":
+                        break
+                if changed_in_pass == 0:
                     break
-            if changed_in_pass == 0:
-                break
+        except _StillLocked:
+            report.failures[f"{kind} rows after id '{after}'"] = (
+                f"locked by another transaction for more than {lock_wait:g} s"
+            )
     report.remaining = _remaining(runtime)
     return report
 
 
+@contextmanager
+def _lock_wait() -> Iterator[None]:
+    """Turn PostgreSQL's lock timeout (set by ``_bound_wait``) into ``_StillLocked``."""
+    try:
+        yield
+    except OperationalError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "55P03":  # lock_not_available
+            raise _StillLocked from exc
+        raise
+
+
+def _bound_wait(runtime: Runtime, session: Session, seconds: float) -> None:
+    # SQLite has a single writer and no row locks to wait for.
+    if runtime.db.is_postgres:
+        session.execute(text(f"SET LOCAL lock_timeout = '{int(seconds * 1000)}ms'"))
+
+
 def _account_batch(
-    runtime: Runtime, report: RotationReport, after: str, batch: int
+    runtime: Runtime, report: RotationReport, after: str, batch: int, lock_wait: float
 ) -> tuple[int, str]:
     """Rotate up to ``batch`` accounts with an id above ``after``; returns (changed, last
     id seen or "" when there are no more)."""
     primary = runtime.keyring.primary_id
     with runtime.db.transaction(system=True) as session:
+        _bound_wait(runtime, session, lock_wait)
         rows = session.scalars(
             select(Account)
             .where(
@@ -124,10 +163,11 @@ def _account_batch(
 
 
 def _webhook_batch(
-    runtime: Runtime, report: RotationReport, after: str, batch: int
+    runtime: Runtime, report: RotationReport, after: str, batch: int, lock_wait: float
 ) -> tuple[int, str]:
     primary = runtime.keyring.primary_id
     with runtime.db.transaction(system=True) as session:
+        _bound_wait(runtime, session, lock_wait)
         rows = session.scalars(
             select(Webhook)
             .where(

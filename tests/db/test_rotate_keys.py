@@ -158,3 +158,31 @@ def test_a_deleted_accounts_password_is_wiped_not_rotated(
     with runtime.db.transaction(system=True) as session:
         row = session.scalars(select(Account).where(Account.id == account_id)).one()
         assert (row.password_key_id, row.password_ciphertext) == (WIPED_KEY_ID, b"")
+
+
+def test_a_lock_held_too_long_is_reported_not_waited_for_forever(
+    client, alice: Identity, runtime: Runtime, rotated: Runtime
+) -> None:
+    account_id = create_account(client, alice.bearer)["id"]
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with runtime.db.transaction(system=True) as session:
+            session.execute(select(Account).where(Account.id == account_id).with_for_update())
+            locked.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        report = rotate_credentials(rotated, lock_wait=0.3)
+    finally:
+        release.set()
+        holder.join()
+    assert report.failures == {
+        "account rows after id ''": "locked by another transaction for more than 0.3 s"
+    }
+    assert report.remaining["account"] == 1 and not report.complete
+    # Once the lock is gone, a second run finishes.
+    assert rotate_credentials(rotated).complete
