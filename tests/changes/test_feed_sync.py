@@ -159,6 +159,36 @@ def test_a_send_tells_its_task_and_the_copy_it_files_in_sent(
     assert [c["data"]["origin"] for c in of_type(again, "message.created")] == ["sync"]
 
 
+def test_a_saved_draft_is_told_as_its_task_and_a_draft_copy(
+    api: Any, alice: Identity, sender: Mailbox, sync_runtime: Runtime
+) -> None:
+    sync(api, sender)
+    cursor = start_cursor(api, alice)
+
+    response = api.post(
+        "/api/compose/draft",
+        json={
+            "accountId": sender.id,
+            "to": ["later@example.test"],
+            "subject": "Unfinished",
+            "body": "b",
+        },
+        headers=alice.bearer,
+    )
+    assert response.status_code == 201, response.text
+    task_id = response.json()["taskId"]
+    await_task(sync_runtime, alice, task_id)
+    changes, _ = read_feed(api, alice, cursor)
+
+    assert [c["data"]["status"] for c in of_type(changes, "task.updated")] == [
+        "pending",
+        "started",
+        "success",
+    ]
+    [copy] = of_type(changes, "message.created")
+    assert copy["data"]["origin"] == "draft" and copy["data"]["subject"] == "Unfinished"
+
+
 def test_a_refused_login_is_one_account_error_until_a_sync_succeeds_again(
     api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser
 ) -> None:
