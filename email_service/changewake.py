@@ -73,6 +73,11 @@ class ChangeWaker:
                 if not waiting:
                     del self._waiters[waiter.owner]
 
+    def waiting(self) -> int:
+        """How many streams of this process are open (metrics, tests)."""
+        with self._guard:
+            return sum(len(waiters) for waiters in self._waiters.values())
+
     def wake(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> None:
         with self._guard:
             waiting = list(self._waiters.get((tenant_id, user_id), ()))

@@ -6,9 +6,11 @@ event with a timeout instead of blocking on the socket.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -82,7 +84,15 @@ def open_stream(
         assert response.status_code == 200, response.read()
         assert response.headers["content-type"].startswith("text/event-stream")
         assert response.headers["cache-control"] == "no-cache"
-        yield Stream(response)
+        try:
+            yield Stream(response)
+        finally:
+            # The reader thread sits in recv() on the socket, and close() alone does not
+            # end a socket another thread is reading: shut it down so the server sees the
+            # client go (as it does when a real client closes).
+            sock = response.extensions["network_stream"].get_extra_info("socket")
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 @pytest.fixture
@@ -106,7 +116,7 @@ def _create_account(base_url: str, identity: Identity, name: str = "Streamed") -
 def test_a_change_reaches_an_open_stream_as_id_event_and_data(
     served: tuple[str, Runtime], alice: Identity, mallory: Identity
 ) -> None:
-    url, _ = served
+    url, own = served
     with open_stream(url, alice) as mine, open_stream(url, mallory) as theirs:
         account = _create_account(url, alice)
         event = mine.next_event(timeout=3)
@@ -120,6 +130,12 @@ def test_a_change_reaches_an_open_stream_as_id_event_and_data(
         assert [c["id"] for c in listed] == [event["id"]]
         with pytest.raises(queue.Empty):
             theirs.next_event(timeout=0.5)
+        assert own.change_waker().waiting() == 2
+    # A client that goes ends its stream on the server (nothing left waiting).
+    deadline = time.monotonic() + 5
+    while own.change_waker().waiting() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert own.change_waker().waiting() == 0
 
 
 def test_a_stream_resumes_after_last_event_id_or_since(
@@ -205,7 +221,7 @@ def test_many_open_streams_leave_ordinary_requests_unaffected(
     served: tuple[str, Runtime], alice: Identity
 ) -> None:
     url, _ = served
-    streams = 40
+    streams = 100
     opened = threading.Barrier(streams + 1, timeout=30)
     done = threading.Event()
 
