@@ -43,6 +43,11 @@ test: lint typecheck pytest
 
 # Benchmarks (README, "Performance"): starts Dovecot, an S3 server and a fresh database,
 # prints P1-P6 against baselines measured in the same run, writes bench/results/latest.json.
-.PHONY: bench
+.PHONY: bench bench-push
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Push sync (README "Push"): P7 freshness through the whole service, P8 one watcher
+# holding 1,000 idle accounts; results in bench/results/push.json.
+bench-push: $(VENV)/.test-installed
+	$(BIN)/python -m bench --only P7,P8 --out bench/results/push.json $(BENCH_ARGS)

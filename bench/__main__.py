@@ -36,6 +36,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3, help="repetitions (median is kept)")
     parser.add_argument("--duration", type=int, default=10, help="P3 seconds of load")
     parser.add_argument("--search-rows", type=int, default=1_000_000, help="P9 messages")
+    parser.add_argument("--push-messages", type=int, default=200, help="P7 INBOX messages")
+    parser.add_argument("--push-folder-messages", type=int, default=50, help="P7 other folder")
+    parser.add_argument("--push-accounts", type=int, default=1000, help="P8 accounts")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     args = parser.parse_args()
     wanted = {item.strip().upper() for item in args.only.split(",")}
@@ -57,13 +60,23 @@ def main() -> None:
 
             rows.extend(send_bench.p5_send(env, 500, args.reps))
         if "P6" in wanted:
-            from bench import webhook_bench
+            from bench import changes_bench, webhook_bench
 
             rows.extend(webhook_bench.p6_webhooks(env.database_url, env.env, 2000, 300, args.reps))
+            rows.extend(changes_bench.p6_stream(env))
         if "P9" in wanted:
             from bench import search_bench
 
             rows.extend(search_bench.p9_search(env, args.search_rows, max(args.duration, 10)))
+        if "P7" in wanted or "P8" in wanted:
+            from bench import push_bench
+
+            if "P7" in wanted:
+                rows.extend(
+                    push_bench.p7_freshness(env, args.push_messages, args.push_folder_messages)
+                )
+            if "P8" in wanted:
+                rows.extend(push_bench.p8_scale(env, args.push_accounts))
     print()
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

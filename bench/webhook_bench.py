@@ -1,14 +1,15 @@
 """P6 (webhooks): deliveries per second of one worker process, and commit-to-receiver latency.
 
 * **Throughput.** ``--deliveries`` changes spread over 8 webhooks (deliveries are ordered
-  per webhook, so one webhook alone is sequential by design) are recorded and queued at
-  once; one ``email-service worker`` process (4 threads, Redis broker) delivers them to a
-  receiver on loopback. Baseline, same run, same receiver: a bare loop of signed POSTs
-  with ``http.client``, one connection each, as our attempts make them.
+  per webhook, so one webhook alone is sequential by design) are recorded in the change
+  feed at once; one ``email-service worker`` process (4 threads, Redis broker) fans them
+  out and delivers them to a receiver on loopback. Baseline, same run, same receiver: a
+  bare loop of signed POSTs with ``http.client``, one connection each, as our attempts
+  make them.
 * **Latency.** Lone changes, one every 20 ms (an idle queue): the time from the commit
-  of the transaction that records a change to its arrival at the receiver; median and
-  p99. Changes enter through ``webhooks.record_deliveries`` + ``wake_after_commit``, the
-  seam the change feed's fan-out uses.
+  of the transaction that records a change (``db.changes.record_change``, as the mail
+  store does) to its arrival at the receiver, through the fan-out and delivery jobs;
+  median and p99.
 
 Standalone: ``python -m bench.webhook_bench`` (PostgreSQL and Redis as for the tests; no
 Dovecot needed). ``python -m bench --only P6`` runs it inside the full bench environment.
@@ -35,6 +36,7 @@ from typing import Any
 
 import psycopg
 
+from db import changes as feed
 from db.migrate import upgrade
 from db.models import now_ms
 from db.roles import runtime_grants
@@ -43,7 +45,7 @@ from email_service.config import load_settings
 from email_service.identity import Caller
 from email_service.runtime import Runtime, build_runtime
 from email_service.scope import open_scope
-from email_service.services import accounts, webhooks
+from email_service.services import accounts
 from email_service.services.webhooks import registry, signing
 
 PG_ADMIN_DSN = os.environ.get(
@@ -64,12 +66,14 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 moment = time.perf_counter()
                 self.send_response(204)
                 self.end_headers()
+                # Keyed by the message the change is about: the bench names those.
+                key = json.loads(body).get("messageId") or self.headers["webhook-id"]
                 with receiver.changed:
-                    receiver.arrived.setdefault(self.headers["webhook-id"], moment)
+                    receiver.arrived.setdefault(key, moment)
                     receiver.changed.notify_all()
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -138,9 +142,18 @@ def _setup(runtime: Runtime, receiver: Receiver, caller: Caller) -> list[str]:
 
 
 def _emit(runtime: Runtime, caller: Caller, changes: list[dict[str, Any]]) -> None:
-    with open_scope(runtime, caller) as scope:
-        woken = webhooks.record_deliveries(scope.session, caller.tenant_id, changes)
-        webhooks.wake_after_commit(scope, woken)
+    """Record ``changes`` in the change feed, in one transaction, as the mail store does."""
+    with runtime.db.transaction(caller.tenant_id) as session:
+        for change in changes:
+            feed.record_change(
+                session,
+                tenant_id=caller.tenant_id,
+                user_id=caller.user_id,
+                type=change["type"],
+                account_id=change["accountId"],
+                message_id=change["messageId"],
+                data=change["data"],
+            )
 
 
 def _baseline(receiver: Receiver, count: int) -> float:
@@ -205,7 +218,7 @@ def p6_webhooks(
             # The worker is up once a first delivery arrives.
             warm = [_change(a) for a in account_ids]
             _emit(runtime, caller, warm)
-            receiver.wait_for({c["id"] for c in warm}, timeout=60)
+            receiver.wait_for({c["messageId"] for c in warm}, timeout=60)
             print(f"P6: {deliveries} deliveries to {WEBHOOKS} webhooks, {reps} runs", flush=True)
             for _ in range(reps):
                 baselines.append(_baseline(receiver, deliveries))
@@ -213,17 +226,15 @@ def p6_webhooks(
                 began = time.perf_counter()
                 for start in range(0, deliveries, 500):
                     _emit(runtime, caller, batch[start : start + 500])
-                receiver.wait_for({c["id"] for c in batch}, timeout=600)
+                receiver.wait_for({c["messageId"] for c in batch}, timeout=600)
                 rates.append(deliveries / (time.perf_counter() - began))
             print(f"P6: {samples} lone changes, commit to receiver", flush=True)
             for n in range(samples):
                 change = _change(account_ids[n % WEBHOOKS])
-                with open_scope(runtime, caller) as scope:
-                    woken = webhooks.record_deliveries(scope.session, caller.tenant_id, [change])
-                    webhooks.wake_after_commit(scope, woken)
-                    committing = time.perf_counter()
-                receiver.wait_for({change["id"]}, timeout=60)
-                latencies.append((receiver.arrived[change["id"]] - committing) * 1000)
+                _emit(runtime, caller, [change])
+                committed = time.perf_counter()
+                receiver.wait_for({change["messageId"]}, timeout=60)
+                latencies.append((receiver.arrived[change["messageId"]] - committed) * 1000)
                 time.sleep(0.02)
     finally:
         receiver.close()

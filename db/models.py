@@ -92,6 +92,9 @@ class Account(TenantMixin, Base):
     sync_task_id: Mapped[str | None] = mapped_column(String(64))
     is_enabled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=True)
     deleted_at: Mapped[int | None] = mapped_column(BigInteger)
+    # Since when the mail server refuses or cannot be reached (``account.error`` is
+    # recorded once when this is set and once when it is cleared); None while healthy.
+    failing_since: Mapped[int | None] = mapped_column(BigInteger)
 
     folders: Mapped[list[Folder]] = relationship(back_populates="account", lazy="raise")
 
@@ -372,6 +375,37 @@ class WebhookFanout(TenantMixin, Base):
     position: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
 
 
+class Change(Base):
+    """One change to a user's mail, as ``listChanges`` and the stream tell it.
+
+    ``position`` is the change's place in the feed: assigned as the transaction that
+    records the change commits (``db.changes``), so positions grow in commit order for
+    each user. There is no foreign key to what a change names: a change outlives it.
+    """
+
+    __tablename__ = "changes"
+
+    position: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    user_id: Mapped[uuid.UUID] = mapped_column(Uuid, nullable=False)
+    type: Mapped[str] = mapped_column(String(32), nullable=False)
+    account_id: Mapped[str | None] = mapped_column(String(64))
+    folder_id: Mapped[str | None] = mapped_column(String(64))
+    message_id: Mapped[str | None] = mapped_column(String(64))
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    occurred_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    data: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
+
+    __table_args__ = (
+        Index("ix_changes_owner_position", "tenant_id", "user_id", "position"),
+        Index("ix_changes_occurred", "occurred_at"),
+        # Never reuse a position once its row is pruned (SQLite would reuse the largest).
+        {"sqlite_autoincrement": True},
+    )
+
+
 TENANT_TABLES = (
     "accounts",
     "folders",
@@ -383,4 +417,5 @@ TENANT_TABLES = (
     "webhook_deliveries",
     "webhook_attempts",
     "webhook_fanouts",
+    "changes",
 )

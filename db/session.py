@@ -17,6 +17,8 @@ from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from db import changes
+
 TENANT_SETTING = "app.tenant_id"
 SCOPE_SETTING = "app.scope"
 
@@ -59,6 +61,8 @@ class Database:
         self._sessions = sessionmaker(bind=engine, expire_on_commit=False)
         if self.is_postgres:
             event.listen(self._sessions, "after_begin", _apply_scope)
+        # Recorded changes are written (and positioned) as each transaction commits.
+        changes.install(self._sessions)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:

@@ -21,6 +21,7 @@ from email_service.web.bodylimit import BodyLimitMiddleware
 from email_service.web.middleware import ObservabilityMiddleware, operation_names
 from email_service.web.ratelimit import RateLimitHeadersMiddleware, RateLimitMiddleware
 from email_service.web.resolver import OperationResolver
+from email_service.web.stream import ChangeStreamMiddleware
 from email_service.web.validation import validator_map
 from workers.scheduler import start_scheduler_thread
 
@@ -82,6 +83,10 @@ def create_app(
         BodyLimitMiddleware,
         position=MiddlewarePosition.BEFORE_VALIDATION,
         max_bytes=runtime.settings.max_request_bytes,
+    )
+    # streamChanges, served asynchronously once routed, authenticated, counted, validated.
+    app.add_middleware(
+        ChangeStreamMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT, runtime=runtime
     )
     # Outermost, so error responses get the request id too and /metrics skips auth.
     app.add_middleware(

@@ -141,12 +141,33 @@ def cmd_rotate_keys(_args: argparse.Namespace, settings: Settings) -> int:
     from email_service.runtime import build_runtime
     from email_service.services.keys import rotate_credentials
 
+    on_terminal = sys.stderr.isatty()
+
+    def progress(kind: str, done: int) -> None:
+        # One line rewritten in place; only for a person watching, never in logs.
+        sys.stderr.write(f"\rre-encrypting {kind} secrets: {done} done")
+        sys.stderr.flush()
+
     runtime = build_runtime(settings)
     try:
-        count = rotate_credentials(runtime)
+        report = rotate_credentials(runtime, progress=progress if on_terminal else None)
     finally:
         runtime.close()
-    print(f"re-encrypted {count} credential(s) with key '{runtime.keyring.primary_id}'")
+    if on_terminal:
+        sys.stderr.write("\n")
+    print(f"re-encrypted {report.changed} credential(s) with key '{report.primary_id}'")
+    for name, reason in sorted(report.failures.items()):
+        print(f"FAILED {name}: {reason}")
+    left = {kind: n for kind, n in report.remaining.items() if n}
+    if left:
+        listed = ", ".join(f"{n} {kind} secret(s)" for kind, n in sorted(left.items()))
+        print(
+            f"still on old keys: {listed}; keep the old keys in CREDENTIAL_KEYS until "
+            "these are fixed (update the account's password) or deleted, then run again"
+        )
+    if not report.complete:
+        return 1
+    print("no secret is left on an old key: the old keys can be removed")
     return 0
 
 

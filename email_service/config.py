@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     # when every character takes four bytes of UTF-8.
     max_request_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
 
+    # Memory that message builds (send, draft) of one process may hold at once, and how
+    # long a build waits for room before answering 503 (email_service/buildbudget.py).
+    compose_build_budget_mib: int = Field(default=256, gt=0)
+    compose_build_wait_seconds: float = Field(default=20.0, ge=0)
+
     task_max_retries: int = 5
     # Backoff between retries of a failed job grows from the first to the second value.
     task_min_backoff_ms: int = 5_000
@@ -104,6 +109,13 @@ class Settings(BaseSettings):
     sync_time_limit_ms: int = 3_600_000
     sync_batch_size: int = 500
     presign_ttl_seconds: int = 3600
+    # The change feed: how long changes are kept (older cursors answer 410), and how
+    # often an open stream sends a keep-alive comment (proxies close idle responses).
+    changes_retention_hours: float = Field(default=168, gt=0)
+    changes_keepalive_seconds: float = Field(default=15, gt=0)
+    # A stream ends after this long and the client resumes with Last-Event-ID (as every
+    # EventSource does), which spreads long-lived connections over restarted processes.
+    changes_stream_max_seconds: float = Field(default=3600, ge=0)
 
     # Push sync (email_service.watcher; README "Push").
     # Folders that IDLE/NOTIFY do not cover are polled with one LIST-STATUS this often.

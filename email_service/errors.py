@@ -86,6 +86,14 @@ class DuplicateEmail(Conflict):
         super().__init__(f"You already have an account with the address '{address}'")
 
 
+class CursorExpired(ServiceError):
+    """The change feed no longer holds what came after this cursor: list again."""
+
+    status = 410
+    error = "Gone"
+    code = "CURSOR_EXPIRED"
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     error = "Payload too large"

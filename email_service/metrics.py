@@ -38,7 +38,7 @@ from email_service.mail.smtp import SmtpResult
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 # The contract's enums (TaskStatusResponse.kind / .status).
-TaskKind = Literal["sync", "send", "draft", "flags"]
+TaskKind = Literal["sync", "send", "draft", "flags", "purge"]
 TaskStatus = Literal["pending", "started", "success", "failure", "retry"]
 # How one SMTP submission ended (email_service.mail.smtp.send and its exceptions).
 SmtpOutcome = Literal[
@@ -145,7 +145,7 @@ def observe_request(operation: str | None, status: int, duration_s: float) -> No
 def observe_task(kind: TaskKind | str, status: TaskStatus | str) -> None:
     """Count a task entering ``status``: call it wherever a task row's status changes.
 
-    ``kind`` is one of ``sync, send, draft, flags`` and ``status`` one of ``pending,
+    ``kind`` is one of ``sync, send, draft, flags, purge`` and ``status`` one of ``pending,
     started, success, failure, retry`` (the contract's enums). Raises ``ValueError`` for
     anything else.
     """

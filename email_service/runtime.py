@@ -14,6 +14,8 @@ from typing import Any
 from db.roles import refuse_privileged_role
 from db.session import Database
 from email_service.blobstore import BlobStore, LocalBlobStore, S3BlobStore
+from email_service.buildbudget import BuildBudget
+from email_service.changewake import ChangeWaker
 from email_service.config import Settings
 from email_service.crypto import KeyRing
 from email_service.jobs import JobQueue, NoJobQueue
@@ -39,8 +41,23 @@ class Runtime:
     jobs: JobQueue = field(default_factory=NoJobQueue)
     # OAuth2 providers for mail accounts (OAUTH2_PROVIDERS), by id.
     oauth2_providers: dict[str, Provider] = field(default_factory=dict)
+    # Bounds the memory of concurrent message builds in this process.
+    build_budget: BuildBudget = field(default_factory=lambda: BuildBudget(256 << 20, 20.0))
+    # Wakes this process's open change streams (made on first use).
+    _waker: ChangeWaker | None = field(default=None, repr=False)
+
+    def change_waker(self) -> ChangeWaker:
+        if self._waker is None:
+            dsn = None
+            if self.db.is_postgres:
+                url = self.db.engine.url.set(drivername="postgresql")
+                dsn = url.render_as_string(hide_password=False)
+            self._waker = ChangeWaker(dsn)
+        return self._waker
 
     def close(self) -> None:
+        if self._waker is not None:
+            self._waker.close()
         self.db.dispose()
         self.rate_limiter.close()
         if self.redis is not None:
@@ -99,6 +116,9 @@ def build_runtime(settings: Settings) -> Runtime:
         rate_limiter=build_rate_limiter(settings),
         oauth2_providers=parse_providers(
             settings.oauth2_providers.get_secret_value() if settings.oauth2_providers else None
+        ),
+        build_budget=BuildBudget(
+            settings.compose_build_budget_mib << 20, settings.compose_build_wait_seconds
         ),
     )
 

@@ -11,6 +11,7 @@ from typing import Any
 import dramatiq
 
 from email_service.runtime import Runtime
+from email_service.services import webhooks
 from workers.actors import declare_actors
 from workers.broker import DramatiqJobs, build_broker
 
@@ -20,6 +21,8 @@ def install(runtime: Runtime) -> DramatiqJobs:
     broker = build_broker(runtime.settings)
     jobs = DramatiqJobs(broker, declare_actors(broker, runtime))
     runtime.jobs = jobs
+    # Changes committed by this process are handed to webhooks through these jobs.
+    webhooks.install_fanout(runtime)
     return jobs
 
 

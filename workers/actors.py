@@ -10,7 +10,7 @@ from dramatiq.middleware import CurrentMessage
 
 from email_service.jobs import Attempt, RetryLater
 from email_service.runtime import Runtime
-from email_service.services import compose, delivery, sync, webhooks, writeback
+from email_service.services import compose, delivery, purge, sync, webhooks, writeback
 
 
 def _attempt(max_retries: int) -> Attempt:
@@ -50,8 +50,14 @@ def declare_actors(
     def write_flags(task_id: str, tenant_id: str) -> None:
         writeback.run_flags(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
 
+    def purge_account(task_id: str, tenant_id: str) -> None:
+        purge.run_purge(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
+
     def deliver_webhook(task_id: str, tenant_id: str, webhook_id: str) -> None:
         webhooks.run_deliveries(runtime, uuid.UUID(tenant_id), webhook_id)
+
+    def fan_out_changes(task_id: str, tenant_id: str, user_id: str) -> None:
+        webhooks.fan_out(runtime, uuid.UUID(tenant_id), uuid.UUID(user_id))
 
     declare = dramatiq.actor
     return {
@@ -65,6 +71,13 @@ def declare_actors(
             max_retries=0,
             time_limit=120_000,
         )(deliver_webhook),
+        webhooks.FANOUT_ACTOR: declare(
+            actor_name=webhooks.FANOUT_ACTOR,
+            queue_name="webhooks",
+            broker=broker,
+            max_retries=0,
+            time_limit=120_000,
+        )(fan_out_changes),
         sync.SYNC_ACTOR: declare(
             actor_name=sync.SYNC_ACTOR,
             queue_name="sync",
@@ -78,6 +91,9 @@ def declare_actors(
         compose.DRAFT_ACTOR: declare(
             actor_name=compose.DRAFT_ACTOR, queue_name="writeback", **options
         )(save_draft),
+        purge.PURGE_ACTOR: declare(actor_name=purge.PURGE_ACTOR, queue_name="writeback", **options)(
+            purge_account
+        ),
         writeback.FLAGS_ACTOR: declare(
             actor_name=writeback.FLAGS_ACTOR, queue_name="writeback", **options
         )(write_flags),

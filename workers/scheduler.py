@@ -1,29 +1,40 @@
-"""The scheduler loop: every tick, queue the syncs whose interval has passed, and
-re-queue webhook deliveries whose jobs were lost."""
+"""The scheduler loop: every tick, queue the syncs whose interval has passed and
+re-queue webhook fan-outs and deliveries whose jobs were lost; every few minutes, prune the change
+feed past its retention."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from email_service.runtime import Runtime
 from email_service.services import webhooks
+from email_service.services.changes import prune
 from email_service.services.sync.schedule import enqueue_due_syncs
 
 log = logging.getLogger(__name__)
+
+# Retention is counted in hours: pruning every ten minutes keeps the table close to it.
+PRUNE_EVERY_SECONDS = 600.0
 
 
 def run_scheduler(runtime: Runtime, stop: threading.Event) -> None:
     """Tick every ``SCHEDULER_TICK_SECONDS`` until ``stop`` is set."""
     interval = runtime.settings.scheduler_tick_seconds
     log.info("scheduler running, checking every %.0fs", interval)
+    pruned_at = float("-inf")
     while not stop.is_set():
         try:
             enqueue_due_syncs(runtime)
+            if time.monotonic() - pruned_at >= PRUNE_EVERY_SECONDS:
+                pruned_at = time.monotonic()
+                prune(runtime)
         except Exception:
             # The database may be briefly away; the next tick tries again.
             log.exception("scheduler tick failed")
         try:
+            webhooks.sweep_fanout(runtime)
             webhooks.sweep(runtime)
         except Exception:
             log.exception("webhook sweep failed")

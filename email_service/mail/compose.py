@@ -145,6 +145,26 @@ def _mime_type(value: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+#: Line breaks to Python (``str.splitlines``) and to some mail readers, beside CR and
+#: LF: NEL, LINE SEPARATOR, PARAGRAPH SEPARATOR. The ``email`` package refuses only
+#: CR/LF in header values.
+_HEADER_BREAKS = re.compile("[\r\n\x85\u2028\u2029]")
+
+
+def _refuse_line_breaks(message: OutgoingMessage) -> None:
+    # The API's schema refuses these already; the builder keeps the promise on its own.
+    fields = {
+        "subject": [message.subject],
+        "sender name": [message.sender_name],
+        "address": [message.sender, *message.to, *message.cc, *message.bcc],
+        "reply-to": [message.reply_to or ""],
+        "in-reply-to": [message.in_reply_to or "", *message.references],
+    }
+    for name, values in fields.items():
+        if any(_HEADER_BREAKS.search(value) for value in values):
+            raise ValueError(f"a line break in a header value ({name})")
+
+
 def build_message(
     message: OutgoingMessage, *, message_id: str | None = None, date: datetime | None = None
 ) -> BuiltMessage:
@@ -153,12 +173,13 @@ def build_message(
     HTML bodies go out as ``multipart/alternative`` with a plain-text part made by
     ``html_to_text``; the HTML is sent as the user wrote it (making it safe to display is
     the reader's job, and ours when we show the stored copy). Raises ``ValueError`` for
-    a header value the ``email`` package refuses (CR/LF, a malformed address) or an
-    invalid ``in_reply_to``/``message_id``.
+    a header value holding a line break (CR, LF, NEL, U+2028, U+2029), a malformed
+    address, or an invalid ``in_reply_to``/``message_id``.
     """
     message_id = message_id or new_message_id(message.sender)
     if not is_message_id(message_id):
         raise ValueError("invalid Message-ID")
+    _refuse_line_breaks(message)
     email = EmailMessage(policy=_POLICY)
     email["Message-ID"] = f"<{message_id}>"
     email["Date"] = date or datetime.now(UTC)

@@ -72,9 +72,10 @@ _ALLOWED_ATTRIBUTES: dict[str, set[str]] = {
 # out on purpose: the same list governs <a href>, where data:text/html is a script vector.
 _URL_SCHEMES = frozenset({"http", "https", "mailto", "cid"})
 
-# Layout and typography. Left out: position/z-index/top/left (a message could draw over
-# the reader's interface), behavior and -moz-binding (script in old engines), and
-# anything whose job is to load an image or font from elsewhere.
+# Layout and typography. Left out: position/z-index/top/left/transform (a message could
+# draw over the reader's interface), behavior and -moz-binding (script in old engines),
+# and anything whose job is to load an image or font from elsewhere. What is kept is
+# still checked for overlaying values (_overlays).
 _STYLE_PROPERTIES = frozenset(
     {
         "background", "background-color", "border", "border-bottom", "border-bottom-color",
@@ -102,10 +103,51 @@ _DANGEROUS_STYLE = re.compile(
 )
 
 
+# Allowed properties can still draw a message over the reader's interface: a negative
+# margin or indent pulls it up or sideways over whatever surrounds it, and a huge or
+# viewport-sized box (height: 99999px, 100vh, width: 300%) covers the screen. Such
+# declarations are dropped one by one; the rest of the style stays.
+# A number not inside a word or a #hex colour.
+_NUMBER = re.compile(r"(?<![#\w.-])(-?)\s*(\d*\.?\d+)\s*([a-z%]*)", re.I)
+# Rough CSS pixels per unit (font-relative units at the usual 16px); unitless numbers
+# are line-height factors.
+_PX_PER_UNIT = {
+    "": 16.0, "px": 1.0, "pt": 4 / 3, "pc": 16.0, "in": 96.0, "cm": 96 / 2.54,
+    "mm": 96 / 25.4, "q": 96 / 101.6, "em": 16.0, "rem": 16.0, "ex": 8.0, "ch": 8.0,
+}  # fmt: skip
+_MAX_PX = 2000.0
+_UNITLESS_OK = frozenset({"font-weight"})
+
+
+def _overlays(declaration: str) -> bool:
+    prop, _, value = declaration.partition(":")
+    prop = prop.strip().lower()
+    for match in _NUMBER.finditer(value):
+        sign, number, unit = match.group(1), float(match.group(2)), match.group(3).lower()
+        if number == 0:
+            continue
+        if sign:
+            return True  # negative: pulled out of its place
+        if unit.startswith("v") or unit in {"dvh", "svh", "lvh"}:
+            return True  # sized by the reader's window, not the message
+        if unit == "%":
+            if number > 100:
+                return True
+            continue
+        if prop in _UNITLESS_OK and not unit:
+            continue
+        if number * _PX_PER_UNIT.get(unit, 16.0) > _MAX_PX:
+            return True
+    return False
+
+
 def _drop_dangerous_style(element: str, attribute: str, value: str) -> str | None:
-    if attribute == "style" and _DANGEROUS_STYLE.search(value):
+    if attribute != "style":
+        return value
+    if _DANGEROUS_STYLE.search(value):
         return None
-    return value
+    kept = [d.strip() for d in value.split(";") if d.strip() and not _overlays(d)]
+    return ";".join(kept) if kept else None
 
 
 _CLEANER_OPTIONS: dict[str, Any] = {
@@ -128,6 +170,11 @@ _CLEANER = nh3.Cleaner(**_CLEANER_OPTIONS)
 _STYLE_CHECKING_CLEANER = nh3.Cleaner(**_CLEANER_OPTIONS, attribute_filter=_drop_dangerous_style)
 
 
+# Cheap pre-test for _overlays: a negative number, three or more digits, or a unit
+# whose small numbers are already large (viewport, percent, inch, centimetre).
+_MAYBE_OVERLAY = re.compile(r"-\s*\.?\d|\d{3}|\d\s*(?:v|%|in|cm)", re.I)
+
+
 def _has_suspicious_style(cleaned: str) -> bool:
     # ammonia's output quotes every attribute value with '"' and escapes '"' inside
     # it, so a style value runs exactly to the next '"'. Text that happens to read
@@ -139,7 +186,7 @@ def _has_suspicious_style(cleaned: str) -> bool:
         if end < 0:
             return True
         value = cleaned[value_start:end]
-        if "(" in value or "\\" in value:
+        if "(" in value or "\\" in value or _MAYBE_OVERLAY.search(value):
             return True
         start = cleaned.find(' style="', end)
     return False
@@ -151,7 +198,9 @@ def sanitize_html(html: str) -> str:
     Promises: no script of any kind survives (no ``<script>``, no ``on*`` handlers, no
     ``javascript:``/``data:``/other URL schemes in any attribute, however encoded), no
     frames, objects, forms, ``<meta>`` or ``<base>``, no ``id``/``class``, and inline
-    ``style`` only with plain layout properties and never a ``url()``. Links keep
+    ``style`` only with plain layout properties, never a ``url()`` and nothing that can
+    overlay the reader's interface (no positioning or z-index, no negative margins or
+    indents, no box larger than 2000px or the window or its container). Links keep
     ``http(s):``, ``mailto:`` and ``cid:`` targets and gain ``rel="noopener noreferrer"``
     and ``target="_blank"``; relative URLs are removed. Remote images are kept: deciding
     whether to load them is the reader's interface's business. Never raises for any

@@ -15,7 +15,7 @@ from email_service.errors import AccountNotFound, DuplicateEmail, InvalidRequest
 from email_service.mail.endpoint import MailEndpoint
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services import oauth2, present
+from email_service.services import events, oauth2, present
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,18 @@ def default_smtp_host(incoming_host: str) -> str:
         if lowered.startswith(prefix) and len(lowered) > len(prefix):
             return "smtp." + incoming_host[len(prefix) :]
     return incoming_host
+
+
+#: ``password_key_id`` of a deleted account whose password has been wiped.
+WIPED_KEY_ID = "wiped"
+
+
+def wipe_credentials(row: Account) -> None:
+    """Forget a deleted account's password and OAuth2 tokens (both kept non-null, marked)."""
+    row.password_key_id, row.password_ciphertext = WIPED_KEY_ID, b""
+    if row.oauth2_ciphertext is not None:
+        row.oauth2_key_id, row.oauth2_ciphertext = WIPED_KEY_ID, b""
+        row.oauth2_expires_at = None
 
 
 def credential_context(row: Account) -> str:
@@ -188,6 +200,7 @@ def create_account(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
     except IntegrityError as exc:
         # Two creates raced past the check above; the unique index decided.
         raise DuplicateEmail(address) from exc
+    events.account_changed(scope.session, row, "account.created")
     log.info("account created", extra={"account_id": row.id})
     return present.account(row)
 
@@ -298,12 +311,22 @@ def update_account(scope: Scope, account_id: str, body: dict[str, Any]) -> dict[
         seal_password(scope.runtime, row, body["password"])
     row.updated_at = now_ms()
     scope.session.flush()
+    events.account_changed(scope.session, row, "account.updated")
     return present.account(row)
 
 
 def delete_account(scope: Scope, account_id: str) -> None:
+    """Soft-delete the caller's account: its password is wiped in this transaction and
+    its attachments' blobs are removed by a job (``services.purge``). Raises
+    ``AccountNotFound``."""
+    from email_service.services.purge import queue_purge
+
     row = load_account(scope, account_id, for_update=True)
     row.deleted_at = now_ms()
     row.is_enabled = False
     row.is_sync_enabled = False
+    # Not kept "just in case": a deleted account's password or tokens have no use left.
+    wipe_credentials(row)
     scope.session.flush()
+    events.account_changed(scope.session, row, "account.deleted")
+    queue_purge(scope, row.id)

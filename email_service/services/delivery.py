@@ -44,7 +44,7 @@ from email_service.mail.errors import (
 )
 from email_service.mail.imap import ImapSession, RemoteFolder
 from email_service.runtime import Runtime
-from email_service.services import tasks
+from email_service.services import events, tasks
 from email_service.services.accounts import account_endpoint
 from email_service.services.mailjobs import (
     append_once,
@@ -160,10 +160,18 @@ def _deliver(
     Recipients go in transactions of at most ``SMTP_BATCH``; each one taken is recorded
     at once (``batches``), and a re-run goes on with the next. A 5xx for a later batch,
     once an earlier one was taken, refuses that batch's recipients only.
+
+    A recipient the server refuses with a 4xx while it takes others (partial
+    acceptance) is *deferred*: once every batch has gone, the deferred recipients - and
+    only they - are sent again in a later attempt (``retries``, recorded like the
+    batches), so nobody already accepted gets the message twice. On the last attempt the
+    ones still deferred count as refused. A failure after some recipients were accepted
+    says who has the message (the result's ``accepted``).
     """
     recipients: list[str] = payload["recipients"]
-    batches = [recipients[i : i + SMTP_BATCH] for i in range(0, len(recipients), SMTP_BATCH)]
+    batches = _in_batches(recipients)
     done: list[dict[str, Any]] = list(payload.get("batches", []))
+    retries: list[dict[str, Any]] = list(payload.get("retries", []))
     try:
         raw = _blob(runtime, payload["rawKey"])
         endpoint = account_endpoint(runtime, account, smtp=True)
@@ -174,7 +182,12 @@ def _deliver(
             report.retrying(str(exc))
             raise RetryLater(str(exc)) from exc
         raise _Failed(str(exc)) from exc
-    for batch in batches[len(done) :]:
+
+    def send_batch(batch: list[str], *, deferred_round: bool = False) -> dict[str, Any]:
+        """One SMTP transaction; its outcome, or raises ``_Failed``/``RetryLater``.
+
+        In a round for deferred recipients a temporary failure of the whole transaction
+        just leaves them deferred (others already have the message)."""
         try:
             outcome = smtp.send(endpoint, payload["envelopeFrom"], batch, raw)
         except SmtpPermanentError as exc:
@@ -183,40 +196,126 @@ def _deliver(
             refused.update(
                 {address: f"{code} {reply}" for address, (code, reply) in exc.recipients.items()}
             )
-            if not any(entry["accepted"] for entry in done):
+            if not _accepted(done, retries):
                 result = {"messageId": payload["messageId"], "refused": refused}
                 raise _Failed(str(exc), result) from exc
-            done.append({"accepted": [], "refused": refused})
+            return {"accepted": [], "refused": refused, "deferred": {}}
         except (SmtpTransientError, MailAuthError) as exc:
             metrics.observe_smtp(metrics.smtp_outcome(exc))
+            if deferred_round and isinstance(exc, SmtpTransientError):
+                reply = f"{exc.code} {exc.reply}" if exc.code else str(exc)
+                return {"accepted": [], "refused": {}, "deferred": dict.fromkeys(batch, reply)}
             if exc.transient and not attempt.last:
-                report.retrying(str(exc))
+                report.retrying(str(exc), _partial(payload, done, retries))
                 raise RetryLater(str(exc)) from exc
-            raise _Failed(str(exc)) from exc
+            raise _failed_after(str(exc), payload, done, retries) from exc
         except ServiceError as exc:
             metrics.observe_smtp("blocked")
-            raise _Failed(describe(exc)) from exc
+            raise _failed_after(describe(exc), payload, done, retries) from exc
         except MailError as exc:
-            raise _Failed(describe(exc)) from exc
-        else:
-            metrics.observe_smtp(metrics.smtp_outcome(outcome))
-            done.append(
-                {
-                    "accepted": list(outcome.accepted),
-                    "refused": {
-                        a: f"{code} {reply}" for a, (code, reply) in outcome.refused.items()
-                    },
-                }
-            )
+            raise _failed_after(describe(exc), payload, done, retries) from exc
+        metrics.observe_smtp(metrics.smtp_outcome(outcome))
+        entry: dict[str, Any] = {"accepted": list(outcome.accepted), "refused": {}}
+        entry["deferred"] = {}
+        for address, (code, reply) in outcome.refused.items():
+            target = "deferred" if 400 <= code < 500 else "refused"
+            entry[target][address] = f"{code} {reply}"
+        return entry
+
+    tried_now = False  # whether this attempt already sent to someone still deferred
+    for batch in batches[len(done) :]:
+        done.append(send_batch(batch))
         # The server has this batch now: say so before anything else can go wrong.
         mark(runtime, tenant_id, task_id, batches=done)
+        tried_now = True
+    while True:
+        if retries and retries[-1]["left"]:
+            # A round cut short (the worker died): finish it, whatever the attempt.
+            current = retries[-1]
+            batch = current["left"][:SMTP_BATCH]
+            entry = send_batch(batch, deferred_round=True)
+            current["accepted"] += entry["accepted"]
+            current["refused"].update(entry["refused"])
+            current["deferred"].update(entry["deferred"])
+            current["left"] = current["left"][len(batch) :]
+            mark(runtime, tenant_id, task_id, retries=retries)
+            continue
+        # Who still waits after a 4xx: from the batches, or from the last retry round.
+        last_round = [retries[-1]] if retries else done
+        deferred = {a: r for entry in last_round for a, r in entry.get("deferred", {}).items()}
+        if not deferred:
+            break
+        if retries:
+            tried_now = retries[-1]["attempt"] == attempt.number
+        if not tried_now:
+            # One round per attempt for the deferred recipients (only them), then back off.
+            retries.append(
+                {
+                    "attempt": attempt.number,
+                    "left": list(deferred),
+                    "accepted": [],
+                    "refused": {},
+                    "deferred": {},
+                }
+            )
+            continue
+        if attempt.last:
+            break  # no attempt follows: they count as refused below
+        reason = "the SMTP server deferred some recipients (4xx): " + "; ".join(
+            f"{a}: {r}" for a, r in deferred.items()
+        )
+        report.retrying(reason, _partial(payload, done, retries))
+        raise RetryLater(reason)
+    outcome = _partial(payload, done, retries)
     return mark(
         runtime,
         tenant_id,
         task_id,
         acceptedAt=now_ms(),
-        accepted=[address for entry in done for address in entry["accepted"]],
-        refused={a: reply for entry in done for a, reply in entry["refused"].items()},
+        accepted=outcome["accepted"],
+        refused=outcome["refused"],
+    )
+
+
+def _in_batches(recipients: list[str]) -> list[list[str]]:
+    return [recipients[i : i + SMTP_BATCH] for i in range(0, len(recipients), SMTP_BATCH)]
+
+
+def _accepted(done: list[dict[str, Any]], retries: list[dict[str, Any]]) -> list[str]:
+    return [address for entry in [*done, *retries] for address in entry["accepted"]]
+
+
+def _partial(
+    payload: dict[str, Any], done: list[dict[str, Any]], retries: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Who has the message so far, who was refused for good, who still waits (4xx)."""
+    refused: dict[str, str] = {}
+    for entry in [*done, *retries]:
+        refused.update(entry["refused"])
+    last_round = [retries[-1]] if retries else done
+    deferred = {a: r for entry in last_round for a, r in entry.get("deferred", {}).items()}
+    refused.update(deferred)  # reported as refused unless a later attempt takes them
+    accepted = _accepted(done, retries)
+    for address in accepted:
+        refused.pop(address, None)
+    return {"messageId": payload["messageId"], "accepted": accepted, "refused": refused}
+
+
+def _failed_after(
+    reason: str,
+    payload: dict[str, Any],
+    done: list[dict[str, Any]],
+    retries: list[dict[str, Any]],
+) -> _Failed:
+    """A final failure; when some recipients already have the message, it says who."""
+    partial = _partial(payload, done, retries)
+    if not partial["accepted"]:
+        return _Failed(reason)
+    sent = len(partial["accepted"])
+    return _Failed(
+        f"{reason} (after {sent} recipient(s) had received the message: "
+        f"{', '.join(partial['accepted'])})",
+        partial,
     )
 
 
@@ -274,7 +373,14 @@ def _store_copy(
 ) -> str | None:
     try:
         return store_own_copy(
-            runtime, tenant_id, account.id, folder, int(payload["sentUid"]), copy, SENT_FLAGS
+            runtime,
+            tenant_id,
+            account.id,
+            folder,
+            int(payload["sentUid"]),
+            copy,
+            SENT_FLAGS,
+            events.ORIGIN_SEND,
         )
     except Exception:
         # The copy is on the server; the next sync stores it like any other message.
@@ -336,7 +442,7 @@ def run_draft(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
     if uid is not None:
         try:
             result["storedMessageId"] = store_own_copy(
-                runtime, tenant_id, account.id, folder, uid, raw, DRAFT_FLAGS
+                runtime, tenant_id, account.id, folder, uid, raw, DRAFT_FLAGS, events.ORIGIN_DRAFT
             )
         except Exception:
             log.exception("could not store the draft %s", payload["draftId"])

@@ -15,6 +15,7 @@ from db.models import Folder, Message, Task
 from email_service.mail.imap import ImapSession, RemoteFolder
 from email_service.mail.mime import parse_message
 from email_service.runtime import Runtime
+from email_service.services import events
 from email_service.services.sync.folders import display_name, refresh_counts
 from email_service.services.sync.store import FolderTarget, Incoming, MessageStore
 
@@ -101,6 +102,7 @@ def local_folder(
         )
         session.add(row)
         session.flush()
+        events.folder_changed(session, row, "folder.created")
     return row
 
 
@@ -112,6 +114,7 @@ def store_own_copy(
     uid: int,
     raw: bytes,
     flags: tuple[str, ...],
+    origin: str,
 ) -> str | None:
     """Store the message we just put on the server as UID ``uid`` of ``folder``.
 
@@ -119,6 +122,7 @@ def store_own_copy(
     message is listed at once and a later sync, which skips UIDs it knows, does not add
     it again. Nothing is stored when the folder has no row yet (the account was never
     synced): its first sync brings the folder and the message. Returns our message id.
+    The new message is a ``message.created`` change with ``data.origin`` = ``origin``.
     """
     with runtime.db.transaction(tenant_id) as session:
         row = local_folder(session, tenant_id, account_id, folder, create=False)
@@ -129,7 +133,9 @@ def store_own_copy(
             return existing
         store = MessageStore(runtime.blobs)
         try:
-            target = FolderTarget(tenant_id, account_id, row.id, row.name, row.type == "spam")
+            target = FolderTarget(
+                tenant_id, account_id, row.id, row.name, row.type == "spam", origin
+            )
             item = Incoming(
                 parsed=parse_message(raw),
                 size=len(raw),

@@ -12,9 +12,10 @@ again revokes the whole grant. So:
 2. The rotated refresh token is stored in the same transaction as the new access token,
    before the lock is released: nobody can read the old refresh token after the provider
    retired it.
-3. ``invalid_grant`` (consent revoked or expired) marks the account (``auth_error``) in
-   that transaction; from then on no login is tried and the scheduler skips the account
-   until its owner gives new tokens. Nothing retries a revoked grant.
+3. ``invalid_grant`` (consent revoked or expired) marks the account (``auth_error``) and
+   records ``account.error`` on the change feed in that transaction; from then on no
+   login is tried and the scheduler skips the account until its owner gives new tokens.
+   Nothing retries a revoked grant.
 4. A provider that is down (5xx, timeout) raises a transient error: the job is retried
    later like any network failure, and the stored tokens are untouched.
 
@@ -47,6 +48,7 @@ from email_service.oauth2 import (
     refresh_access_token,
 )
 from email_service.runtime import Runtime
+from email_service.services import events
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +204,8 @@ def refresh(
             # Stored with the mark, in this transaction; raised once it is committed.
             seal_tokens(runtime, row, Tokens(tokens.refresh_token), None)
             row.auth_error = REVOKED_MESSAGE
+            # account.error on the change feed, once, whichever job found out.
+            events.account_failing(session, row.id, REVOKED_MESSAGE)
             revoked = True
         else:
             seal_tokens(

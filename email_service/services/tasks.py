@@ -22,7 +22,7 @@ from email_service import metrics
 from email_service.errors import TaskNotFound
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services import present
+from email_service.services import events, present
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ def queue_task(
     )
     scope.session.add(row)
     scope.session.flush()
+    events.task_updated(scope.session, row)
     scope.after_commit(job.send)
     scope.after_commit(lambda: metrics.observe_task(kind, "pending"))
     return row
@@ -117,6 +118,8 @@ class TaskReport:
                 setattr(row, name, value)
             row.updated_at = now_ms()
             kind = row.kind
+            if "status" in values:
+                events.task_updated(session, row)
             if also is not None:
                 also(session)
         if "status" in values:

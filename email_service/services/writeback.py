@@ -34,7 +34,7 @@ from email_service.mail.errors import MailError
 from email_service.mail.imap import ImapSession, RemoteFolder, is_valid_keyword
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services import tasks
+from email_service.services import events, tasks
 from email_service.services.accounts import account_endpoint, load_account
 from email_service.services.delivery import describe
 from email_service.services.mailbox import message_detail
@@ -125,6 +125,7 @@ def update_message(
         )
     scope.session.flush()
     refresh_counts(scope.session, row.folder_id)
+    events.message_updated(scope.session, row)
     return message_detail(scope, row)
 
 
@@ -343,4 +344,5 @@ def _apply(
     session.flush()
     refresh_counts(session, old_folder)
     refresh_counts(session, target.id)
+    events.message_updated(session, row, previousFolderId=old_folder)
     return []

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from email_service import metrics
+from email_service.errors import ServiceError
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.errors import MailAuthError
 from email_service.mail.imap_watch import Change, FolderStatus, WatchSession
@@ -142,6 +143,12 @@ class AccountWatch:
                 # fingerprint changes), otherwise one more try after a long wait.
                 await asyncio.sleep(self._settings.auth_retry_seconds)
                 continue
+            except (PermissionError, ServiceError) as exc:
+                # The connection guard refused the host (private address, say): as
+                # permanent as a refused login until the account's settings change.
+                metrics.observe_watcher_connect("error")
+                log.warning("watcher: account %s not watched: %s", self.account.id, exc)
+                await asyncio.sleep(self._settings.auth_retry_seconds)
             except Exception as exc:
                 if not self.connected:
                     metrics.observe_watcher_connect("error")

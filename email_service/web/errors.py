@@ -20,7 +20,7 @@ from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 
-from email_service.errors import RateLimited, ServiceError
+from email_service.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,9 @@ def _service_error(_request: ConnexionRequest, exc: Exception) -> ConnexionRespo
 
 def service_error_body(exc: ServiceError) -> tuple[dict[str, Any], dict[str, str]]:
     headers: dict[str, str] = {}
-    if isinstance(exc, RateLimited):
-        headers["Retry-After"] = str(exc.retry_after)
+    retry_after = getattr(exc, "retry_after", None)  # RateLimited, BuildBusy
+    if isinstance(retry_after, int):
+        headers["Retry-After"] = str(retry_after)
     return error_body(exc.status, exc.message, error=exc.error, code=exc.code), headers
 
 

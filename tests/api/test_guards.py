@@ -297,6 +297,8 @@ def test_a_listed_host_is_let_through_to_the_connection(runtime) -> None:
 # --- line breaks in names, addresses and subjects -------------------------------------
 
 BREAKS = ["x\n", "x\r", "x\r\nBcc: victim@example.test", "x\nX-Injected: 1", "\nx"]
+# Line breaks to Python's str.splitlines and to some readers: NEL, LINE/PARAGRAPH SEPARATOR.
+UNICODE_BREAKS = ["x\u2028Bcc: victim@example.test", "x\u2029", "x\x85X-Injected: 1"]
 ACCOUNT_TEXT_FIELDS = ["accountName", "username", "emailAddress", "hostname", "smtpHostname"]
 
 
@@ -350,7 +352,14 @@ def _compose(**overrides: Any) -> dict[str, Any]:
 
 
 COMPOSE_INJECTIONS = {
-    "subject": ["Hello\r\nBcc: victim@example.com", "Hello\n", "Hello\rX: 1"],
+    "subject": [
+        "Hello\r\nBcc: victim@example.com",
+        "Hello\n",
+        "Hello\rX: 1",
+        "Hello\u2028Bcc: victim@example.com",
+        "Hello\u2029",
+        "Hello\x85X: 1",
+    ],
     "to": [["rcpt@example.com\r\nBcc: victim@example.com"], ["rcpt@example.com\n"]],
     "cc": [["copy@example.com\n"]],
     "bcc": [["blind@example.com\r\n"]],
@@ -508,3 +517,32 @@ def test_the_cap_answers_before_the_body_is_sent(capped, alice: Identity) -> Non
         )
     assert announced.startswith(b"HTTP/1.1 413"), announced[:200]
     assert streamed.startswith(b"HTTP/1.1 413"), streamed[:200]
+
+
+@pytest.mark.parametrize("value", UNICODE_BREAKS)
+@pytest.mark.parametrize("field", ["accountName", "username"])
+def test_account_names_refuse_unicode_line_breaks(
+    client, alice: Identity, field: str, value: str
+) -> None:
+    response = client.post(
+        "/api/accounts", json=account_body(**{field: value}), headers=alice.bearer
+    )
+    assert response.status_code == 400, (field, value, response.text)
+    assert response.json()["code"] == "VALIDATION_ERROR"
+
+
+@pytest.mark.parametrize("value", UNICODE_BREAKS)
+def test_the_message_builder_refuses_unicode_line_breaks_on_its_own(value: str) -> None:
+    from email_service.mail.compose import OutgoingMessage, build_message
+
+    for field in ("subject", "sender_name"):
+        values: dict[str, Any] = {
+            "sender": "me@example.test",
+            "sender_name": "Me",
+            "to": ("you@example.test",),
+            "subject": "Hi",
+            "body": "text",
+        }
+        values[field] = value
+        with pytest.raises(ValueError, match="line break"):
+            build_message(OutgoingMessage(**values))

@@ -184,13 +184,14 @@ def test_rotate_keys_reseals_tokens(built: Any, alice: Identity, app_factory: An
     assert rt.settings.credential_keys is not None
     ring = f"k9:{KeyRing.generate_key()},{rt.settings.credential_keys.get_secret_value()}"
     rotated, _ = app_factory(oauth2_providers=json.dumps(PROVIDERS), credential_keys=ring)
-    assert rotate_credentials(rotated) == 1
+    assert rotate_credentials(rotated).changed == 1
     with rotated.db.transaction(alice.caller.tenant_id) as session:
         row = session.get(Account, created["id"])
         assert row is not None and row.oauth2_key_id == "k9"
         tokens = oauth2_service.unseal_tokens(rotated, row)
     assert (tokens.refresh_token, tokens.access_token) == (REFRESH, ACCESS)
-    assert rotate_credentials(rotated) == 0
+    report = rotate_credentials(rotated)
+    assert report.changed == 0 and report.complete
 
 
 def test_provider_settings_are_checked_at_start() -> None:

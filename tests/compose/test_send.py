@@ -416,3 +416,84 @@ def test_recipients_go_in_batches_and_a_retry_resends_no_batch_already_taken(
     for user in users:
         inbox = server_messages(dovecot, user, "INBOX")
         assert len(with_message_id(inbox, queued["messageId"])) == 1
+
+
+def _recording_send(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    real_send = smtp.send
+    calls: list[list[str]] = []
+
+    def recording(endpoint: Any, sender_: str, batch: Any, raw: bytes) -> Any:
+        calls.append(list(batch))
+        return real_send(endpoint, sender_, batch, raw)
+
+    monkeypatch.setattr(smtp, "send", recording)
+    return calls
+
+
+def test_recipients_deferred_with_a_4xx_are_retried_alone(
+    api: Any, sync_runtime: Runtime, alice: Identity, sender: Mailbox, dovecot: Dovecot,
+    smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Given a server that takes two recipients and answers 450 for the third, once
+    users = [dovecot.new_user("to") for _ in range(3)]
+    busy = users[1].email
+    smtp_server.defer_recipient(busy, times=1)
+    calls = _recording_send(monkeypatch)
+
+    queued = send(api, sender, to=[u.email for u in users])
+    task = finished(api, sync_runtime, sender, alice, queued["taskId"])
+
+    # Then the retry went to the deferred recipient only, and everyone got one copy
+    assert task["status"] == "success", task
+    assert calls == [[u.email for u in users], [busy]]
+    assert sorted(task["result"]["accepted"]) == sorted(u.email for u in users)
+    assert task["result"]["refused"] == {}
+    for user in users:
+        inbox = server_messages(dovecot, user, "INBOX")
+        assert len(with_message_id(inbox, queued["messageId"])) == 1
+
+
+def test_a_recipient_deferred_on_every_attempt_ends_refused_and_the_others_keep_one_copy(
+    api: Any, sync_runtime: Runtime, alice: Identity, sender: Mailbox, dovecot: Dovecot,
+    smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    users = [dovecot.new_user("to") for _ in range(2)]
+    busy = users[0].email
+    smtp_server.defer_recipient(busy, times=100)
+    calls = _recording_send(monkeypatch)
+
+    queued = send(api, sender, to=[u.email for u in users])
+    task = finished(api, sync_runtime, sender, alice, queued["taskId"])
+
+    attempts = sync_runtime.settings.task_max_retries + 1
+    assert task["status"] == "success", task  # the message went out to someone
+    assert calls == [[u.email for u in users]] + [[busy]] * (attempts - 1)
+    assert task["result"]["accepted"] == [users[1].email]
+    assert task["result"]["refused"][busy].startswith("450")
+    inbox = server_messages(dovecot, users[1], "INBOX")
+    assert len(with_message_id(inbox, queued["messageId"])) == 1
+
+
+def test_a_final_failure_after_a_batch_went_out_says_who_received_it(
+    api: Any, sync_runtime: Runtime, alice: Identity, sender: Mailbox, dovecot: Dovecot,
+    smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Given batches of two, and a server that fails every transaction after the first
+    monkeypatch.setattr(delivery, "SMTP_BATCH", 2)
+    users = [dovecot.new_user("to") for _ in range(3)]
+    calls = _recording_send(monkeypatch)
+    real_send = smtp.send
+
+    def first_only(endpoint: Any, sender_: str, batch: Any, raw: bytes) -> Any:
+        if len(calls) >= 1:
+            smtp_server.fail_next(1, 451, "4.3.0 not now", stage="mail")
+        return real_send(endpoint, sender_, batch, raw)
+
+    monkeypatch.setattr(smtp, "send", first_only)
+    queued = send(api, sender, to=[u.email for u in users])
+    task = finished(api, sync_runtime, sender, alice, queued["taskId"])
+
+    assert task["status"] == "failure", task
+    went = [u.email for u in users[:2]]
+    assert f"after 2 recipient(s) had received the message: {', '.join(went)}" in task["error"]
+    assert task["result"]["accepted"] == went

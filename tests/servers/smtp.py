@@ -143,6 +143,9 @@ class _Handler:
         if failure is not None and failure.stage == "rcpt":
             self._owner._record(server, session, envelope, failure.reply, extra_rcpt=address)
             return failure.reply
+        deferral = self._owner._take_deferral(address)
+        if deferral is not None:
+            return deferral  # this recipient only; the others of the transaction go on
         if self._owner.verify_recipients:
             try:
                 code, text = await asyncio.to_thread(self._owner.dovecot.check_recipient, address)
@@ -243,6 +246,8 @@ class SmtpServer:
         self.transactions: list[SmtpTransaction] = []
         self._lock = threading.Lock()
         self._failures: list[_Failure] = []
+        # Recipient -> how many more RCPT TO it gets a 4xx for (partial acceptance).
+        self._deferred: dict[str, tuple[int, str]] = {}
         self._controllers: list[Controller] = []
         self._handler = _Handler(self)
 
@@ -324,10 +329,27 @@ class SmtpServer:
         with self._lock:
             self._failures = [_Failure(stage, code, message) for _ in range(count)]
 
+    def defer_recipient(
+        self, address: str, times: int = 1, reply: str = "450 4.2.1 mailbox busy, try later"
+    ) -> None:
+        """Answer ``reply`` (a 4xx) to the next ``times`` RCPT TO of ``address`` alone,
+        while other recipients of the same transaction are accepted."""
+        with self._lock:
+            self._deferred[address.lower()] = (times, reply)
+
+    def _take_deferral(self, address: str) -> str | None:
+        with self._lock:
+            left, reply = self._deferred.get(address.lower(), (0, ""))
+            if left <= 0:
+                return None
+            self._deferred[address.lower()] = (left - 1, reply)
+            return reply
+
     def reset(self) -> None:
         """Forget received messages and transactions and cancel pending failures."""
         with self._lock:
             self._failures.clear()
+            self._deferred.clear()
             self.received.clear()
             self.transactions.clear()
 

@@ -254,6 +254,7 @@ def test_a_revoked_refresh_token_fails_in_words_once_and_the_scheduler_leaves_it
     box: Mailbox,
 ) -> None:
     # Given the owner withdrew consent at the provider
+    cursor = api.get("/api/changes", headers=alice.bearer).json()["cursor"]
     oauth2_provider.revoke(box.user.email)
     # When the account syncs
     task = sync(api, box)
@@ -263,6 +264,13 @@ def test_a_revoked_refresh_token_fails_in_words_once_and_the_scheduler_leaves_it
     assert [r.status for r in oauth2_provider.refreshes] == [400]
     account = api.get(f"/api/accounts/{box.id}", headers=box.headers).json()
     assert account["authError"] == REVOKED_MESSAGE
+    # and the change feed tells it once, as account.error
+    feed = api.get(
+        "/api/changes", params={"since": cursor, "types": "account.error"}, headers=alice.bearer
+    ).json()["changes"]
+    assert [(c["accountId"], c["data"]["state"], c["data"]["error"]) for c in feed] == [
+        (box.id, "failing", REVOKED_MESSAGE)
+    ]
     # and the scheduler leaves it alone even when its interval has passed
     with oauth_runtime.db.transaction(system=True) as session:
         session.execute(update(Account).where(Account.id == box.id).values(last_sync_at=0))

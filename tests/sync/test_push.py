@@ -19,13 +19,16 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
+from db.models import Task
 from email_service import metrics
 from email_service.config import Settings
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.imap_watch import WatchSession
 from email_service.runtime import Runtime
 from email_service.services.sync.push import WatchedAccount
+from email_service.services.tasks import ACTIVE
 from email_service.watcher import DatabaseBackend, build_leases
 from email_service.watcher.core import Watcher
 from tests.conftest import Identity
@@ -91,6 +94,8 @@ class WatcherThread:
                 task.cancel()
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         if not self.loop.is_closed():
+            # Database calls still running on the loop's threads finish first.
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
             self.loop.close()
 
     def kill(self) -> None:
@@ -130,6 +135,16 @@ def start_watcher(
     yield start
     for thread in started:
         thread.stop()
+    # Let the syncs the watchers asked for finish: the tables are emptied next.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with sync_runtime.db.transaction(system=True) as session:
+            active = session.scalar(
+                select(func.count()).select_from(Task).where(Task.status.in_(ACTIVE))
+            )
+        if not active:
+            break
+        time.sleep(0.05)
 
 
 def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -293,6 +308,7 @@ def test_a_refused_login_is_reported_once_and_not_retried_in_a_loop(
     dovecot.add_user(user.email, "changed-on-the-server")  # our stored password is wrong now
     refused = metrics.WATCHER_CONNECTS.labels(result="login_refused")
     before = refused._value.get()
+    cursor = api.get("/api/changes", headers=alice.bearer).json()["cursor"]
 
     watcher = start_watcher()
     until(lambda: watcher.backend.refusals, 10, "the refusal")
@@ -301,3 +317,54 @@ def test_a_refused_login_is_reported_once_and_not_retried_in_a_loop(
     assert watcher.backend.refusals == [box.id]
     assert refused._value.get() - before == 1
     assert not watcher.connected(box.id)
+    # The change feed tells it once, as account.error (the same helper as a failed sync).
+    feed = api.get(
+        "/api/changes", params={"since": cursor, "types": "account.error"}, headers=alice.bearer
+    ).json()["changes"]
+    assert [(c["accountId"], c["data"]["state"]) for c in feed] == [(box.id, "failing")]
+
+
+class CourierLikeDovecot(Dovecot):
+    """Dovecot with Courier's habits: folders under ``INBOX.`` with ``.`` as separator,
+    and IDLE without NOTIFY, LIST-STATUS or CONDSTORE."""
+
+    def _write_config(self) -> None:
+        super()._write_config()
+        text = self.config_path.read_text()
+        text = text.replace("  separator = /\n", "  separator = .\n  prefix = INBOX.\n", 1)
+        text += (
+            "protocol imap {\n  imap_capability = IMAP4rev1 IDLE NAMESPACE UIDPLUS CHILDREN\n}\n"
+        )
+        self.config_path.write_text(text)
+
+
+@pytest.fixture(scope="module")
+def courier(dovecot: Dovecot) -> Iterator[Dovecot]:
+    server = CourierLikeDovecot(cert=dovecot.cert, name=f"courier-{uuid.uuid4().hex[:6]}")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+def test_a_courier_like_server_is_watched_by_idle_and_polls(
+    api: Any,
+    alice: Identity,
+    courier: Dovecot,
+    start_watcher: Callable[..., WatcherThread],
+    push_settings: Settings,
+) -> None:
+    user = courier.new_user()
+    courier.append(user, "INBOX.Archive", raw_message("old"))
+    box = hourly_mailbox(api, alice, courier, user)
+    watcher = start_watcher()
+    until(lambda: watcher.connected(box.id), 10, "the watcher to connect")
+
+    courier.deliver(user.email, raw_message("delivered"))
+    until(lambda: "delivered" in subjects_in(api, box, "INBOX"), 10, "the INBOX message")
+
+    appended = time.monotonic()
+    courier.append(user, "INBOX.Archive", raw_message("filed"))
+    until(lambda: "filed" in subjects_in(api, box, "INBOX.Archive"), 10, "the filed message")
+    assert time.monotonic() - appended < push_settings.folder_poll_seconds + 5

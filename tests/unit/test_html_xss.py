@@ -112,6 +112,20 @@ PAYLOADS = [
     "<img src=x:alert(alt) onerror=eval(src) alt=0>",
     '<div id="__proto__" name="x">x</div>',
     "<p>&lt;script&gt;not a tag&lt;/script&gt;</p>",
+    # CSS that draws the message over the reader's interface (fake login boxes, hidden
+    # warnings): positioning, stacking, negative offsets, boxes as large as the window
+    '<div style="position:fixed;top:0;left:0;z-index:2147483647">Session expired</div>',
+    '<div style="position: absolute; inset: 0">x</div>',
+    '<div style="margin-top:-500px;color:red">Your account is safe</div>',
+    '<div style="margin: -120px 0 0 -40px">x</div>',
+    '<p style="text-indent:-99999px">hidden</p>',
+    '<div style="height:99999px;width:100%">x</div>',
+    '<div style="min-height:100vh;width:100vw">x</div>',
+    '<div style="width:300%;height:5000px">x</div>',
+    '<div style="height:30in;line-height:400em">x</div>',
+    '<table style="margin-left:-.5in"><tr><td>x</td></tr></table>',
+    '<div style="transform:translate(-100px,-100px)">x</div>',
+    '<div style="MARGIN-TOP : - 300px">x</div>',
 ]
 
 # Elements that run, load or frame something, or submit.
@@ -133,6 +147,31 @@ _DANGEROUS_STYLE = re.compile(
     r"expression|url\s*\(|javascript|vbscript|behavior|binding|@import|\\|position|z-index",
     re.I,
 )
+# Negative offsets, window-sized boxes, transforms and insets can lay a message over the
+# page around it; so can a box larger than 2000px (any length unit, roughly).
+_OVERLAY_STYLE = re.compile(
+    r"-\s*\.?\d|\d\s*(?:vw|vh|vmin|vmax|dvh|svh|lvh)|transform|translate|inset", re.I
+)
+_LENGTH = re.compile(r"(?<![#\w.])(\d*\.?\d+)\s*(px|pt|pc|in|cm|mm|em|rem|%)?", re.I)
+_PX = {"px": 1, "pt": 1.34, "pc": 16, "in": 96, "cm": 37.8, "mm": 3.78, "em": 16, "rem": 16}
+
+
+def _overlaying(style: str) -> bool:
+    if _OVERLAY_STYLE.search(style):
+        return True
+    for declaration in style.split(";"):
+        prop, _, value = declaration.partition(":")
+        if prop.strip().lower() == "font-weight":
+            continue
+        for number, unit in _LENGTH.findall(value):
+            unit = unit.lower()
+            if unit == "%" and float(number) > 100:
+                return True
+            if unit != "%" and float(number) * _PX.get(unit, 16) > 2000:
+                return True
+    return False
+
+
 # What browsers remove from a URL before reading its scheme.
 _URL_NOISE = re.compile(r"[\x00-\x20\x7f]+")
 
@@ -156,7 +195,7 @@ class _Inspector(HTMLParser):
                 scheme, colon, _ = url.partition(":")
                 if not colon or scheme.lower() not in _SAFE_SCHEMES or "/" in scheme:
                     self.problems.append(f"{name}={value!r}")
-            if name == "style" and _DANGEROUS_STYLE.search(value):
+            if name == "style" and (_DANGEROUS_STYLE.search(value) or _overlaying(value)):
                 self.problems.append(f"style={value!r}")
             if tag == "a" and name == "target" and value != "_blank":
                 self.problems.append(f"target={value!r}")
@@ -211,6 +250,10 @@ def test_the_checker_catches_what_it_looks_for() -> None:
         '<svg onload="alert(1)"></svg>',
         '<meta http-equiv="refresh" content="0;url=https://evil.example">',
         '<a href="https://ok.example" target="_self">x</a>',
+        '<div style="margin-top:-50px">x</div>',
+        '<div style="height:100vh">x</div>',
+        '<div style="height:2500px">x</div>',
+        '<div style="width:250%">x</div>',
     ]
     for html in live:
         assert inert_problems(html), html
@@ -225,3 +268,14 @@ def test_safe_formatting_survives() -> None:
     assert 'href="https://ok.example/x"' in cleaned and 'src="cid:logo@x"' in cleaned
     assert 'href="mailto:a@example.com"' in cleaned
     assert inert_problems(cleaned) == []
+
+
+def test_overlaying_declarations_go_and_the_rest_of_the_style_stays() -> None:
+    cleaned = sanitize_html(
+        '<div style="color:#333;margin:0 auto;margin-top:-400px;height:9000px;width:600px;'
+        'max-width:100%;font-weight:700;line-height:1.5">x</div>'
+    )
+    assert cleaned == (
+        '<div style="color:#333;margin:0 auto;width:600px;max-width:100%;font-weight:700;'
+        'line-height:1.5">x</div>'
+    )

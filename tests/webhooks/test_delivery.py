@@ -293,3 +293,48 @@ def test_sweep_requeues_deliveries_whose_job_was_lost(
 
     (got,) = receiver.wait_for(1)
     assert json.loads(got.body)["id"] == sent["id"]
+
+
+def test_the_embedded_default_delivers_in_order(
+    tmp_path: Any, runtime: Runtime, receiver: Receiver, alice: Identity
+) -> None:
+    # SQLite and the in-process broker and worker, as `email-service serve` runs alone.
+    import workers
+    from db.migrate import upgrade
+    from email_service.mail.endpoint import set_connect_guard
+    from email_service.runtime import build_runtime
+    from email_service.services import accounts
+    from email_service.services.webhooks import registry
+    from tests.conftest import make_settings
+    from tests.factories import account_body
+
+    embedded = build_runtime(
+        make_settings(
+            tmp_path,
+            f"sqlite:///{tmp_path / 'embedded.sqlite3'}",
+            webhook_allowed_hosts=["127.0.0.1"],
+            webhook_allow_http=True,
+            webhook_min_backoff_ms=30,
+            webhook_max_backoff_ms=60,
+        )
+    )
+    worker = None
+    try:
+        upgrade(embedded.db.engine)
+        worker = workers.start_worker(workers.install(embedded), threads=2)
+        with open_scope(embedded, alice.caller) as scope:
+            account = accounts.create_account(scope, account_body())
+            hook = registry.create_webhook(scope, {"url": receiver.url, "events": ["*"]})
+        receiver.script = [500]
+        sent = [change(account["id"]) for _ in range(3)]
+
+        emit(embedded, alice, *sent)
+
+        got = receiver.wait_for(4)
+        assert [r.headers["webhook-id"] for r in got] == [sent[0]["id"]] + [c["id"] for c in sent]
+        standardwebhooks.Webhook(hook["secret"]).verify(got[-1].body, got[-1].headers)
+    finally:
+        if worker is not None:
+            worker.stop()
+        embedded.close()
+        set_connect_guard(runtime.host_policy.connect_guard)

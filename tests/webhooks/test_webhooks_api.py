@@ -168,7 +168,7 @@ def test_rotate_keys_reencrypts_webhook_secrets(
         make_settings(tmp_path, pg_database.url, credential_keys=f"{new_key},{old_ring}")
     )
     try:
-        assert rotate_credentials(rotated_rt) >= 1
+        assert rotate_credentials(rotated_rt).changed >= 1
         with rotated_rt.db.transaction(alice.caller.tenant_id) as session:
             row = session.scalars(select(Webhook).where(Webhook.id == created["id"])).one()
             assert row.secret_key_id == "k9" and row.previous_secret_key_id == "k9"
@@ -176,3 +176,13 @@ def test_rotate_keys_reencrypts_webhook_secrets(
     finally:
         rotated_rt.close()
     assert keys == [signing.secret_key(rotated["secret"]), signing.secret_key(created["secret"])]
+
+
+def test_webhook_event_filters_are_the_change_types_and_a_wildcard() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    spec = yaml.safe_load((Path(__file__).parents[2] / "openapi" / "openapi.yaml").read_text())
+    schemas = spec["components"]["schemas"]
+    assert schemas["WebhookEventFilter"]["enum"] == ["*", *schemas["ChangeType"]["enum"]]

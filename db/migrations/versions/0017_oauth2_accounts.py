@@ -8,7 +8,7 @@ revoked, so that the scheduler leaves it alone until its owner reconnects it. An
 account has no password, so the password columns become nullable.
 
 Revision ID: 0017
-Revises: 0012
+Revises: 0013
 Create Date: 2026-12-03
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017"
-down_revision = "0012"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 

@@ -27,7 +27,7 @@ from email_service.mail.pop3 import Pop3Session
 from email_service.oauth2 import OAuth2Error, OAuth2Unavailable
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services import tasks
+from email_service.services import events, tasks
 from email_service.services.accounts import account_endpoint, load_account
 from email_service.services.sync.base import SyncCounts, SyncJob
 from email_service.services.sync.imap_sync import sync_imap
@@ -155,10 +155,15 @@ def _run_locked(
         else:
             log.warning("sync of account %s failed: %s", account.id, reason)
         transient = isinstance(exc, MailError) and exc.transient
+        # The server refused us or could not be reached (not our own bug): account.error,
+        # told once until a sync succeeds again.
+        failing = _failing(account.id, reason) if _server_problem(exc) else None
         if transient and not attempt.last:
-            report.retrying(reason, job.counts.result(), also=_syncing(account.id, False))
+            also = _both(_syncing(account.id, False), failing)
+            report.retrying(reason, job.counts.result(), also=also)
             raise RetryLater(reason) from exc
-        report.failed(reason, job.counts.result(), also=_finish_account(account.id, task.id, False))
+        also = _both(_finish_account(account.id, task.id, False), failing)
+        report.failed(reason, job.counts.result(), also=also)
     except BaseException:
         # The worker is going away (shutdown, time limit): the task stays "started" for
         # the redelivered message to resume; the account is not syncing meanwhile.
@@ -166,7 +171,8 @@ def _run_locked(
             _syncing(account.id, False)(session)
         raise
     else:
-        report.succeeded(job.counts.result(), also=_finish_account(account.id, task.id, True))
+        also = _both(_finish_account(account.id, task.id, True), _recovered(account.id))
+        report.succeeded(job.counts.result(), also=also)
         took = time.monotonic() - began
         metrics.observe_sync(took, job.counts.added + job.counts.updated)
         noticed = task.payload.get("noticedAt")
@@ -187,6 +193,35 @@ def _report_progress(report: tasks.TaskReport, job: SyncJob, percent: float) -> 
     save = stored != job.saved_counts
     job.saved_counts = stored
     report.progress(percent, counts.result(), save=save)
+
+
+def _server_problem(exc: BaseException) -> bool:
+    return isinstance(exc, (MailError, PermissionError, ServiceError))
+
+
+def _failing(account_id: str, reason: str) -> tasks.Also:
+    def apply(session: Session) -> None:
+        events.account_failing(session, account_id, reason)
+
+    return apply
+
+
+def _recovered(account_id: str) -> tasks.Also:
+    def apply(session: Session) -> None:
+        events.account_recovered(session, account_id)
+
+    return apply
+
+
+def _both(first: tasks.Also, second: tasks.Also | None) -> tasks.Also:
+    if second is None:
+        return first
+
+    def apply(session: Session) -> None:
+        first(session)
+        second(session)
+
+    return apply
 
 
 def _syncing(account_id: str, value: bool = True) -> tasks.Also:

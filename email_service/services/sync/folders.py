@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Folder, Message, new_id, now_ms
 from email_service.mail.imap import RemoteFolder, special_use_by_name
+from email_service.services import events
 from email_service.services.sync.store import remove_messages
 
 _TYPE_BY_SPECIAL_USE = {
@@ -104,6 +105,8 @@ def reconcile_folders(
 
     New folders are created, renamed types and parents updated, and folders gone from
     the server removed together with their messages (the caller deletes the blobs).
+    Each is a ``folder.*`` change; a removed folder's messages go with it silently
+    (``folder.deleted`` says how many).
     """
     selectable = [folder for folder in remote if folder.selectable]
     names = {folder.name for folder in selectable}
@@ -123,12 +126,19 @@ def reconcile_folders(
                 select(Message.id).where(Message.folder_id.in_([row.id for row in gone]))
             )
         )
-        blob_keys = remove_messages(session, removed_ids)
+        for row in gone:
+            inside = session.scalar(
+                select(func.count()).select_from(Message).where(Message.folder_id == row.id)
+            )
+            events.folder_changed(session, row, "folder.deleted", messagesRemoved=int(inside or 0))
+        blob_keys = remove_messages(session, removed_ids, announce=False)
         # Children first would be needed without ON DELETE SET NULL on parent_id.
         session.execute(delete(Folder).where(Folder.id.in_([row.id for row in gone])))
     for row in gone:
         del existing[row.name]
     stamp = now_ms()
+    created: list[Folder] = []
+    before = {name: _shape(row) for name, row in existing.items()}
     for folder in selectable:
         current = existing.get(folder.name)
         if current is None:
@@ -144,6 +154,7 @@ def reconcile_folders(
             )
             session.add(current)
             existing[folder.name] = current
+            created.append(current)
         current.display_name = display_name(folder)
         current.type = types[folder.name]
         current.delimiter = folder.delimiter
@@ -152,11 +163,21 @@ def reconcile_folders(
         parent = _parent_name(folder, names)
         existing[folder.name].parent_id = existing[parent].id if parent else None
     session.flush()
+    for row in created:
+        events.folder_changed(session, row, "folder.created")
+    for name, shape in before.items():
+        if _shape(existing[name]) != shape:
+            events.folder_changed(session, existing[name], "folder.updated")
     return FolderChanges(
         folders=[LocalFolder.of(existing[folder.name]) for folder in selectable],
         removed_messages=len(removed_ids),
         blob_keys=blob_keys,
     )
+
+
+def _shape(row: Folder) -> tuple[str | None, ...]:
+    # What a folder.updated is about: its names, type and place (counts change always).
+    return (row.display_name, row.type, row.parent_id, row.delimiter)
 
 
 def refresh_counts(session: Session, folder_id: str) -> None:

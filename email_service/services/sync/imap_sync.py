@@ -13,6 +13,13 @@ decides how little needs asking:
 
 ``force`` trusts none of the saved state: every UID and every flag is compared.
 
+Changes for the feed: a folder mirrored for the first time (no UIDVALIDITY stored yet)
+or rebuilt is told as one ``sync.completed`` with counts once it is complete; after
+that, every message stored, changed or removed is a ``message.*`` change of its own.
+A rebuild clears the stored UIDVALIDITY in its first transaction, so a rebuild that is
+cut off and resumed is still a first mirror (one ``sync.completed``, reason
+``initial``).
+
 New mail is stored batch by batch, each batch in its own transaction together with the
 folder's "last UID stored", so a sync that is cut off resumes where it stopped and
 never stores a message twice.
@@ -23,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -30,6 +38,7 @@ from sqlalchemy.orm import Session
 from db.models import Folder, Message, now_ms
 from email_service.mail.imap import FetchedMessage, FolderState, ImapSession
 from email_service.mail.mime import parse_message
+from email_service.services import events
 from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
 from email_service.services.sync.folders import LocalFolder, reconcile_folders, refresh_counts
 from email_service.services.sync.pipeline import BatchWriter
@@ -86,25 +95,30 @@ def sync_folder(
         return
     state = imap.select(folder.name, readonly=True)
     rebuild = folder.uidvalidity is not None and folder.uidvalidity != state.uidvalidity
-    full = job.force or rebuild or folder.uidvalidity is None
+    first = rebuild or folder.uidvalidity is None
+    full = job.force or first
     if not full and _unchanged(folder, state):
         job.unchanged.append(folder.id)
         return
+    added_before, skipped_before = job.counts.added, len(job.counts.skipped)
+    removed = 0
 
     known: dict[int, tuple[str, list[str], int]] = {}
     with job.transaction() as session:
         if rebuild:
             log.info("UIDVALIDITY of %s changed: rebuilding the folder", folder.name)
             stale = list(session.scalars(select(Message.id).where(Message.folder_id == folder.id)))
-            job.blob_keys.extend(remove_messages(session, stale))
+            job.blob_keys.extend(remove_messages(session, stale, announce=False))
             job.counts.removed += len(stale)
+            removed += len(stale)
             session.execute(
                 update(Folder)
                 .where(Folder.id == folder.id)
                 .values(
                     last_seen_uid=0,
                     highest_modseq=None,
-                    uidvalidity=state.uidvalidity,
+                    # Set again when the folder is complete (see the module docstring).
+                    uidvalidity=None,
                     message_count=0,
                     unread_count=0,
                 )
@@ -131,9 +145,12 @@ def sync_folder(
         if gone:
             unread = sum(1 for uid in gone if "\\Seen" not in known[uid][1])
             with job.transaction() as session:
-                job.blob_keys.extend(remove_messages(session, [known[uid][0] for uid in gone]))
+                job.blob_keys.extend(
+                    remove_messages(session, [known[uid][0] for uid in gone], announce=not first)
+                )
                 adjust_counts(session, folder.id, -len(gone), -unread)
             job.counts.removed += len(gone)
+            removed += len(gone)
             for uid in gone:
                 del known[uid]
 
@@ -142,7 +159,7 @@ def sync_folder(
             changed = imap.flags()
         else:
             changed, _ = imap.changed_since(folder.highest_modseq)
-        _apply_flags(job, folder, known, changed)
+        _apply_flags(job, folder, known, changed, announce=not first)
 
     if full:
         if server_uids is None:
@@ -152,8 +169,16 @@ def sync_folder(
         new_uids = imap.uids_above(folder.last_seen_uid)
         new_uids = [uid for uid in new_uids if uid not in known]
     if new_uids:
-        _fetch_new(job, imap, folder, new_uids, progress)
-    _finish_folder(job, folder, state)
+        _fetch_new(job, imap, folder, new_uids, progress, announce=not first)
+    completed = None
+    if first:
+        completed = {
+            "reason": "rebuild" if rebuild else "initial",
+            "added": job.counts.added - added_before,
+            "removed": removed,
+            "skipped": len(job.counts.skipped) - skipped_before,
+        }
+    _finish_folder(job, folder, state, completed)
 
 
 def _unchanged(folder: LocalFolder, state: FolderState) -> bool:
@@ -170,6 +195,8 @@ def _apply_flags(
     folder: LocalFolder,
     known: dict[int, tuple[str, list[str], int]],
     changed: dict[int, tuple[str, ...]],
+    *,
+    announce: bool,
 ) -> None:
     updates: list[tuple[str, FlagState]] = []
     unread_delta = 0
@@ -189,13 +216,18 @@ def _apply_flags(
         return
     in_spam = folder.type == "spam"
     with job.transaction() as session:
+        written: list[str] = []
         for message_id, state in updates:
-            session.execute(
+            result = session.execute(
                 update(Message)
                 .where(Message.id == message_id, Message.pending_changes == 0)
                 .values(**state.columns(in_spam_folder=in_spam), updated_at=now_ms())
             )
+            if result.rowcount:  # type: ignore[attr-defined]
+                written.append(message_id)
         adjust_counts(session, folder.id, 0, unread_delta)
+        if announce:
+            events.messages_updated(session, job.account_id, written)
     job.counts.updated += len(updates)
 
 
@@ -205,6 +237,8 @@ def _fetch_new(
     folder: LocalFolder,
     uids: list[int],
     progress: Callable[[float], None],
+    *,
+    announce: bool,
 ) -> None:
     uids = sorted(uids)
     target = FolderTarget(
@@ -213,6 +247,7 @@ def _fetch_new(
         folder_id=folder.id,
         folder_name=folder.name,
         is_spam=folder.type == "spam",
+        origin=events.ORIGIN_SYNC if announce else None,
     )
     done = 0
 
@@ -282,7 +317,10 @@ def _parsed_batches(messages: Iterator[FetchedMessage], size: int) -> Iterator[l
         yield batch
 
 
-def _finish_folder(job: SyncJob, folder: LocalFolder, state: FolderState) -> None:
+def _finish_folder(
+    job: SyncJob, folder: LocalFolder, state: FolderState, completed: dict[str, Any] | None
+) -> None:
+    """Save the folder's new state; ``completed`` holds the counts of a whole mirror."""
     with job.transaction() as session:
         session.execute(
             update(Folder)
@@ -295,3 +333,7 @@ def _finish_folder(job: SyncJob, folder: LocalFolder, state: FolderState) -> Non
             )
         )
         refresh_counts(session, folder.id)
+        if completed is not None:
+            row = session.get(Folder, folder.id)
+            if row is not None:
+                events.sync_completed(session, row, **completed)

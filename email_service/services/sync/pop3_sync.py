@@ -15,6 +15,7 @@ from sqlalchemy import select
 from db.models import Folder, Message, new_id, now_ms
 from email_service.mail.mime import parse_message
 from email_service.mail.pop3 import MessageTooLarge, Pop3Session
+from email_service.services import events
 from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
 from email_service.services.sync.folders import refresh_counts
 from email_service.services.sync.store import (
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 INBOX = "INBOX"
 
 
-def _inbox(job: SyncJob) -> str:
+def _inbox(job: SyncJob) -> tuple[str, bool]:
+    """The INBOX row's id, and whether it was never mirrored yet."""
     with job.transaction() as session:
         row = session.scalars(
             select(Folder).where(Folder.account_id == job.account_id, Folder.name == INBOX)
@@ -48,7 +50,8 @@ def _inbox(job: SyncJob) -> str:
             )
             session.add(row)
             session.flush()
-        return row.id
+            events.folder_changed(session, row, "folder.created")
+        return row.id, row.synced_at is None
 
 
 def _retrieve(pop: Pop3Session, number: int, uidl: str, listed_size: int) -> Incoming:
@@ -79,7 +82,8 @@ def _store(job: SyncJob, target: FolderTarget, items: list[Incoming]) -> int:
 
 
 def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
-    folder_id = _inbox(job)
+    folder_id, first = _inbox(job)
+    added_before, skipped_before = job.counts.added, len(job.counts.skipped)
     server = pop.uidl()  # unique id -> message number (this session only)
     with job.transaction() as session:
         known = dict(
@@ -92,13 +96,15 @@ def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
     gone = [message_id for uidl, message_id in known.items() if uidl not in server]
     if gone:
         with job.transaction() as session:
-            job.blob_keys.extend(remove_messages(session, gone))
+            job.blob_keys.extend(remove_messages(session, gone, announce=not first))
             refresh_counts(session, folder_id)
         job.counts.removed += len(gone)
 
     # Oldest first, as the server numbers them, so a cut-off sync resumes in order.
     new = sorted((number, uidl) for uidl, number in server.items() if uidl not in known)
-    target = FolderTarget(job.tenant_id, job.account_id, folder_id, INBOX, is_spam=False)
+    # The first mirror is told as one sync.completed, not a message.created per message.
+    origin = None if first else events.ORIGIN_SYNC
+    target = FolderTarget(job.tenant_id, job.account_id, folder_id, INBOX, False, origin)
     sizes = pop.sizes() if new else {}
     done = 0
     # Batches end at batch_size messages or MAX_BATCH_BYTES of mail, whichever comes first.
@@ -120,4 +126,13 @@ def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
         row = session.get(Folder, folder_id)
         if row is not None:
             row.synced_at = now_ms()
+            if first:
+                events.sync_completed(
+                    session,
+                    row,
+                    reason="initial",
+                    added=job.counts.added - added_before,
+                    removed=len(gone),
+                    skipped=len(job.counts.skipped) - skipped_before,
+                )
     job.counts.folders += 1

@@ -31,7 +31,7 @@ from email_service.identity import Caller
 from email_service.mail.endpoint import MailEndpoint
 from email_service.runtime import Runtime
 from email_service.scope import open_scope
-from email_service.services import tasks
+from email_service.services import events, tasks
 from email_service.services.accounts import account_endpoint, load_account
 from email_service.services.sync import request_sync
 
@@ -165,12 +165,16 @@ def queue_folder_sync(
 def login_refused(runtime: Runtime, account: WatchedAccount, reason: str) -> None:
     """The watcher's login to ``account`` was refused (reported once per refusal).
 
-    The one place where a refused watcher login is recorded; the change feed's
-    ``account_failing`` helper takes over here once it exists.
+    Recorded as ``account.error`` through the change feed's one helper, which tells it
+    only if the account was not failing already (a sync may have said so first).
     """
     log.warning("watcher: the mail server refused the login of account %s: %s", account.id, reason)
+    with runtime.db.transaction(account.tenant_id) as session:
+        events.account_failing(session, account.id, f"The mail server refused the login: {reason}")
 
 
 def login_recovered(runtime: Runtime, account: WatchedAccount) -> None:
     """The watcher logged in to ``account`` again after a refusal (reported once)."""
     log.info("watcher: account %s logs in again", account.id)
+    with runtime.db.transaction(account.tenant_id) as session:
+        events.account_recovered(session, account.id)

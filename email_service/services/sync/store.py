@@ -26,6 +26,7 @@ from db.models import Attachment, Folder, Message, new_id, now_ms
 from db.textindex import SearchDocument, document_for_row, index_messages
 from email_service.blobstore import BlobStore
 from email_service.mail.mime import ParsedMessage
+from email_service.services import events
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,9 @@ class FolderTarget:
     folder_id: str
     folder_name: str
     is_spam: bool
+    # ``data.origin`` of the ``message.created`` changes; None while a folder is first
+    # mirrored or rebuilt, which is told as one ``sync.completed`` instead.
+    origin: str | None = events.ORIGIN_SYNC
 
 
 @dataclass
@@ -308,6 +312,7 @@ class MessageStore:
                 index_messages(session, target.tenant_id, documents)
             outcome.added = len(rows)
             outcome.unread = sum(1 for row in rows if not row["is_read"])
+            self._announce(session, target, rows)
             return outcome
         except (IntegrityError, DBAPIError):
             log.warning("a batch of %d messages was refused; storing them one by one", len(rows))
@@ -323,6 +328,7 @@ class MessageStore:
                     index_messages(session, target.tenant_id, [document])
                 outcome.added += 1
                 outcome.unread += 0 if row["is_read"] else 1
+                self._announce(session, target, [row])
             except (IntegrityError, DBAPIError) as exc:
                 if item.uid is not None and _stored_already(session, target.folder_id, item.uid):
                     # Stored meanwhile by a send or draft job filing its own copy.
@@ -333,6 +339,11 @@ class MessageStore:
                     Skipped(target.folder_name, reason, uid=item.uid, pop_uidl=item.pop_uidl)
                 )
         return outcome
+
+    @staticmethod
+    def _announce(session: Session, target: FolderTarget, rows: list[dict[str, Any]]) -> None:
+        if target.origin is not None:
+            events.messages_created(session, target.account_id, rows, target.origin)
 
     def _upload(
         self, target: FolderTarget, rows: list[dict[str, Any]], items: Sequence[Incoming]
@@ -401,10 +412,23 @@ def adjust_counts(session: Session, folder_id: str, total: int, unread: int) -> 
         )
 
 
-def remove_messages(session: Session, message_ids: Sequence[str]) -> list[str]:
-    """Delete messages (and their attachment rows); returns the blob keys to delete."""
+def remove_messages(
+    session: Session, message_ids: Sequence[str], *, announce: bool = True
+) -> list[str]:
+    """Delete messages (and their attachment rows); returns the blob keys to delete.
+
+    Each removal is recorded as ``message.deleted`` unless ``announce`` is False (a
+    folder that goes, or is rebuilt, is told as a whole by its caller).
+    """
     keys: list[str] = []
     for chunk in _chunks(list(message_ids), 500):
+        if announce:
+            gone = session.execute(
+                select(Message.id, Message.account_id, Message.folder_id).where(
+                    Message.id.in_(chunk)
+                )
+            ).all()
+            events.messages_deleted(session, [(row[0], row[1], row[2]) for row in gone])
         keys.extend(
             session.scalars(select(Attachment.storage_key).where(Attachment.message_id.in_(chunk)))
         )

@@ -71,8 +71,13 @@ SWEEP_GRACE_MS = 30_000
 
 
 def matches(hook: Webhook, change: Mapping[str, Any], owner: uuid.UUID | None) -> bool:
-    """Whether ``hook`` wants ``change`` (of an account owned by ``owner``)."""
+    """Whether ``hook`` wants ``change`` (of an account owned by ``owner``).
+
+    A webhook gets the changes made from its creation on, never older ones.
+    """
     if not hook.is_enabled or owner != hook.user_id:
+        return False
+    if change.get("occurredAt", hook.created_at) < hook.created_at:
         return False
     if "*" not in hook.events and change["type"] not in hook.events:
         return False
@@ -91,30 +96,39 @@ def _owners(session: Session, tenant_id: uuid.UUID, account_ids: set[str]) -> di
 
 
 def record_deliveries(
-    session: Session, tenant_id: uuid.UUID, changes: Iterable[Mapping[str, Any]]
+    session: Session,
+    tenant_id: uuid.UUID,
+    changes: Iterable[Mapping[str, Any]],
+    owner: uuid.UUID | None = None,
 ) -> set[str]:
     """Add a delivery of each change to each webhook that wants it; only flushes.
 
     ``changes`` are Change bodies as the API shows them (``id``, ``type``, ``accountId``,
-    ...), in order. Returns the ids of the webhooks that got deliveries: queue them with
+    ...), in order, all of user ``owner`` (when not given, each change's account tells).
+    Returns the ids of the webhooks that got deliveries: queue them with
     :func:`queue_webhooks` once the transaction has committed.
     """
     batch = list(changes)
     if not batch:
         return set()
-    hooks = session.scalars(
-        select(Webhook).where(Webhook.tenant_id == tenant_id, Webhook.is_enabled.is_(True))
-    ).all()
+    query = select(Webhook).where(Webhook.tenant_id == tenant_id, Webhook.is_enabled.is_(True))
+    if owner is not None:
+        query = query.where(Webhook.user_id == owner)
+    hooks = session.scalars(query.order_by(Webhook.created_at, Webhook.id)).all()
     if not hooks:
         return set()
-    owners = _owners(session, tenant_id, {c["accountId"] for c in batch if c.get("accountId")})
+    owners = (
+        {}
+        if owner is not None
+        else _owners(session, tenant_id, {c["accountId"] for c in batch if c.get("accountId")})
+    )
     woken: set[str] = set()
     moment = now_ms()
     for change in batch:
-        owner = owners.get(change.get("accountId") or "")
+        change_owner = owner if owner is not None else owners.get(change.get("accountId") or "")
         body: str | None = None
         for hook in hooks:
-            if not matches(hook, change, owner):
+            if not matches(hook, change, change_owner):
                 continue
             body = body or json.dumps(change, separators=(",", ":"), ensure_ascii=False)
             session.add(

@@ -20,7 +20,7 @@ from email_service.crypto import Sealed
 from email_service.errors import AccountNotFound, Conflict, NotFound
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services.webhooks import signing
+from email_service.services.webhooks import fanout, signing
 from email_service.services.webhooks.outbound import ReceiverPolicy
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ def create_webhook(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
     limit = runtime.settings.webhook_max_per_user
     if (count or 0) >= limit:
         raise WebhookLimitReached(f"A user can register at most {limit} webhooks")
+    # The fan-out cursor first: it takes the feed's head, which a new webhook starts after.
+    fanout.start_cursor(scope, first_webhook=not count)
     row = Webhook(
         id=new_id(),
         tenant_id=scope.caller.tenant_id,
