@@ -17,8 +17,8 @@ primary one, so the old keys can be removed from ``CREDENTIAL_KEYS``. To keep th
   non-zero if anything is.
 
 A deleted account's password (or OAuth2 tokens) is wiped rather than re-encrypted
-(deleting an account deletes its secrets; ``services.accounts.delete_account`` does it at once, this catches
-accounts deleted before it did).
+(deleting an account deletes its secrets; ``services.accounts.delete_account`` does it
+at once, this catches accounts deleted before it did).
 """
 
 from __future__ import annotations
