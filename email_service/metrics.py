@@ -108,6 +108,12 @@ WATCHER_CONNECTIONS = Gauge(
     "Open watching IMAP connections.",
     multiprocess_mode="livesum",
 )
+# The change feed's live streams (email_service.web.stream), across API processes.
+CHANGE_STREAMS = Gauge(
+    "email_service_change_streams",
+    "Open streamChanges responses.",
+    multiprocess_mode="livesum",
+)
 WATCHER_IDLE_RESTARTS = Counter(
     "email_service_watcher_idle_restarts",
     "IDLE commands ended by the watcher and issued again (timer or folder poll).",
@@ -188,6 +194,11 @@ def watcher_gauges(accounts_delta: int = 0, connections_delta: int = 0) -> None:
         WATCHER_ACCOUNTS.inc(accounts_delta)
     if connections_delta:
         WATCHER_CONNECTIONS.inc(connections_delta)
+
+
+def change_streams(delta: int) -> None:
+    """One more (1) or one fewer (-1) open change stream."""
+    CHANGE_STREAMS.inc(delta)
 
 
 def observe_watcher_connect(result: str) -> None:
