@@ -130,6 +130,19 @@ PUSH_LATENCY = Histogram(
     buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
 )
 
+# Webhooks (email_service.services.webhooks).
+WEBHOOK_ATTEMPTS = Counter(
+    "email_service_webhook_attempts",
+    "Webhook delivery attempts, by result.",
+    ["result"],
+)
+WEBHOOK_ATTEMPT_RESULTS: frozenset[str] = frozenset({"delivered", "failed", "given_up", "disabled"})
+WEBHOOK_ATTEMPT_DURATION = Histogram(
+    "email_service_webhook_attempt_duration_seconds",
+    "Time of one webhook delivery attempt (connect, send, read the answer's head).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
 
 def _check(value: str, allowed: frozenset[str], what: str) -> str:
     if value not in allowed:
@@ -209,6 +222,13 @@ def observe_watcher_connect(result: str) -> None:
 def observe_idle_restart() -> None:
     """Count one IDLE ended and issued again on a live connection."""
     WATCHER_IDLE_RESTARTS.inc()
+
+
+def observe_webhook_attempt(result: str, duration_s: float) -> None:
+    """Count one webhook attempt: ``delivered``, ``failed`` (to be retried), ``given_up``
+    (its delivery marked failed) or ``disabled`` (it disabled the webhook)."""
+    WEBHOOK_ATTEMPTS.labels(result=_check(result, WEBHOOK_ATTEMPT_RESULTS, "attempt result")).inc()
+    WEBHOOK_ATTEMPT_DURATION.observe(max(duration_s, 0.0))
 
 
 def observe_push_latency(seconds: float) -> None:
