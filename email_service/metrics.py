@@ -108,6 +108,12 @@ WATCHER_CONNECTIONS = Gauge(
     "Open watching IMAP connections.",
     multiprocess_mode="livesum",
 )
+# The change feed's live streams (email_service.web.stream), across API processes.
+CHANGE_STREAMS = Gauge(
+    "email_service_change_streams",
+    "Open streamChanges responses.",
+    multiprocess_mode="livesum",
+)
 WATCHER_IDLE_RESTARTS = Counter(
     "email_service_watcher_idle_restarts",
     "IDLE commands ended by the watcher and issued again (timer or folder poll).",
@@ -122,6 +128,19 @@ PUSH_LATENCY = Histogram(
     "email_service_push_latency_seconds",
     "Time from a mail server's change notice to the end of the sync that stored it.",
     buckets=(0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+
+# Webhooks (email_service.services.webhooks).
+WEBHOOK_ATTEMPTS = Counter(
+    "email_service_webhook_attempts",
+    "Webhook delivery attempts, by result.",
+    ["result"],
+)
+WEBHOOK_ATTEMPT_RESULTS: frozenset[str] = frozenset({"delivered", "failed", "given_up", "disabled"})
+WEBHOOK_ATTEMPT_DURATION = Histogram(
+    "email_service_webhook_attempt_duration_seconds",
+    "Time of one webhook delivery attempt (connect, send, read the answer's head).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
 
 
@@ -190,6 +209,11 @@ def watcher_gauges(accounts_delta: int = 0, connections_delta: int = 0) -> None:
         WATCHER_CONNECTIONS.inc(connections_delta)
 
 
+def change_streams(delta: int) -> None:
+    """One more (1) or one fewer (-1) open change stream."""
+    CHANGE_STREAMS.inc(delta)
+
+
 def observe_watcher_connect(result: str) -> None:
     """Count one watching connection attempt: ``ok``, ``login_refused`` or ``error``."""
     WATCHER_CONNECTS.labels(result=_check(result, WATCHER_CONNECT_RESULTS, "connect result")).inc()
@@ -198,6 +222,13 @@ def observe_watcher_connect(result: str) -> None:
 def observe_idle_restart() -> None:
     """Count one IDLE ended and issued again on a live connection."""
     WATCHER_IDLE_RESTARTS.inc()
+
+
+def observe_webhook_attempt(result: str, duration_s: float) -> None:
+    """Count one webhook attempt: ``delivered``, ``failed`` (to be retried), ``given_up``
+    (its delivery marked failed) or ``disabled`` (it disabled the webhook)."""
+    WEBHOOK_ATTEMPTS.labels(result=_check(result, WEBHOOK_ATTEMPT_RESULTS, "attempt result")).inc()
+    WEBHOOK_ATTEMPT_DURATION.observe(max(duration_s, 0.0))
 
 
 def observe_push_latency(seconds: float) -> None:

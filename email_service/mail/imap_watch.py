@@ -45,7 +45,7 @@ from .errors import (
     describe_network_error,
     redact,
 )
-from .sasl import TokenRefused, describe_challenge, error_reply, initial_response
+from .sasl import TokenRefused, initial_response
 
 __all__ = [
     "MAX_LINE",
@@ -154,7 +154,12 @@ class WatchSession:
         # the connection goes to exactly those (no second lookup to rebind).
         target = await asyncio.to_thread(resolve_target, ep.host, ep.port)
         try:
-            await self._deadline(self._connect(target), "connecting")
+            limits = ep.limits
+            await self._deadline(
+                self._connect(target),
+                "connecting",
+                limits.connect_timeout + limits.greeting_timeout + 2 * limits.login_timeout,
+            )
         except BaseException:
             await self.close()
             raise
@@ -226,10 +231,23 @@ class WatchSession:
                 "the IMAP server does not allow logging in on this connection"
                 + (" without TLS; use TLS or STARTTLS" if ep.encryption == "none" else "")
             )
-        user, password = _quote(ep.username), _quote(ep.password)
-        status, text = await self._command_status(b"LOGIN " + user + b" " + password)
+        if ep.username.isascii() and ep.password.isascii():
+            user, password = _quote(ep.username), _quote(ep.password)
+            status, text = await self._command_status(b"LOGIN " + user + b" " + password)
+        elif "AUTH=PLAIN" in self.capabilities:
+            # LOGIN's quoted strings are ASCII by the book; SASL PLAIN carries UTF-8.
+            plain = b"\0" + ep.username.encode() + b"\0" + ep.password.encode()
+            status, text = await self._authenticate("PLAIN", plain)
+        else:
+            raise MailAuthError(
+                "the IMAP server offers no way to log in with a non-ASCII user name or password"
+            )
         if status != "OK":
             raise self._login_error(text)
+        self._logged_in(text)
+
+    def _logged_in(self, text: bytes) -> None:
+        """Note the capabilities a successful login's reply carried (``text``)."""
         self._caps_after_login = bool(_CAPS_IN_CODE_RE.search(text))
         if self._caps_after_login:
             self._caps_from(text)
@@ -255,49 +273,47 @@ class WatchSession:
 
     async def _authenticate_oauth(self, token: str) -> None:
         ep = self._endpoint
-        assert ep.sasl is not None and self._writer is not None
-        credentials = base64.b64encode(initial_response(ep.sasl, ep.username, token))
-        tag = self._send(b"AUTHENTICATE " + ep.sasl.encode())
-        sent = False
-        detail = ""
+        assert ep.sasl is not None
+        credentials = initial_response(ep.sasl, ep.username, token)
+        status, text = await self._authenticate(ep.sasl, credentials)
+        if status == "OK":
+            self._logged_in(text)
+            return
+        error = self._login_error(text)
+        if isinstance(error, MailConnectionError):
+            raise error
+        message = redact(self._text(text), token)
+        raise TokenRefused(f"the IMAP server refused the OAuth2 access token ({message})")
+
+    async def _authenticate(self, mechanism: str, response: bytes) -> tuple[str, bytes]:
+        """AUTHENTICATE with a one-step SASL ``response`` (SASL-IR where offered, else on
+        the server's first ``+``); any further challenge is answered with ``*`` (cancel),
+        which is how XOAUTH2/OAUTHBEARER servers deliver an error. Returns the tagged
+        status and text (the caller maps a refusal)."""
+        encoded = base64.b64encode(response) or b"="
+        if "SASL-IR" in self.capabilities:
+            tag = self._send(b"AUTHENTICATE " + mechanism.encode() + b" " + encoded)
+            answer = b"*"
+        else:
+            tag = self._send(b"AUTHENTICATE " + mechanism.encode())
+            answer = encoded
+        assert self._writer is not None
         while True:
             await self._writer.drain()
-            response = await self._next(ep.limits.login_timeout)
-            if response is None:
+            reply = await self._next(self._endpoint.limits.login_timeout)
+            if reply is None:
                 raise MailConnectionError(
-                    f"the IMAP server at {ep.address} did not answer AUTHENTICATE within "
-                    f"{ep.limits.login_timeout:.0f}s"
+                    f"the IMAP server at {self._endpoint.address} did not answer the login"
                 )
-            first = response.first
-            if first.startswith(b"+"):
-                if not sent:
-                    self._writer.write(credentials + b"\r\n")
-                    sent = True
-                else:
-                    # The server's error for a refused token; end the exchange.
-                    with contextlib.suppress(ValueError):
-                        detail = describe_challenge(base64.b64decode(first[1:].strip()))
-                    self._writer.write(base64.b64encode(error_reply(ep.sasl)) + b"\r\n")
-                continue
+            first = reply.first
             tagged = _TAGGED_RE.match(first)
-            if not (tagged and tagged.group(1) == tag):
-                self._dispatch(response, None)
+            if tagged and tagged.group(1) == tag:
+                return tagged.group(2).decode().upper(), tagged.group(3)
+            if first.startswith(b"+"):
+                self._writer.write(answer + b"\r\n")
+                answer = b"*"
                 continue
-            text = tagged.group(3)
-            if tagged.group(2).upper() == b"OK":
-                self._caps_after_login = bool(_CAPS_IN_CODE_RE.search(text))
-                if self._caps_after_login:
-                    self._caps_from(text)
-                return
-            error = self._login_error(text)
-            if isinstance(error, MailConnectionError):
-                raise error
-            message = redact(self._text(text), token)
-            raise TokenRefused(
-                f"the IMAP server refused the OAuth2 access token ({message}"
-                + (f"; {detail}" if detail else "")
-                + ")"
-            )
+            self._dispatch(reply, None)
 
     def _login_error(self, text: bytes) -> MailError:
         message = redact(self._text(text), self._endpoint.password)
@@ -618,13 +634,14 @@ class WatchSession:
         if match:
             self.capabilities = frozenset(match.group(1).decode("ascii", "replace").upper().split())
 
-    async def _deadline(self, work: Any, action: str) -> Any:
+    async def _deadline(self, work: Any, action: str, seconds: float | None = None) -> Any:
+        limit = seconds if seconds is not None else self._endpoint.limits.command_timeout
         try:
-            return await asyncio.wait_for(work, self._endpoint.limits.command_timeout)
+            return await asyncio.wait_for(work, limit)
         except TimeoutError as exc:
             raise MailConnectionError(
                 f"the IMAP server at {self._endpoint.address} did not answer within "
-                f"{self._endpoint.limits.command_timeout:.0f}s while {action}"
+                f"{limit:.0f}s while {action}"
             ) from exc
 
     def _network_error(self, exc: BaseException, action: str) -> MailConnectionError:

@@ -60,6 +60,7 @@ class WatchSettings:
     backoff_max: float
     auth_retry_seconds: float
     busy_retry_seconds: float = 0.5
+    busy_retry_max_seconds: float = 5.0
     # A connection that lasted this long resets the backoff.
     healthy_after_seconds: float = 60.0
 
@@ -222,6 +223,9 @@ class AccountWatch:
             self._flusher = asyncio.create_task(self._flush(), name=f"flush-{self.account.id}")
 
     async def _flush(self) -> None:
+        # A long sync (a first one of a big mailbox, say) keeps the account busy for
+        # minutes: ask again at a slowing pace, not twice a second all along.
+        busy_wait = self._settings.busy_retry_seconds
         while self._dirty or self._whole:
             folders = None if self._whole else sorted(self._dirty)
             noticed = self._noticed_ms or int(time.time() * 1000)
@@ -241,4 +245,7 @@ class AccountWatch:
                 self._noticed_ms = (
                     noticed if self._noticed_ms is None else min(noticed, self._noticed_ms)
                 )
-                await asyncio.sleep(self._settings.busy_retry_seconds)
+                await asyncio.sleep(busy_wait)
+                busy_wait = min(busy_wait * 2, self._settings.busy_retry_max_seconds)
+            else:
+                busy_wait = self._settings.busy_retry_seconds

@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from email_service import metrics
 from email_service.auth import caller_from_token_info
 from email_service.runtime import Runtime
 from email_service.services import changes
@@ -86,6 +87,7 @@ class ChangeStreamMiddleware:
         )
         waker = runtime.change_waker()
         waiter = waker.subscribe(caller.tenant_id, caller.user_id)
+        metrics.change_streams(1)
         gone = asyncio.Event()
         watcher = asyncio.create_task(_watch_disconnect(receive, gone))
         try:
@@ -103,6 +105,7 @@ class ChangeStreamMiddleware:
             await self._serve(send, caller, cursor, waiter, gone)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
+            metrics.change_streams(-1)
             waker.unsubscribe(waiter)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from email_service import metrics
 from email_service.runtime import Runtime
 from email_service.services.changes import HOUR_MS, Cursor
 from tests.changes.conftest import read_feed, start_cursor
@@ -117,6 +118,7 @@ def test_a_change_reaches_an_open_stream_as_id_event_and_data(
     served: tuple[str, Runtime], alice: Identity, mallory: Identity
 ) -> None:
     url, own = served
+    streams_before = metrics.CHANGE_STREAMS._value.get()
     with open_stream(url, alice) as mine, open_stream(url, mallory) as theirs:
         account = _create_account(url, alice)
         event = mine.next_event(timeout=3)
@@ -131,11 +133,13 @@ def test_a_change_reaches_an_open_stream_as_id_event_and_data(
         with pytest.raises(queue.Empty):
             theirs.next_event(timeout=0.5)
         assert own.change_waker().waiting() == 2
+        assert metrics.CHANGE_STREAMS._value.get() - streams_before == 2
     # A client that goes ends its stream on the server (nothing left waiting).
     deadline = time.monotonic() + 5
     while own.change_waker().waiting() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert own.change_waker().waiting() == 0
+    assert metrics.CHANGE_STREAMS._value.get() == streams_before
 
 
 def test_a_stream_resumes_after_last_event_id_or_since(
@@ -249,3 +253,24 @@ def test_many_open_streams_leave_ordinary_requests_unaffected(
         done.set()
         for thread in threads:
             thread.join(timeout=10)
+
+
+def test_the_embedded_default_streams_its_own_commits(tmp_path: Path, runtime: Runtime) -> None:
+    from db.migrate import upgrade
+    from email_service.app import create_app
+    from email_service.runtime import build_runtime, set_runtime
+    from tests.conftest import make_settings
+
+    embedded = build_runtime(make_settings(tmp_path, f"sqlite:///{tmp_path / 'embedded.sqlite3'}"))
+    try:
+        upgrade(embedded.db.engine)
+        app = create_app(runtime=embedded)
+        identity = new_identity()
+        with serve_app(app, embedded) as url, open_stream(url, identity) as stream:
+            account = _create_account(url, identity)
+            event = stream.next_event(timeout=3)
+        assert event["event"] == "account.created"
+        assert event["data"]["accountId"] == account["id"]
+    finally:
+        embedded.close()
+        set_runtime(runtime)

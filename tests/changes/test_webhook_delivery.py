@@ -8,6 +8,7 @@ package), with the ``webhook-id`` the feed calls the change's id, in the feed's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -19,6 +20,7 @@ from db.models import now_ms
 from email_service.runtime import Runtime
 from email_service.services.webhooks import fanout
 from tests.changes.conftest import read_feed, start_cursor
+from tests.compose.conftest import await_task, listed, send
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.sync.conftest import Mailbox, sync
@@ -124,3 +126,52 @@ def test_a_lost_fan_out_is_made_good_by_the_sweep(
 
     got = receiver.wait_for(1)
     assert {json.loads(r.body)["type"] for r in got} == {"sync.completed"}
+
+
+def test_flag_changes_expunges_and_sends_reach_the_webhook_as_the_feed_tells_them(
+    api: Any,
+    deliverable: Runtime,
+    alice: Identity,
+    dovecot: Dovecot,
+    sender: Mailbox,
+    receiver: Receiver,
+) -> None:
+    # Given a mirrored INBOX of two messages and a webhook for messages and tasks
+    uids = [dovecot.append(sender.user, "INBOX", _mail(f"kept {n}")) for n in range(2)]
+    sync(api, sender)
+    wanted = ["message.created", "message.updated", "message.deleted", "task.updated"]
+    hook = api.post(
+        "/api/webhooks", json={"url": receiver.url, "events": wanted}, headers=alice.bearer
+    ).json()
+    cursor = start_cursor(api, alice)
+
+    # When a message is flagged through the API, another is expunged on the server, and
+    # a message is sent (its copy filed in Sent)
+    message = next(m for m in listed(api, sender, "INBOX") if m["subject"] == "kept 0")
+    flagged = api.patch(
+        f"/api/{sender.id}/messages/{message['id']}", json={"isStarred": True}, headers=alice.bearer
+    )
+    assert flagged.status_code == 200, flagged.text
+    client = dovecot.imap(sender.user)
+    try:
+        client.select_folder("INBOX")
+        client.delete_messages([uids[1]])
+        client.expunge()
+    finally:
+        with contextlib.suppress(Exception):
+            client.logout()
+    sync(api, sender)
+    queued = send(api, sender, to=[sender.user.email], subject="Out")
+    await_task(deliverable, alice, queued["taskId"])
+    changes = [c for c in read_feed(api, alice, cursor)[0] if c["type"] in wanted]
+
+    # Then the receiver gets exactly those changes, signed, in the feed's order
+    got = receiver.wait_for(len(changes))
+    assert [r.headers["webhook-id"] for r in got] == [c["id"] for c in changes]
+    bodies = [standardwebhooks.Webhook(hook["secret"]).verify(r.body, r.headers) for r in got]
+    assert bodies == changes
+    kinds = {(c["type"], c["data"].get("origin")) for c in changes}
+    assert any(c["type"] == "message.updated" and c["messageId"] == message["id"] for c in changes)
+    assert any(c["type"] == "message.deleted" for c in changes)
+    assert ("message.created", "send") in kinds
+    assert any(c["type"] == "task.updated" and c["taskId"] == queued["taskId"] for c in changes)

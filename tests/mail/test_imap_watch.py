@@ -138,3 +138,27 @@ def test_a_misbehaving_server_breaks_the_connection_within_bounds(
         run(main())
     assert words in str(caught.value)
     assert time.monotonic() - began < 4.0  # the endpoint's 1 s deadline, not the IDLE's 5 s
+
+
+def test_non_ascii_credentials_log_in_with_sasl_plain(
+    idle_server: IdleServer, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    # Dovecot answers AUTHENTICATE with SASL-IR; our server only after a "+".
+    dovecot.add_user(mail_user.email, "pässwörd-ünïcode")
+    idle_server.passwords["zoë"] = "mötley-crüe"
+    endpoints = [
+        MailEndpoint(
+            "localhost", dovecot.imaps_port, "tls", mail_user.email, "pässwörd-ünïcode",
+            ca_file=str(dovecot.ca_file), timeout=5.0,
+        ),
+        endpoint(idle_server, user="zoë", password="mötley-crüe"),
+    ]  # fmt: skip
+
+    async def main(ep: MailEndpoint) -> str:
+        async with WatchSession(ep) as session:
+            await session.examine()
+            return "IDLE" if "IDLE" in session.capabilities else "?"
+
+    assert [run(main(ep)) for ep in endpoints] == ["IDLE", "IDLE"]
+    with pytest.raises(MailAuthError):
+        run(main(endpoint(idle_server, user="zoë", password="wrong-ünïcode")))

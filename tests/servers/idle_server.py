@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import re
 import ssl
@@ -24,7 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-CAPABILITIES = "IMAP4rev1 IDLE LITERAL+ LIST-STATUS"
+CAPABILITIES = "IMAP4rev1 IDLE LITERAL+ LIST-STATUS AUTH=PLAIN"
 _COMMAND_RE = re.compile(rb"^(\S+) (\S+)(?: (.*))?$")
 
 
@@ -49,6 +50,7 @@ class Behaviour:
 class IdleServer:
     def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.behaviour = Behaviour()
+        self.passwords: dict[str, str] = {}  # per user, instead of "password"
         self.ssl_context = ssl_context
         self.port = 0
         self.counts: Counter[str] = Counter()
@@ -140,10 +142,18 @@ class IdleServer:
                     writer.write(b"* BAD what\r\n")
                     continue
                 tag, command, rest = match.group(1), match.group(2).upper(), match.group(3) or b""
-                if command == b"LOGIN":
+                if command in (b"LOGIN", b"AUTHENTICATE"):
                     self.counts["logins"] += 1
-                    name, password = _two_strings(rest)
-                    if name in self.behaviour.refuse or password != "password":
+                    if command == b"LOGIN":
+                        name, password = _two_strings(rest)
+                    else:  # PLAIN without SASL-IR: the response follows a "+"
+                        writer.write(b"+ \r\n")
+                        await writer.drain()
+                        decoded = base64.b64decode((await reader.readline()).strip() or b"=")
+                        _, raw_name, raw_password = [*decoded.split(b"\0"), b"", b""][:3]
+                        name, password = raw_name.decode(), raw_password.decode()
+                    expected = self.passwords.get(name, "password")
+                    if name in self.behaviour.refuse or password != expected:
                         self.counts["refused"] += 1
                         writer.write(tag + b" NO [AUTHENTICATIONFAILED] Authentication failed.\r\n")
                         continue

@@ -10,31 +10,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import smtplib
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
-from db.models import Task
+from db.models import Account, Task, now_ms
 from email_service import metrics
 from email_service.config import Settings
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.imap_watch import WatchSession
 from email_service.runtime import Runtime
-from email_service.services.sync.push import WatchedAccount
+from email_service.services.sync.push import WatchedAccount, queue_folder_sync, watchable_accounts
 from email_service.services.tasks import ACTIVE
 from email_service.watcher import DatabaseBackend, build_leases
 from email_service.watcher.core import Watcher
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.smtp import SmtpServer
-from tests.sync.conftest import Mailbox, account_for, sync
+from tests.sync.conftest import Mailbox, account_for, sync, wait_for_task
 
 
 class RecordingBackend(DatabaseBackend):
@@ -186,6 +191,15 @@ def smtp_deliver(smtp_server: SmtpServer, to: str, subject: str) -> None:
         client.send_message(message)
 
 
+def latency_samples() -> float:
+    return sum(
+        sample.value
+        for metric in metrics.PUSH_LATENCY.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_count")
+    )
+
+
 def raw_message(subject: str) -> bytes:
     return f"From: a@example.test\r\nSubject: {subject}\r\n\r\nbody\r\n".encode()
 
@@ -202,6 +216,7 @@ def test_mail_delivered_to_inbox_appears_without_a_sync_request(
     box = hourly_mailbox(api, alice, dovecot, user)
     watcher = start_watcher()
     until(lambda: watcher.connected(box.id), 10, "the watcher to connect")
+    latency_before = latency_samples()
 
     # When a message arrives by SMTP (delivered through LMTP)
     subject = f"pushed {uuid.uuid4().hex[:8]}"
@@ -211,6 +226,8 @@ def test_mail_delivered_to_inbox_appears_without_a_sync_request(
     # Then it is listed within seconds, without anyone asking for a sync
     until(lambda: subject in subjects_in(api, box, "INBOX"), 10, "the message in INBOX")
     assert time.monotonic() - delivered < 10
+    # The worker measures notice -> stored as the sync ends (just after the commit).
+    until(lambda: latency_samples() > latency_before, 10, "the push latency sample")
 
 
 def test_mail_appended_to_another_folder_appears_by_notify(
@@ -257,31 +274,70 @@ def test_without_notify_other_folders_are_polled(
     assert time.monotonic() - appended < push_settings.folder_poll_seconds + 5
 
 
-def test_a_killed_watchers_accounts_are_taken_over_within_30_seconds(
+def watcher_process(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """``email-service watcher`` as deployed, on the tests' database, Redis and queues."""
+    assert settings.database_url and settings.redis_url and settings.credential_keys
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "QUEUE_NAMESPACE": settings.queue_namespace,
+        "CREDENTIAL_KEYS": settings.credential_keys.get_secret_value(),
+        "JWT_SECRET": "watcher-process-test-secret-0123456789abcdef",
+        "MAIL_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "MAIL_CA_FILE": str(settings.mail_ca_file),
+        "DATA_DIR": str(log_path.parent),
+        "WATCHER_TICK_SECONDS": str(settings.watcher_tick_seconds),
+        "WATCHER_LEASE_SECONDS": str(settings.watcher_lease_seconds),
+    }
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "email_service.cli", "watcher"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_a_killed_watcher_process_hands_its_accounts_over_within_30_seconds(
     api: Any,
     alice: Identity,
     dovecot: Dovecot,
     smtp_server: SmtpServer,
     start_watcher: Callable[..., WatcherThread],
+    push_settings: Settings,
+    tmp_path: Path,
 ) -> None:
-    # Given two watchers, the first of which watches the account
+    # Given an `email-service watcher` process that watches the account
     user = dovecot.new_user()
     box = hourly_mailbox(api, alice, dovecot, user)
-    first = start_watcher()
-    until(lambda: first.connected(box.id), 10, "the first watcher to connect")
-    second = start_watcher()
-    time.sleep(1.0)
-    assert box.id not in second.watcher.watches  # one watcher per account
+    process = watcher_process(push_settings, tmp_path / "watcher.log")
+    try:
+        smtp_deliver(smtp_server, user.email, "through the process")
+        until(
+            lambda: "through the process" in subjects_in(api, box, "INBOX"),
+            30,
+            f"the watcher process to push ({(tmp_path / 'watcher.log').read_text()[-2000:]})",
+        )
+        # and a second watcher, which finds the account taken
+        second = start_watcher()
+        time.sleep(1.0)
+        assert box.id not in second.watcher.watches  # one watcher per account
 
-    # When the first dies without handing anything back
-    first.kill()
-    killed = time.monotonic()
+        # When the process dies without handing anything back
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        killed = time.monotonic()
 
-    # Then the second takes the account over well within 30 s, and mail flows again
-    until(lambda: second.connected(box.id), 30, "the second watcher to take over")
-    assert time.monotonic() - killed < 30
-    smtp_deliver(smtp_server, user.email, "after handover")
-    until(lambda: "after handover" in subjects_in(api, box, "INBOX"), 10, "the message")
+        # Then the second takes the account over well within 30 s, and mail flows again
+        until(lambda: second.connected(box.id), 30, "the second watcher to take over")
+        assert time.monotonic() - killed < 30
+        smtp_deliver(smtp_server, user.email, "after handover")
+        until(lambda: "after handover" in subjects_in(api, box, "INBOX"), 10, "the message")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
 
 
 def test_accounts_are_shared_out_when_a_watcher_joins(
@@ -298,6 +354,10 @@ def test_accounts_are_shared_out_when_a_watcher_joins(
 
     until(shared, 10, "two accounts each")
     until(lambda: all(second.connected(a) for a in second.watcher.watches), 10, "connected")
+
+    # Scaling down: the second hands its leases back as it stops; the first takes them.
+    second.stop()
+    until(lambda: all(first.connected(b.id) for b in boxes), 10, "all watched by one again")
 
 
 def test_a_refused_login_is_reported_once_and_not_retried_in_a_loop(
@@ -368,3 +428,44 @@ def test_a_courier_like_server_is_watched_by_idle_and_polls(
     courier.append(user, "INBOX.Archive", raw_message("filed"))
     until(lambda: "filed" in subjects_in(api, box, "INBOX.Archive"), 10, "the filed message")
     assert time.monotonic() - appended < push_settings.folder_poll_seconds + 5
+
+
+def test_a_notice_is_deduplicated_with_the_sync_that_will_see_it(
+    api: Any, alice: Identity, dovecot: Dovecot, sync_runtime: Runtime
+) -> None:
+    box = account_for(api, alice, dovecot, dovecot.new_user(), syncInterval=3600)
+    (account,) = [a for a in watchable_accounts(sync_runtime) if a.id == box.id]
+    now = now_ms()
+
+    def current(status: str, started_at: int | None, folders: list[str] | None) -> None:
+        # A task of the account in this state; no job behind it, so nobody runs it.
+        with sync_runtime.db.transaction(alice.caller.tenant_id) as session:
+            task = Task(
+                tenant_id=alice.caller.tenant_id, user_id=alice.caller.user_id,
+                account_id=box.id, kind="sync", status=status, started_at=started_at,
+                payload={"folders": folders} if folders else {},
+            )  # fmt: skip
+            session.add(task)
+            session.flush()
+            session.get(Account, box.id).sync_task_id = task.id  # type: ignore[union-attr]
+
+    def ask(folders: list[str] | None, noticed: int = now) -> str:
+        return queue_folder_sync(sync_runtime, account, folders, noticed)[0]
+
+    # A sync that started before the notice may have read the folder already
+    current("started", now - 10_000, None)
+    assert ask(["INBOX"]) == "busy"
+    # ... one that started after it will see the change
+    assert ask(["INBOX"], noticed=now - 20_000) == "covered"
+    # A pending sync covers the notice if it will read the folder
+    current("pending", None, ["Sent"])
+    assert ask(["INBOX"]) == "busy"
+    assert ask(["Sent"]) == "covered"
+    current("retry", None, None)
+    assert ask(["INBOX"]) == "covered" and ask(None) == "covered"
+    # Nothing under way: a sync of that folder is queued, and it runs
+    current("success", now - 5_000, None)
+    outcome, task_id = queue_folder_sync(sync_runtime, account, ["INBOX"], now)
+    assert outcome == "queued" and task_id is not None
+    task = wait_for_task(api, box.headers, task_id)
+    assert task["status"] == "success"

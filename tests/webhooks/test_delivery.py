@@ -105,6 +105,7 @@ def test_failures_are_retried_with_the_same_id(
     hook = register(api, alice, receiver.url)
     receiver.script = [500, 500]
     sent = change(account["id"])
+    failed_before = _attempts("failed")
 
     emit(webhook_runtime, alice, sent)
 
@@ -119,6 +120,14 @@ def test_failures_are_retried_with_the_same_id(
     assert row["status"] == "succeeded" and row["attemptCount"] == 3
     assert [a["statusCode"] for a in row["attempts"]] == [500, 500, 200]
     assert [a["number"] for a in row["attempts"]] == [1, 2, 3]
+    assert _attempts("failed") - failed_before >= 2
+
+
+def _attempts(result: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value("email_service_webhook_attempts_total", {"result": result})
+    return value or 0.0
 
 
 def test_deliveries_are_ordered_per_webhook(
@@ -324,6 +333,9 @@ def test_the_embedded_default_delivers_in_order(
         worker = workers.start_worker(workers.install(embedded), threads=2)
         with open_scope(embedded, alice.caller) as scope:
             account = accounts.create_account(scope, account_body())
+        # A webhook gets what commits after it: the account's creation is not owed to it.
+        time.sleep(0.01)
+        with open_scope(embedded, alice.caller) as scope:
             hook = registry.create_webhook(scope, {"url": receiver.url, "events": ["*"]})
         receiver.script = [500]
         sent = [change(account["id"]) for _ in range(3)]

@@ -42,6 +42,7 @@ from sqlalchemy import delete, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Account, Webhook, WebhookAttempt, WebhookDelivery, new_id, now_ms
+from email_service import metrics
 from email_service.crypto import DecryptionError
 from email_service.runtime import Runtime
 from email_service.scope import Scope
@@ -275,7 +276,9 @@ def _record(
             updated_at=moment,
         )
     )
+    seconds = result.duration_ms / 1000
     if result.ok:
+        metrics.observe_webhook_attempt("delivered", seconds)
         delivery.status = "succeeded"
         delivery.last_error = None
         delivery.finished_at = moment
@@ -314,11 +317,14 @@ def _record(
             .execution_options(synchronize_session=False)
         )
         log.warning("webhook disabled after a long failure streak", extra={"webhook_id": hook.id})
+        metrics.observe_webhook_attempt("disabled", seconds)
         return None
     if moment - delivery.created_at >= settings.webhook_retry_hours * 3_600_000:
         delivery.status = "failed"
         delivery.finished_at = moment
+        metrics.observe_webhook_attempt("given_up", seconds)
         return None  # given up: the next delivery may go at once
+    metrics.observe_webhook_attempt("failed", seconds)
     wait = backoff_ms(runtime, delivery.attempts)
     delivery.next_attempt_at = moment + wait
     return wait
