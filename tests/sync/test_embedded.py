@@ -31,6 +31,20 @@ def embedded(tmp_path: Path, dovecot: Dovecot) -> Iterator[tuple[str, Path]]:
         SCHEDULER_TICK_SECONDS="0.2",
         # The test polls several times a second; the limits are tested on their own.
         RATE_LIMIT_ENABLED="false",
+        # The schedule is what this fixture's test shows; push has a test of its own.
+        EMBEDDED_WATCHER="false",
+    )
+    with serving([*CLI, "serve"], tmp_path, env) as base:
+        yield base, tmp_path
+
+
+@pytest.fixture
+def embedded_push(tmp_path: Path, dovecot: Dovecot) -> Iterator[tuple[str, Path]]:
+    env = _clean_env(
+        MAIL_ALLOWED_HOSTS="127.0.0.1,localhost",
+        MAIL_CA_FILE=str(dovecot.ca_file),
+        RATE_LIMIT_ENABLED="false",
+        WATCHER_TICK_SECONDS="0.2",
     )
     with serving([*CLI, "serve"], tmp_path, env) as base:
         yield base, tmp_path
@@ -146,3 +160,42 @@ def test_embedded_default_syncs_a_local_dovecot_by_request_and_by_schedule(
         return box if box["messageCount"] == 5 and box["unreadCount"] == 4 else None
 
     assert _until(updated)
+
+
+def test_embedded_default_pushes_new_mail_without_a_request(
+    embedded_push: tuple[str, Path], dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    # Given `serve` alone (its watcher on a thread) and an account synced once an hour
+    base, cwd = embedded_push
+    headers = _token(cwd)
+    created = httpx.post(
+        f"{base}/api/accounts",
+        headers=headers,
+        json={
+            "accountName": "Pushed",
+            "emailAddress": mail_user.email,
+            "protocol": "imap",
+            "hostname": "localhost",
+            "port": dovecot.imaps_port,
+            "encryption": "tls",
+            "username": mail_user.email,
+            "password": mail_user.password,
+            "syncInterval": 3600,
+        },
+    )
+    assert created.status_code == 201, created.text
+    account = created.json()["id"]
+    started = httpx.post(f"{base}/api/sync/{account}", json={}, headers=headers)
+    task_url = f"{base}/api/sync/task/{started.json()['taskId']}"
+    _until(lambda: httpx.get(task_url, headers=headers).json()["status"] == "success")
+    time.sleep(1.0)  # the watcher's next tick takes the account
+
+    # When mail arrives on the server
+    dovecot.append(mail_user, "INBOX", corpus()["plain_ascii"])
+
+    # Then it is listed soon, with no request and an hour before the schedule
+    def listed() -> bool:
+        folders = httpx.get(f"{base}/api/{account}/folders", headers=headers).json()["folders"]
+        return any(f["name"] == "INBOX" and f["messageCount"] == 1 for f in folders)
+
+    assert _until(listed, timeout=20)
