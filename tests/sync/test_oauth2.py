@@ -22,6 +22,7 @@ from email_service.app import create_app
 from email_service.oauth2 import REVOKED_MESSAGE
 from email_service.runtime import Runtime, build_runtime, set_runtime
 from email_service.services import oauth2 as oauth2_service
+from email_service.services.sync import push
 from email_service.services.sync.schedule import enqueue_due_syncs
 from tests.compose.conftest import await_task, server_messages
 from tests.conftest import Identity
@@ -379,3 +380,31 @@ def test_tokens_are_in_no_response_and_no_log_line(
         for body in bodies:
             assert secret not in body
     assert "refreshed the OAuth2 access token" in logged
+
+
+def test_the_watcher_watches_oauth2_accounts_until_revoked(
+    api: Any, oauth_runtime: Runtime, oauth2_provider: OAuth2TestProvider, box: Mailbox
+) -> None:
+    def watched() -> dict[str, str]:
+        return {a.id: a.fingerprint for a in push.watchable_accounts(oauth_runtime)}
+
+    before = watched()
+    assert box.id in before
+    # A token refresh rewrites the sealed tokens: the watch must not restart for that.
+    row, _ = stored(oauth_runtime, box)
+    oauth2_service.login_token(oauth_runtime, row)
+    assert len(oauth2_provider.refreshes) == 1
+    assert watched()[box.id] == before[box.id]
+    # A revoked authorization leaves nothing to watch until the account is reconnected.
+    oauth2_provider.revoke(box.user.email)
+    assert sync(api, box)["error"] == REVOKED_MESSAGE
+    assert box.id not in watched()
+    response = api.put(
+        f"/api/accounts/{box.id}",
+        json={
+            "oauth2": {"provider": PROVIDER, "refreshToken": oauth2_provider.grant(box.user.email)}
+        },
+        headers=box.headers,
+    )
+    assert response.status_code == 200, response.text
+    assert box.id in watched()
