@@ -149,8 +149,8 @@ class Message(TenantMixin, Base):
     folder_id: Mapped[str] = mapped_column(
         ForeignKey("folders.id", ondelete="CASCADE"), nullable=False
     )
-    # IMAP UID within the folder's UIDVALIDITY, or the POP3 UIDL; null for local copies
-    # not yet seen on the server.
+    # IMAP UID within the folder's UIDVALIDITY; null for local copies not yet seen on the
+    # server and for POP3 messages (their UIDL is ``pop_uidl``).
     uid: Mapped[int | None] = mapped_column(BigInteger)
     pop_uidl: Mapped[str | None] = mapped_column(String(255))
     modseq: Mapped[int | None] = mapped_column(BigInteger)

@@ -20,6 +20,7 @@ from connexion.exceptions import OAuthProblem
 
 from email_service.config import Settings
 from email_service.identity import Caller
+from email_service.runtime import get_runtime
 
 ALGORITHM = "HS256"
 LEEWAY_SECONDS = 5
@@ -177,9 +178,6 @@ def _same_uuid(text: str, expected: uuid.UUID) -> bool:
 
 
 def _token_info(request: _HasHeaders) -> dict[str, str]:
-    # Imported here: the runtime imports the web layer's modules, not the reverse.
-    from email_service.runtime import get_runtime
-
     settings = get_runtime().settings
     secret = settings.jwt_secret
     assert secret is not None  # load_settings always fills it

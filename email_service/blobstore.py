@@ -121,10 +121,6 @@ class S3BlobStore:
             region=region,
         )
 
-    def ensure_bucket(self) -> None:
-        if not self._client.bucket_exists(self.bucket):
-            self._client.make_bucket(self.bucket)
-
     def put(self, key: str, data: bytes, content_type: str) -> None:
         self._client.put_object(
             self.bucket, key, io.BytesIO(data), len(data), content_type=content_type

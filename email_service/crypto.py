@@ -71,10 +71,6 @@ class KeyRing:
     def generate_key() -> str:
         return base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
 
-    @property
-    def key_ids(self) -> frozenset[str]:
-        return frozenset(self._keys)
-
     def encrypt(self, plaintext: str, context: str) -> Sealed:
         nonce = os.urandom(NONCE_BYTES)
         aead = AESGCM(self._keys[self.primary_id])

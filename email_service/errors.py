@@ -25,12 +25,6 @@ class InvalidRequest(ServiceError):
     code = "VALIDATION_ERROR"
 
 
-class Unauthorized(ServiceError):
-    status = 401
-    error = "Unauthorized"
-    code = "UNAUTHORIZED"
-
-
 class NotFound(ServiceError):
     status = 404
     error = "Not found"

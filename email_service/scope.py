@@ -1,8 +1,11 @@
 """A unit of work for one caller: the session, the runtime and after-commit hooks.
 
-Requests and jobs each open exactly one scope; services receive it and only flush.
-Hooks registered with ``after_commit`` run once the transaction has committed, which
-is how a job message is sent only when the row it points at exists.
+Each request opens exactly one scope; services receive it and only flush. Hooks
+registered with ``after_commit`` run once the transaction has committed, which is how a
+job message is sent only when the row it points at exists. Jobs do not run in one scope:
+a job opens a short transaction per step (``runtime.db.transaction``), so that no
+transaction stays open across an IMAP, POP3 or SMTP exchange; the scheduler and push
+open a scope only to start a sync.
 """
 
 from __future__ import annotations

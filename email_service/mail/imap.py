@@ -9,7 +9,8 @@ Why not just IMAPClient's high-level API:
 
 * IMAPClient turns on imaplib's debug output (``debug = 5``), which formats every line,
   message bodies included, for a logger that drops it; we switch it off right after
-  connecting (about 5x faster fetching, see ``performance-facts.md``).
+  connecting (fetching 10,000 messages from a local Dovecot ran about 5x faster: imaplib
+  formats the text before the logger drops it, so raising the logger's level does not help).
 * Its ``fetch()`` buffers a whole batch and parses it in one go; :meth:`ImapSession.fetch`
   instead reads one FETCH response at a time from imaplib, so memory stays bounded by one
   message plus socket buffers, and the next batch's command can be sent before the current

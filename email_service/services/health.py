@@ -28,6 +28,11 @@ def check(runtime: Runtime) -> dict[str, Any]:
         except Exception as exc:
             log.warning("health: redis unavailable: %s", type(exc).__name__)
             failing.append("redis")
+    try:
+        runtime.blobs.ping()
+    except Exception as exc:
+        log.warning("health: blob store unavailable: %s", type(exc).__name__)
+        failing.append("blob store")
     if failing:
         raise DependencyUnavailable(f"Unavailable: {', '.join(failing)}")
     return {"status": "healthy", "service": SERVICE_NAME, "timestamp": int(time.time() * 1000)}

@@ -144,6 +144,16 @@ def test_health_needs_no_credentials(client) -> None:
     assert body["status"] == "healthy" and body["service"] == "email_service"
 
 
+def test_health_reports_a_blob_store_that_does_not_answer(client, runtime, monkeypatch) -> None:
+    def unreachable() -> None:
+        raise OSError("blob store gone")
+
+    monkeypatch.setattr(runtime.blobs, "ping", unreachable)
+    response = client.get("/health")
+    assert response.status_code == 503
+    assert "blob store" in response.json()["message"]
+
+
 def test_a_token_within_the_maximum_lifetime_is_accepted(client) -> None:
     claims = _claims(exp=int(time.time()) + 86_400)
     response = client.get("/api/accounts", headers={"Authorization": f"Bearer {_token(claims)}"})
