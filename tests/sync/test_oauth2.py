@@ -84,6 +84,7 @@ def create(
     smtp: SmtpServer,
     user: MailUser,
     grant: dict[str, Any],
+    **overrides: Any,
 ) -> Mailbox:
     body = {
         "accountName": "OAuth mailbox",
@@ -98,6 +99,7 @@ def create(
         "smtpEncryption": "starttls",
         "authType": "oauth2",
         "oauth2": {"provider": PROVIDER, **grant},
+        **overrides,
     }
     response = api.post("/api/accounts", json=body, headers=identity.bearer)
     assert response.status_code == 201, response.text
@@ -408,3 +410,51 @@ def test_the_watcher_watches_oauth2_accounts_until_revoked(
     )
     assert response.status_code == 200, response.text
     assert box.id in watched()
+
+
+def test_a_sync_and_a_send_at_once_refresh_the_token_once(
+    api: Any,
+    oauth_runtime: Runtime,
+    alice: Identity,
+    oauth2_dovecot: Dovecot,
+    oauth2_provider: OAuth2TestProvider,
+    box: Mailbox,
+) -> None:
+    # Given an account holding only a refresh token, and a slow token endpoint
+    oauth2_provider.token_delay = 0.3
+    # When two workers need a token at the same moment (a sync and a send)
+    synced = api.post(f"/api/sync/{box.id}", json={}, headers=box.headers)
+    sent = api.post(
+        "/api/compose/send",
+        json={"accountId": box.id, "to": [box.user.email], "subject": "Both", "body": "at once"},
+        headers=box.headers,
+    )
+    assert synced.status_code == 202 and sent.status_code == 202, (synced.text, sent.text)
+    tasks = [await_task(oauth_runtime, alice, r.json()["taskId"]) for r in (synced, sent)]
+    # Then both succeed on one refresh, and the grant is intact
+    assert [t.status for t in tasks] == ["success", "success"], [t.error for t in tasks]
+    assert [r.status for r in oauth2_provider.refreshes] == [200]
+    assert not oauth2_provider.is_revoked(box.user.email)
+
+
+def test_a_pop3_account_syncs_over_oauth2(
+    api: Any,
+    alice: Identity,
+    oauth2_dovecot: Dovecot,
+    oauth2_smtp_server: SmtpServer,
+    oauth2_provider: OAuth2TestProvider,
+    user: MailUser,
+) -> None:
+    box = create(
+        api,
+        alice,
+        oauth2_dovecot,
+        oauth2_smtp_server,
+        user,
+        {"refreshToken": oauth2_provider.grant(user.email)},
+        protocol="pop3",
+        port=oauth2_dovecot.pop3s_port,
+    )
+    mail(oauth2_dovecot, user, "over pop3")
+    task = sync(api, box)
+    assert task["status"] == "success" and task["result"]["messagesAdded"] == 1, task
