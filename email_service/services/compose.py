@@ -32,10 +32,10 @@ from email_service.mail.compose import (
     normalize_message_id,
     thread_references,
 )
+from email_service.mailstore.messages import delete_blobs
 from email_service.scope import Scope
 from email_service.services import tasks
 from email_service.services.accounts import load_account
-from email_service.services.sync.store import delete_blobs
 
 log = logging.getLogger(__name__)
 

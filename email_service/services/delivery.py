@@ -43,16 +43,12 @@ from email_service.mail.errors import (
     SmtpTransientError,
 )
 from email_service.mail.imap import ImapSession, RemoteFolder
+from email_service.mailstore.copies import store_own_copy
+from email_service.mailstore.messages import delete_blobs
 from email_service.runtime import Runtime
 from email_service.services import events, tasks
 from email_service.services.accounts import account_endpoint
-from email_service.services.mailjobs import (
-    append_once,
-    mark,
-    special_folder,
-    store_own_copy,
-)
-from email_service.services.sync.store import delete_blobs
+from email_service.services.mailjobs import append_once, mark, special_folder
 
 log = logging.getLogger(__name__)
 

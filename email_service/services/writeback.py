@@ -32,15 +32,15 @@ from email_service.errors import InvalidRequest, MessageNotFound, ServiceError
 from email_service.jobs import Attempt, RetryLater
 from email_service.mail.errors import MailError
 from email_service.mail.imap import ImapSession, RemoteFolder, is_valid_keyword
+from email_service.mailstore.folders import local_folder, refresh_counts
+from email_service.mailstore.messages import delete_blobs, remove_messages
 from email_service.runtime import Runtime
 from email_service.scope import Scope
 from email_service.services import events, tasks
 from email_service.services.accounts import account_endpoint, load_account
 from email_service.services.delivery import describe
 from email_service.services.mailbox import message_detail
-from email_service.services.mailjobs import local_folder, special_folder
-from email_service.services.sync.folders import refresh_counts
-from email_service.services.sync.store import delete_blobs, remove_messages
+from email_service.services.mailjobs import special_folder
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from db.models import Folder, new_id
 from email_service.app import create_app
 from email_service.identity import Caller
 from email_service.mail.mime import parse_message
+from email_service.mailstore.messages import FolderTarget, Incoming, MessageStore, adjust_counts
 from email_service.runtime import Runtime, build_runtime, set_runtime
 from email_service.scope import open_scope
-from email_service.services.sync.store import FolderTarget, Incoming, MessageStore, adjust_counts
 from tests.conftest import make_settings
 
 _uids = itertools.count(1)

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select, update
 
 from db.models import Message
+from email_service.mailstore.messages import remove_messages
 from email_service.scope import open_scope
-from email_service.services.sync.store import remove_messages
 from tests.conftest import Identity, new_identity
 from tests.factories import create_account
 from tests.search.conftest import Mail, Store

@@ -12,11 +12,11 @@ from db.models import Message, Task
 from email_service.jobs import Attempt
 from email_service.mail.errors import MailConnectionError
 from email_service.mail.mime import parse_message
+from email_service.mailstore.messages import FolderTarget, Incoming, MessageStore
 from email_service.runtime import Runtime
 from email_service.scope import open_scope
 from email_service.services import sync as sync_service
 from email_service.services.accounts import load_account
-from email_service.services.sync.store import FolderTarget, Incoming, MessageStore
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.mailgen import corpus

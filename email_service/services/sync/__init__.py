@@ -24,6 +24,7 @@ from email_service.jobs import Attempt, RetryLater
 from email_service.mail.errors import MailAuthError, MailError
 from email_service.mail.imap import ImapSession
 from email_service.mail.pop3 import Pop3Session
+from email_service.mailstore.messages import MessageStore, delete_blobs
 from email_service.oauth2 import OAuth2Error, OAuth2Unavailable
 from email_service.runtime import Runtime
 from email_service.scope import Scope
@@ -32,7 +33,6 @@ from email_service.services.accounts import account_endpoint, load_account
 from email_service.services.sync.base import SyncCounts, SyncJob
 from email_service.services.sync.imap_sync import sync_imap
 from email_service.services.sync.pop3_sync import sync_pop3
-from email_service.services.sync.store import MessageStore, delete_blobs
 
 log = logging.getLogger(__name__)
 

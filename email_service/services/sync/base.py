@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from db.session import Database
-from email_service.services.sync.store import MessageStore, Skipped
+from email_service.mailstore.messages import MessageStore, Skipped
 
 # A batch is also cut short at this many bytes of raw mail, which bounds a worker's memory
 # whatever the batch size (a few huge messages in a row).

@@ -38,17 +38,17 @@ from sqlalchemy.orm import Session
 from db.models import Folder, Message, now_ms
 from email_service.mail.imap import FetchedMessage, FolderState, ImapSession
 from email_service.mail.mime import parse_message
-from email_service.services import events
-from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
-from email_service.services.sync.folders import LocalFolder, reconcile_folders, refresh_counts
-from email_service.services.sync.pipeline import BatchWriter
-from email_service.services.sync.store import (
+from email_service.mailstore.folders import LocalFolder, reconcile_folders, refresh_counts
+from email_service.mailstore.messages import (
     FlagState,
     FolderTarget,
     Incoming,
     adjust_counts,
     remove_messages,
 )
+from email_service.services import events
+from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
+from email_service.services.sync.pipeline import BatchWriter
 
 log = logging.getLogger(__name__)
 

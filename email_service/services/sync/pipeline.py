@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 
 from sqlalchemy.orm import Session
 
+from email_service.mailstore.messages import FolderTarget, Incoming, adjust_counts
 from email_service.services.sync.base import SyncJob
-from email_service.services.sync.store import FolderTarget, Incoming, adjust_counts
 
 #: Called in the batch's transaction after its messages were added (resume markers).
 AfterBatch = Callable[[Session, Sequence[Incoming]], None]

@@ -15,15 +15,15 @@ from sqlalchemy import select
 from db.models import Folder, Message, new_id, now_ms
 from email_service.mail.mime import parse_message
 from email_service.mail.pop3 import MessageTooLarge, Pop3Session
-from email_service.services import events
-from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
-from email_service.services.sync.folders import refresh_counts
-from email_service.services.sync.store import (
+from email_service.mailstore.folders import refresh_counts
+from email_service.mailstore.messages import (
     FolderTarget,
     Incoming,
     adjust_counts,
     remove_messages,
 )
+from email_service.services import events
+from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
 
 log = logging.getLogger(__name__)
 

@@ -1,18 +1,22 @@
-"""Folder rows from the server's folder list: types, display names and the hierarchy."""
+"""Folder rows: from the server's folder list (types, display names, the hierarchy), the
+folders jobs create on the server, and the stored counts."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import case, delete, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Folder, Message, new_id, now_ms
 from email_service.mail.imap import RemoteFolder, special_use_by_name
+from email_service.mailstore.messages import remove_messages
 from email_service.services import events
-from email_service.services.sync.store import remove_messages
 
+# Folders a job creates on the server itself (Sent, Drafts...), typed before a sync lists them.
+_TYPE_BY_USE = {"\\Sent": "sent", "\\Drafts": "drafts", "\\Junk": "spam"}
 _TYPE_BY_SPECIAL_USE = {
     "\\Sent": "sent",
     "\\Drafts": "drafts",
@@ -192,3 +196,38 @@ def refresh_counts(session: Session, folder_id: str) -> None:
     if row is not None:
         row.message_count = int(total)
         row.unread_count = int(unread)
+
+
+def local_folder(
+    session: Any, tenant_id: uuid.UUID, account_id: str, folder: RemoteFolder, *, create: bool
+) -> Folder | None:
+    """The stored row of ``folder``; with ``create``, made if missing.
+
+    Only create while holding the account's sync lock: the sync creates folder rows too.
+    The next sync completes a created row (hierarchy, counters, UIDVALIDITY).
+    """
+    row: Folder | None = session.scalars(
+        select(Folder).where(
+            Folder.account_id == account_id,
+            Folder.tenant_id == tenant_id,
+            Folder.name == folder.name,
+        )
+    ).one_or_none()
+    if row is None and create:
+        row = Folder(
+            tenant_id=tenant_id,
+            account_id=account_id,
+            name=folder.name,
+            display_name=display_name(folder),
+            type="inbox"
+            if folder.name.upper() == "INBOX"
+            else _TYPE_BY_USE.get(folder.special_use or "", "custom"),
+            delimiter=folder.delimiter,
+            last_seen_uid=0,
+            message_count=0,
+            unread_count=0,
+        )
+        session.add(row)
+        session.flush()
+        events.folder_changed(session, row, "folder.created")
+    return row

@@ -1,0 +1,11 @@
+"""The mail store: the one writer of folders, messages, flags and threads.
+
+Sync, sending and write-back decide what changed; the mail store writes it, and records
+each change (``email_service.services.events``) in the same transaction as the state
+it describes. Nothing here talks to a mail server.
+
+- ``messages``: batches of mirrored messages (rows, attachment blobs, search index,
+  conversations), flag meanings, counts and removal.
+- ``folders``: folder rows from the server's list, folders jobs create, stored counts.
+- ``copies``: a message we put on the server ourselves (Sent copy, draft).
+"""
