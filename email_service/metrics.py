@@ -92,6 +92,12 @@ SMTP_RESULTS = Counter(
     "Outcomes of SMTP submissions.",
     ["result"],
 )
+OAUTH2_REFRESHES = Counter(
+    "email_service_oauth2_refreshes",
+    "Access token refreshes asked of OAuth2 token endpoints, by outcome.",
+    ["result"],
+)
+OAUTH2_REFRESH_RESULTS = frozenset({"ok", "revoked", "unavailable", "error"})
 RATE_LIMIT_STORE_ERRORS = Counter(
     "email_service_rate_limit_store_errors",
     "Requests admitted uncounted because the rate limit store (Redis) failed.",
@@ -194,6 +200,14 @@ def observe_smtp(result: SmtpOutcome | str) -> None:
     ``ValueError`` for a value outside :data:`SmtpOutcome`.
     """
     SMTP_RESULTS.labels(result=_check(result, SMTP_OUTCOMES, "SMTP result")).inc()
+
+
+def observe_oauth2_refresh(result: str) -> None:
+    """Count one token endpoint exchange: ``ok``, ``revoked`` (invalid_grant),
+    ``unavailable`` (5xx, 429, timeout, network; retried) or ``error`` (anything else)."""
+    OAUTH2_REFRESHES.labels(
+        result=_check(result, OAUTH2_REFRESH_RESULTS, "OAuth2 refresh result")
+    ).inc()
 
 
 def observe_rate_limit_store_error() -> None:

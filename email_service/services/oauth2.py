@@ -38,13 +38,16 @@ from typing import Any
 from sqlalchemy import select
 
 from db.models import Account, now_ms
+from email_service import metrics
 from email_service.crypto import Sealed
 from email_service.errors import InvalidRequest
 from email_service.oauth2 import (
     REVOKED_MESSAGE,
     OAuth2Error,
     OAuth2Revoked,
+    OAuth2Unavailable,
     Provider,
+    TokenGrant,
     refresh_access_token,
 )
 from email_service.runtime import Runtime
@@ -164,6 +167,24 @@ def login_token(runtime: Runtime, row: Account) -> str:
     return refresh(runtime, row.tenant_id, row.id, rejected=tokens.access_token)
 
 
+def _exchange(runtime: Runtime, provider: Provider, refresh_token: str) -> TokenGrant:
+    try:
+        grant = refresh_access_token(
+            provider, refresh_token, timeout=runtime.settings.oauth2_timeout
+        )
+    except OAuth2Revoked:
+        metrics.observe_oauth2_refresh("revoked")
+        raise
+    except OAuth2Unavailable:
+        metrics.observe_oauth2_refresh("unavailable")
+        raise
+    except OAuth2Error:
+        metrics.observe_oauth2_refresh("error")
+        raise
+    metrics.observe_oauth2_refresh("ok")
+    return grant
+
+
 @contextmanager
 def _process_lock(account_id: str) -> Iterator[None]:
     with _local_guard:
@@ -197,9 +218,7 @@ def refresh(
             return current
         provider = provider_of(runtime, row.oauth2_provider or "")
         try:
-            grant = refresh_access_token(
-                provider, tokens.refresh_token, timeout=runtime.settings.oauth2_timeout
-            )
+            grant = _exchange(runtime, provider, tokens.refresh_token)
         except OAuth2Revoked:
             # Stored with the mark, in this transaction; raised once it is committed.
             seal_tokens(runtime, row, Tokens(tokens.refresh_token), None)

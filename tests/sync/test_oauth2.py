@@ -18,6 +18,7 @@ from sqlalchemy import update
 
 import workers
 from db.models import Account, now_ms
+from email_service import metrics
 from email_service.app import create_app
 from email_service.oauth2 import REVOKED_MESSAGE
 from email_service.runtime import Runtime, build_runtime, set_runtime
@@ -258,6 +259,8 @@ def test_a_revoked_refresh_token_fails_in_words_once_and_the_scheduler_leaves_it
 ) -> None:
     # Given the owner withdrew consent at the provider
     cursor = api.get("/api/changes", headers=alice.bearer).json()["cursor"]
+    revoked = metrics.OAUTH2_REFRESHES.labels(result="revoked")
+    revocations = revoked._value.get()
     oauth2_provider.revoke(box.user.email)
     # When the account syncs
     task = sync(api, box)
@@ -265,6 +268,7 @@ def test_a_revoked_refresh_token_fails_in_words_once_and_the_scheduler_leaves_it
     assert task["status"] == "failure"
     assert task["error"] == REVOKED_MESSAGE
     assert [r.status for r in oauth2_provider.refreshes] == [400]
+    assert revoked._value.get() - revocations == 1
     account = api.get(f"/api/accounts/{box.id}", headers=box.headers).json()
     assert account["authError"] == REVOKED_MESSAGE
     # and the change feed tells it once, as account.error
