@@ -19,6 +19,7 @@ from email_service.runtime import Runtime, build_runtime, set_runtime
 from email_service.web import errors
 from email_service.web.bodylimit import BodyLimitMiddleware
 from email_service.web.middleware import ObservabilityMiddleware, operation_names
+from email_service.web.probes import ProbeMiddleware
 from email_service.web.ratelimit import RateLimitHeadersMiddleware, RateLimitMiddleware
 from email_service.web.resolver import OperationResolver
 from email_service.web.stream import ChangeStreamMiddleware
@@ -91,6 +92,11 @@ def create_app(
     # Outermost, so error responses get the request id too and /metrics skips auth.
     app.add_middleware(
         ObservabilityMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, spec=spec
+    )
+    # Probes are answered before anything else runs (README "Untrusted servers and
+    # failures"): no routing, no limits, no dependency but the database for /readyz.
+    app.add_middleware(
+        ProbeMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, runtime=runtime
     )
     return app
 

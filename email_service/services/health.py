@@ -1,4 +1,8 @@
-"""Whether the service's stores answer."""
+"""Whether the service's stores answer (``/health``: database, Redis, blob store).
+
+The kubelet's probes are ``/livez`` and ``/readyz`` (``email_service/web/probes.py``),
+which ask less on purpose.
+"""
 
 from __future__ import annotations
 

@@ -313,12 +313,15 @@ def test_api_replicas_and_resources_match_contract(rendered: list[Doc]) -> None:
     assert container["resources"] == wanted["resources"]
 
 
-def test_api_probes_hit_health_on_the_contract_port(rendered: list[Doc]) -> None:
+def test_api_probes_ask_liveness_and_readiness_on_the_contract_port(rendered: list[Doc]) -> None:
+    # Liveness never depends on Redis or PostgreSQL; readiness only on PostgreSQL
+    # (tests/api/test_probes.py shows what each answers).
     (container,) = find(rendered, "Deployment", "api")["spec"]["template"]["spec"]["containers"]
     assert app_port() in {p["containerPort"] for p in container["ports"]}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    paths = {"startupProbe": "/readyz", "readinessProbe": "/readyz", "livenessProbe": "/livez"}
+    for probe, path in paths.items():
         http = container[probe]["httpGet"]
-        assert http["path"] == health_path(), probe
+        assert http["path"] == path, probe
         assert resolve_port(container, http["port"]) == app_port(), probe
 
 
