@@ -276,6 +276,13 @@ class Task(TenantMixin, Base):
             sqlite_where=text("idempotency_key IS NOT NULL"),
         ),
         Index("ix_tasks_account", "account_id", "kind", "status"),
+        # The outbox sweep's question: which active tasks were untouched for a while.
+        Index(
+            "ix_tasks_active",
+            "updated_at",
+            postgresql_where=text("status IN ('pending', 'started', 'retry')"),
+            sqlite_where=text("status IN ('pending', 'started', 'retry')"),
+        ),
     )
 
 

@@ -24,6 +24,7 @@ from email_service.web.ratelimit import RateLimitHeadersMiddleware, RateLimitMid
 from email_service.web.resolver import OperationResolver
 from email_service.web.stream import ChangeStreamMiddleware
 from email_service.web.validation import validator_map
+from workers.outbox import resume_interrupted
 from workers.scheduler import start_scheduler_thread
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,10 @@ def create_app_from_env() -> FlaskApp:
     jobs = workers.install(runtime)
     app = create_app(runtime=runtime)
     if settings.embedded:
-        # Nothing else will run the jobs or the scheduler: this process does.
+        # Nothing else will run the jobs or the scheduler: this process does. Its queue
+        # lives in memory, so work that was pending or running when the last process
+        # died is sent again first.
+        resume_interrupted(runtime, jobs)
         workers.start_worker(jobs, settings.embedded_worker_threads)
         start_scheduler_thread(runtime)
         if settings.embedded_watcher:

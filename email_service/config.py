@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     compose_build_budget_mib: int = Field(default=256, gt=0)
     compose_build_wait_seconds: float = Field(default=20.0, ge=0)
 
+    # A task whose job never reached the queue (Redis down at commit time) is sent again
+    # by the scheduler once it has been untouched this long (workers/outbox.py).
+    outbox_grace_seconds: float = Field(default=30.0, gt=0)
+    # A worker that sent no heartbeat for this long is dead, and the jobs it had taken
+    # go back to their queue (Dramatiq's Redis broker).
+    queue_heartbeat_timeout_ms: int = Field(default=30_000, gt=0)
     task_max_retries: int = 5
     # Backoff between retries of a failed job grows from the first to the second value.
     task_min_backoff_ms: int = 5_000

@@ -55,3 +55,40 @@ class Attempt:
 
     number: int
     last: bool
+
+
+def infrastructure_trouble(exc: BaseException) -> str | None:
+    """Why ``exc`` looks like a passing outage of a store the job needs, or ``None``.
+
+    PostgreSQL restarting (a dropped or refused connection, a deadlock, a full pool),
+    Redis away, the blob store answering 5xx or not at all: a job that meets one of
+    these is run again with backoff, like a network error talking to a mail server.
+    """
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(
+            exc, sa_exc.OperationalError | sa_exc.InterfaceError
+        ):
+            return "the database was briefly unavailable"
+        return None
+    if isinstance(exc, sa_exc.TimeoutError):
+        return "no database connection was free in time"
+    try:
+        import redis.exceptions as redis_exc
+
+        if isinstance(exc, redis_exc.ConnectionError | redis_exc.TimeoutError):
+            return "Redis was briefly unavailable"
+    except ImportError:  # pragma: no cover - redis is a dependency
+        pass
+    try:
+        import urllib3.exceptions
+        from minio.error import S3Error, ServerError
+
+        if isinstance(exc, ServerError | urllib3.exceptions.HTTPError):
+            return "the blob store was briefly unavailable"
+        if isinstance(exc, S3Error) and exc.response is not None and exc.response.status >= 500:
+            return "the blob store was briefly unavailable"
+    except ImportError:  # pragma: no cover - minio is a dependency
+        pass
+    return None

@@ -8,7 +8,7 @@ from typing import Any
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
-from email_service.jobs import Attempt, RetryLater
+from email_service.jobs import Attempt, RetryLater, infrastructure_trouble
 from email_service.runtime import Runtime
 from email_service.services import compose, delivery, purge, sync, webhooks, writeback
 
@@ -27,9 +27,11 @@ def declare_actors(
     max_retries = settings.task_max_retries
 
     def retry_when(retries: int, exc: BaseException) -> bool:
-        # Services raise RetryLater after recording why; anything else is a bug that
-        # another run would only repeat (the task row says "failure" in that case).
-        return isinstance(exc, RetryLater) and retries < max_retries
+        # Services raise RetryLater after recording why. An outage of the database,
+        # Redis or the blob store may keep them from even recording it: run again too.
+        # Anything else is a bug that another run would only repeat.
+        transient = isinstance(exc, RetryLater) or infrastructure_trouble(exc) is not None
+        return transient and retries < max_retries
 
     options: dict[str, Any] = {
         "broker": broker,

@@ -16,6 +16,9 @@ from dramatiq.middleware import CurrentMessage, default_middleware
 
 from email_service.config import Settings
 
+#: Out of a million broker commands, how many also run the queue maintenance.
+_MAINTENANCE_CHANCE = 50_000
+
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
     middleware = [m() for m in default_middleware] + [CurrentMessage()]
@@ -23,7 +26,15 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
         from dramatiq.brokers.redis import RedisBroker
 
         return RedisBroker(
-            url=settings.redis_url, namespace=settings.queue_namespace, middleware=middleware
+            url=settings.redis_url,
+            namespace=settings.queue_namespace,
+            middleware=middleware,
+            # A worker silent for this long is dead: its unacknowledged messages go back
+            # to their queues at the next maintenance. Dramatiq runs maintenance on one
+            # command in a thousand by default, which with a few idle workers took five
+            # minutes; one in twenty keeps the whole delay near the timeout.
+            heartbeat_timeout=settings.queue_heartbeat_timeout_ms,
+            maintenance_chance=_MAINTENANCE_CHANCE,
         )
     return StubBroker(middleware=middleware)
 
@@ -56,3 +67,21 @@ class DramatiqJobs:
         # The task row's id is the message id: stable across retries, and what the
         # worker is handed back.
         return _Job(self.broker, message.copy(message_id=task_id), delay_ms)
+
+    @property
+    def can_inspect(self) -> bool:
+        """Whether :meth:`is_queued` can answer (the Redis broker; not the in-memory one)."""
+        return hasattr(self.broker, "client") and hasattr(self.broker, "namespace")
+
+    def is_queued(self, actor: str, task_id: str) -> bool:
+        """Whether the broker holds the job ``task_id`` of ``actor``: ready, delayed, or
+        taken by a worker and not yet acknowledged (Redis keeps each message in its
+        queue's hash until then)."""
+        broker: Any = self.broker
+        queue = self.actors[actor].queue_name
+        prefix = f"{broker.namespace}:{queue}"
+        client = broker.client
+        return bool(
+            client.hexists(f"{prefix}.msgs", task_id)
+            or client.hexists(f"{prefix}.DQ.msgs", task_id)
+        )

@@ -1,6 +1,7 @@
-"""The scheduler loop: every tick, queue the syncs whose interval has passed and
-re-queue webhook fan-outs and deliveries whose jobs were lost; every few minutes, prune the change
-feed past its retention."""
+"""The scheduler loop: every tick, queue the syncs whose interval has passed, re-queue
+webhook fan-outs and deliveries whose jobs were lost, and send again the task jobs that
+never reached the queue (``workers/outbox.py``); every few minutes, prune the change feed
+past its retention."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from email_service.runtime import Runtime
 from email_service.services import webhooks
 from email_service.services.changes import prune
 from email_service.services.sync.schedule import enqueue_due_syncs
+from workers import outbox
+from workers.broker import DramatiqJobs
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,12 @@ def run_scheduler(runtime: Runtime, stop: threading.Event) -> None:
             webhooks.sweep(runtime)
         except Exception:
             log.exception("webhook sweep failed")
+        if isinstance(runtime.jobs, DramatiqJobs):
+            try:
+                outbox.sweep(runtime, runtime.jobs)
+            except Exception:
+                # Redis may still be away; the next tick tries again.
+                log.exception("outbox sweep failed")
         stop.wait(interval)
 
 

@@ -23,7 +23,9 @@ caller to send it again.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -34,7 +36,7 @@ from email_service import locks, metrics
 from email_service.blobstore import BlobNotFound
 from email_service.crypto import DecryptionError
 from email_service.errors import ServiceError
-from email_service.jobs import Attempt, RetryLater
+from email_service.jobs import Attempt, RetryLater, infrastructure_trouble
 from email_service.mail import smtp
 from email_service.mail.errors import (
     MailAuthError,
@@ -53,6 +55,8 @@ from email_service.services.mailjobs import append_once, mark, special_folder
 log = logging.getLogger(__name__)
 
 SENT_FLAGS = ("\\Seen",)
+# How long a send keeps trying to record that the SMTP server took the message.
+_RECORD_PATIENCE_S = 60.0
 # Recipients per SMTP transaction: RFC 5321 (4.5.3.1.8) has servers take at least 100.
 SMTP_BATCH = 100
 DRAFT_FLAGS = ("\\Draft", "\\Seen")
@@ -117,7 +121,7 @@ def _run_send(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
     if task is None or task.status in tasks.FINISHED:
         return
     payload = dict(task.payload)
-    keys = [payload["rawKey"], payload["copyKey"]]
+    keys = [payload["rawKey"], payload["copyKey"], _accepted_key(payload["rawKey"])]
     account = _live_account(runtime, tenant_id, task.account_id)
     report.started(attempt.number)
     try:
@@ -168,6 +172,18 @@ def _deliver(
     batches = _in_batches(recipients)
     done: list[dict[str, Any]] = list(payload.get("batches", []))
     retries: list[dict[str, Any]] = list(payload.get("retries", []))
+    step = int(payload.get("noteStep", 0))
+    noted = _accepted_note(runtime, payload["rawKey"])
+    if noted is not None and int(noted.get("step", 0)) > step:
+        # An earlier run had the server accept more than it could record in the task.
+        done, retries, step = list(noted["batches"]), list(noted["retries"]), int(noted["step"])
+        mark(runtime, tenant_id, task_id, batches=done, retries=retries, noteStep=step)
+
+    def record() -> None:
+        nonlocal step
+        step += 1
+        _record_progress(runtime, tenant_id, task_id, payload["rawKey"], step, done, retries)
+
     try:
         raw = _blob(runtime, payload["rawKey"])
         endpoint = account_endpoint(runtime, account, smtp=True)
@@ -222,7 +238,7 @@ def _deliver(
     for batch in batches[len(done) :]:
         done.append(send_batch(batch))
         # The server has this batch now: say so before anything else can go wrong.
-        mark(runtime, tenant_id, task_id, batches=done)
+        record()
         tried_now = True
     while True:
         if retries and retries[-1]["left"]:
@@ -234,7 +250,7 @@ def _deliver(
             current["refused"].update(entry["refused"])
             current["deferred"].update(entry["deferred"])
             current["left"] = current["left"][len(batch) :]
-            mark(runtime, tenant_id, task_id, retries=retries)
+            record()
             continue
         # Who still waits after a 4xx: from the batches, or from the last retry round.
         last_round = [retries[-1]] if retries else done
@@ -271,6 +287,56 @@ def _deliver(
         accepted=outcome["accepted"],
         refused=outcome["refused"],
     )
+
+
+def _accepted_key(raw_key: str) -> str:
+    return f"{raw_key}.accepted"
+
+
+def _accepted_note(runtime: Runtime, raw_key: str) -> dict[str, Any] | None:
+    """What an earlier run noted in the blob store as sent, if anything."""
+    try:
+        note = json.loads(_blob(runtime, _accepted_key(raw_key)))
+    except BlobNotFound:
+        return None
+    return note if isinstance(note, dict) else None
+
+
+def _record_progress(
+    runtime: Runtime,
+    tenant_id: uuid.UUID,
+    task_id: str,
+    raw_key: str,
+    step: int,
+    done: list[dict[str, Any]],
+    retries: list[dict[str, Any]],
+) -> None:
+    """Record what the SMTP server took, patiently: a lost record means a second send.
+
+    A note goes to the blob store first (a second, independent store: a run that finds
+    a newer note than the task row never sends those recipients again). Then the task
+    row is written, retried with backoff for up to ``_RECORD_PATIENCE_S`` while the
+    database is away. If it is still away, the error goes up: the job is retried (the
+    note then says what was sent), and the task stays readable as ``started``
+    meanwhile, never ``failure``, since the mail went out.
+    """
+    note = {"step": step, "batches": done, "retries": retries}
+    try:
+        runtime.blobs.put(_accepted_key(raw_key), json.dumps(note).encode(), "application/json")
+    except Exception as exc:
+        log.warning("send task %s: no acceptance note in the blob store: %r", task_id, exc)
+    deadline = time.monotonic() + _RECORD_PATIENCE_S
+    pause = 0.2
+    while True:
+        try:
+            mark(runtime, tenant_id, task_id, batches=done, retries=retries, noteStep=step)
+            return
+        except Exception as exc:
+            if infrastructure_trouble(exc) is None or time.monotonic() + pause > deadline:
+                raise
+            log.warning("send task %s: recording the acceptance failed: %r", task_id, exc)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def _in_batches(recipients: list[str]) -> list[list[str]]:

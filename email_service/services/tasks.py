@@ -60,7 +60,20 @@ def queue_task(
     scope.session.add(row)
     scope.session.flush()
     events.task_updated(scope.session, row)
-    scope.after_commit(job.send)
+
+    def send() -> None:
+        try:
+            job.send()
+        except Exception as exc:
+            # The row is committed: the outbox sweep sends the job once the broker is
+            # back (workers/outbox.py), so the request still succeeds.
+            log.warning(
+                "task %s could not be queued now (%s); the outbox will send it",
+                task_id,
+                type(exc).__name__,
+            )
+
+    scope.after_commit(send)
     scope.after_commit(lambda: metrics.observe_task(kind, "pending"))
     return row
 

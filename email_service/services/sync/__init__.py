@@ -20,7 +20,7 @@ from db.models import Account, Task, now_ms
 from email_service import locks, metrics
 from email_service.crypto import DecryptionError
 from email_service.errors import ServiceError
-from email_service.jobs import Attempt, RetryLater
+from email_service.jobs import Attempt, RetryLater, infrastructure_trouble
 from email_service.mail.errors import MailAuthError, MailError
 from email_service.mail.imap import ImapSession
 from email_service.mail.pop3 import Pop3Session
@@ -150,11 +150,16 @@ def _run_locked(
                 sync_imap(job, imap)
     except Exception as exc:
         reason = _describe(exc)
-        if not isinstance(exc, (MailError, PermissionError, DecryptionError, ServiceError)):
+        outage = infrastructure_trouble(exc)
+        if outage is not None:
+            # Batches already committed stay; the retry resumes after them.
+            reason = f"The sync was interrupted: {outage}; it will be retried"
+            log.warning("sync of account %s interrupted: %s (%r)", account.id, outage, exc)
+        elif not isinstance(exc, (MailError, PermissionError, DecryptionError, ServiceError)):
             log.exception("sync of account %s failed", account.id)
         else:
             log.warning("sync of account %s failed: %s", account.id, reason)
-        transient = isinstance(exc, MailError) and exc.transient
+        transient = (isinstance(exc, MailError) and exc.transient) or outage is not None
         # The server refused us or could not be reached (not our own bug): account.error,
         # told once until a sync succeeds again.
         failing = _failing(account.id, reason) if _server_problem(exc) else None
