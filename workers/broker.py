@@ -7,6 +7,9 @@ process — or a test run — can hold more than one.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,18 +73,20 @@ class DramatiqJobs:
 
     @property
     def can_inspect(self) -> bool:
-        """Whether :meth:`is_queued` can answer (the Redis broker; not the in-memory one)."""
+        """Whether :meth:`queued_job_ids` can answer (Redis; not the in-memory broker)."""
         return hasattr(self.broker, "client") and hasattr(self.broker, "namespace")
 
-    def is_queued(self, actor: str, task_id: str) -> bool:
-        """Whether the broker holds the job ``task_id`` of ``actor``: ready, delayed, or
-        taken by a worker and not yet acknowledged (Redis keeps each message in its
-        queue's hash until then)."""
+    def queued_job_ids(self, actors: Iterable[str]) -> set[str]:
+        """The job ids the broker holds for ``actors``' queues: ready, delayed, or taken by
+        a worker and not yet acknowledged (Redis keeps each message in its queue's hash
+        until then, under an id of its own, so the hashes are read)."""
         broker: Any = self.broker
-        queue = self.actors[actor].queue_name
-        prefix = f"{broker.namespace}:{queue}"
         client = broker.client
-        return bool(
-            client.hexists(f"{prefix}.msgs", task_id)
-            or client.hexists(f"{prefix}.DQ.msgs", task_id)
-        )
+        found: set[str] = set()
+        queues = {self.actors[actor].queue_name for actor in actors}
+        for queue in queues:
+            for key in (f"{broker.namespace}:{queue}.msgs", f"{broker.namespace}:{queue}.DQ.msgs"):
+                for _redis_id, encoded in client.hscan_iter(key, count=500):
+                    with suppress(ValueError, KeyError, TypeError):
+                        found.add(str(json.loads(encoded)["message_id"]))
+        return found
