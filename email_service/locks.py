@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from db.session import Database
 
@@ -41,8 +42,14 @@ def try_lock(db: Database, name: str) -> Iterator[bool]:
                 yield taken
             finally:
                 if taken:
-                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                    conn.commit()
+                    try:
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        conn.commit()
+                    except DBAPIError as exc:
+                        # The session is gone (a database restart), and the lock with it;
+                        # the work done under it is not undone by that.
+                        if not exc.connection_invalidated:
+                            raise
         return
     with _local_guard:
         lock = _local_locks.setdefault(name, threading.Lock())

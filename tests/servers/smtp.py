@@ -23,6 +23,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, Self
 
@@ -183,6 +184,9 @@ class _Handler:
             raw=raw,
             delivery_errors={r: f"{c} {t}" for r, (c, t) in errors.items()},
         )
+        hook = self._owner.on_accept
+        if hook is not None and reply.startswith("250"):
+            await asyncio.to_thread(hook)
         return reply
 
     def _deliver(self, rcpt: str, raw: bytes, mail_from: str) -> tuple[int, str] | None:
@@ -250,6 +254,9 @@ class SmtpServer:
         self._deferred: dict[str, tuple[int, str]] = {}
         self._controllers: list[Controller] = []
         self._handler = _Handler(self)
+        #: Called (on a thread) after a message is taken and before the 250 is sent:
+        #: what happens to the client between the server's acceptance and its record.
+        self.on_accept: Callable[[], None] | None = None
 
     # ----- lifecycle -------------------------------------------------------
 
@@ -352,6 +359,7 @@ class SmtpServer:
             self._deferred.clear()
             self.received.clear()
             self.transactions.clear()
+            self.on_accept = None
 
     @property
     def pending_failures(self) -> int:

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,3 +165,30 @@ def sync(client: Any, box: Mailbox, **body: Any) -> dict[str, Any]:
     response = client.post(f"/api/sync/{box.id}", json=body, headers=box.headers)
     assert response.status_code == 202, response.text
     return wait_for_task(client, box.headers, response.json()["taskId"])
+
+
+@pytest.fixture
+def custom_app(
+    sync_settings: Settings, runtime: Runtime, tmp_path: Path
+) -> Iterator[Callable[..., tuple[Any, Runtime]]]:
+    """An API client and worker on a runtime of their own, for settings a case changes."""
+    made: list[tuple[Runtime, Any]] = []
+
+    def make(*, worker: bool = True, **overrides: Any) -> tuple[Any, Runtime]:
+        # A queue namespace of its own: the session's worker must not take these jobs.
+        values = {"data_dir": tmp_path, "queue_namespace": f"faults-{uuid.uuid4().hex[:8]}"}
+        settings = sync_settings.model_copy(update={**values, **overrides})
+        rt = build_runtime(settings)
+        jobs = workers.install(rt)
+        running = workers.start_worker(jobs, threads=2) if worker else None
+        made.append((rt, running))
+        client = create_app(runtime=rt, validate_responses=True).test_client()
+        set_runtime(rt)
+        return client, rt
+
+    yield make
+    for rt, running in made:
+        if running is not None:
+            running.stop()
+        rt.close()
+    set_runtime(runtime)

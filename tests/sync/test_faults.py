@@ -9,20 +9,17 @@ Dramatiq worker, Dovecot and S3 behind.
 from __future__ import annotations
 
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import pytest
 import sqlalchemy as sa
 
 import workers
 from db.models import Task
-from email_service.app import create_app
 from email_service.config import Settings
-from email_service.runtime import Runtime, build_runtime, set_runtime
+from email_service.runtime import Runtime
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.faults import FlakyS3, PrivateRedis, terminate_backends
@@ -54,33 +51,6 @@ def fill(dovecot: Dovecot, user: MailUser, count: int, *, attachment: bool = Fal
 def inbox_subjects(api: Any, box: Mailbox) -> list[str]:
     folders = folders_by_name(api, box)
     return [m["subject"] for m in all_messages(api, box, folders["INBOX"]["id"])]
-
-
-@pytest.fixture
-def custom_app(
-    sync_settings: Settings, runtime: Runtime, tmp_path: Path
-) -> Iterator[Callable[..., tuple[Any, Runtime]]]:
-    """An API client and worker on a runtime of their own, for settings a case changes."""
-    made: list[tuple[Runtime, Any]] = []
-
-    def make(*, worker: bool = True, **overrides: Any) -> tuple[Any, Runtime]:
-        # A queue namespace of its own: the session's worker must not take these jobs.
-        values = {"data_dir": tmp_path, "queue_namespace": f"faults-{uuid.uuid4().hex[:8]}"}
-        settings = sync_settings.model_copy(update={**values, **overrides})
-        rt = build_runtime(settings)
-        jobs = workers.install(rt)
-        running = workers.start_worker(jobs, threads=2) if worker else None
-        made.append((rt, running))
-        client = create_app(runtime=rt, validate_responses=True).test_client()
-        set_runtime(rt)
-        return client, rt
-
-    yield make
-    for rt, running in made:
-        if running is not None:
-            running.stop()
-        rt.close()
-    set_runtime(runtime)
 
 
 def test_database_sessions_killed_mid_sync_lose_and_duplicate_nothing(

@@ -1,0 +1,146 @@
+"""Sends whose job or whose record was lost on the way: delivered once, never stuck.
+
+* Redis down when the request commits: the request is still accepted; an idempotent
+  retry returns the same task; once Redis is back the outbox sends the job and the mail
+  goes out once.
+* Every database session killed the moment the SMTP server accepts: the acceptance is
+  still recorded (retried), the task succeeds, the mail is not sent twice.
+* A run that died after the server accepted but before the task row said so (only the
+  note in the blob store knows): the next run sends nothing and completes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from db.models import Task
+from email_service.jobs import Attempt
+from email_service.runtime import Runtime
+from email_service.services import delivery
+from tests.compose.conftest import await_task, send, sender_for, task_row
+from tests.conftest import Identity
+from tests.servers.dovecot import Dovecot, MailUser
+from tests.servers.faults import PrivateRedis, terminate_backends
+from tests.servers.smtp import SmtpServer
+from tests.sync.conftest import Mailbox
+from workers import DramatiqJobs, outbox
+
+
+def delivered(smtp_server: SmtpServer, message_id: str) -> int:
+    return sum(
+        1
+        for t in smtp_server.transactions
+        if t.accepted and t.raw is not None and message_id.encode() in t.raw
+    )
+
+
+def await_despite_kills(runtime: Runtime, identity: Identity, task_id: str) -> Task:
+    """``await_task``, for a test whose own database sessions may be ended too."""
+    for _ in range(5):
+        try:
+            return await_task(runtime, identity, task_id)
+        except OperationalError:
+            time.sleep(0.1)
+    return await_task(runtime, identity, task_id)
+
+
+def test_redis_down_at_commit_the_send_goes_out_once_redis_is_back(
+    custom_app: Callable[..., tuple[Any, Runtime]],
+    alice: Identity,
+    dovecot: Dovecot,
+    smtp_server: SmtpServer,
+    mail_user: MailUser,
+    tmp_path: Path,
+) -> None:
+    redis = PrivateRedis(tmp_path)
+    redis.start()
+    try:
+        client, rt = custom_app(redis_url=redis.url, outbox_grace_seconds=0.2)
+        box = sender_for(client, alice, dovecot, smtp_server, mail_user)
+        to = dovecot.new_user("to")
+
+        # Given Redis gone when the send commits
+        redis.stop()
+        first = send(client, box, to=[to.email], idempotency_key="lost-1")
+        # the client retries with the same key: the same task, still waiting
+        again = send(client, box, to=[to.email], idempotency_key="lost-1")
+        assert again["taskId"] == first["taskId"] and again["status"] == "pending"
+
+        # When Redis is back and the outbox sweeps
+        redis.start()
+        time.sleep(0.3)
+        assert isinstance(rt.jobs, DramatiqJobs)
+        assert outbox.sweep(rt, rt.jobs) == [first["taskId"]]
+
+        # Then the mail goes out once, and the idempotent retry shows it done
+        row = await_task(rt, alice, first["taskId"])
+        assert row.status == "success", row.error
+        assert delivered(smtp_server, first["messageId"]) == 1
+        assert send(client, box, to=[to.email], idempotency_key="lost-1")["status"] == "success"
+    finally:
+        redis.stop()
+
+
+def test_database_lost_when_smtp_accepts_is_recorded_and_not_sent_twice(
+    api: Any,
+    sync_runtime: Runtime,
+    alice: Identity,
+    dovecot: Dovecot,
+    smtp_server: SmtpServer,
+    sender: Mailbox,
+) -> None:
+    # Given every database session ended the moment the SMTP server takes the message
+    assert sync_runtime.settings.database_url is not None
+    url = sync_runtime.settings.database_url
+    smtp_server.on_accept = lambda: terminate_backends(url) and None
+    to = dovecot.new_user("to")
+
+    # When a message is sent
+    queued = send(api, sender, to=[to.email])
+
+    # Then the acceptance is recorded all the same, and the mail went out once
+    row = await_despite_kills(sync_runtime, alice, queued["taskId"])
+    assert row.status == "success", row.error
+    assert row.payload["accepted"] == [to.email]
+    assert delivered(smtp_server, queued["messageId"]) == 1
+
+
+def test_a_run_that_died_after_acceptance_never_sends_again(
+    api: Any,
+    sync_runtime: Runtime,
+    alice: Identity,
+    dovecot: Dovecot,
+    smtp_server: SmtpServer,
+    sender: Mailbox,
+) -> None:
+    # Given a send whose server acceptance only the blob store's note knows (the run
+    # that got the 250 died before the task row could say so)
+    to = dovecot.new_user("to")
+    smtp_server.on_accept = None
+    queued = send(api, sender, to=[to.email])
+    row = await_task(sync_runtime, alice, queued["taskId"])
+    assert row.status == "success" and delivered(smtp_server, queued["messageId"]) == 1
+    raw_key = row.payload["rawKey"]
+    sync_runtime.blobs.put(raw_key, b"From: a@example.test\r\n\r\nx", "message/rfc822")
+    note = [{"accepted": [to.email], "refused": {}}]
+    sync_runtime.blobs.put(f"{raw_key}.accepted", json.dumps(note).encode(), "application/json")
+    with sync_runtime.db.transaction(alice.caller.tenant_id) as session:
+        task = session.get(Task, row.id)
+        assert task is not None
+        task.status = "started"
+        task.payload = {k: v for k, v in task.payload.items() if k not in ("acceptedAt", "batches")}
+
+    # When the job runs again
+    delivery.run_send(sync_runtime, alice.caller.tenant_id, row.id, Attempt(0, False))
+
+    # Then nothing more was sent, and the task ends with the noted recipients
+    again = task_row(sync_runtime, alice, row.id)
+    assert again.status == "success", again.error
+    assert again.payload["accepted"] == [to.email]
+    assert delivered(smtp_server, queued["messageId"]) == 1
