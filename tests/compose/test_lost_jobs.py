@@ -128,13 +128,15 @@ def test_a_run_that_died_after_acceptance_never_sends_again(
     assert row.status == "success" and delivered(smtp_server, queued["messageId"]) == 1
     raw_key = row.payload["rawKey"]
     sync_runtime.blobs.put(raw_key, b"From: a@example.test\r\n\r\nx", "message/rfc822")
-    note = [{"accepted": [to.email], "refused": {}}]
+    batch = {"accepted": [to.email], "refused": {}, "deferred": {}}
+    note = {"step": 1, "batches": [batch], "retries": []}
     sync_runtime.blobs.put(f"{raw_key}.accepted", json.dumps(note).encode(), "application/json")
     with sync_runtime.db.transaction(alice.caller.tenant_id) as session:
         task = session.get(Task, row.id)
         assert task is not None
         task.status = "started"
-        task.payload = {k: v for k, v in task.payload.items() if k not in ("acceptedAt", "batches")}
+        recorded = ("acceptedAt", "batches", "retries", "noteStep")
+        task.payload = {k: v for k, v in task.payload.items() if k not in recorded}
 
     # When the job runs again
     delivery.run_send(sync_runtime, alice.caller.tenant_id, row.id, Attempt(0, False))
