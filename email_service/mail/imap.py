@@ -667,6 +667,29 @@ class ImapSession:
             self._state = FolderState(uidvalidity, uidnext, exists, highestmodseq)
             return self._state
 
+    def unselect(self) -> None:
+        """Leave the selected folder without expunging anything.
+
+        UNSELECT (RFC 3691) where offered; otherwise CLOSE, which expunges nothing on a
+        folder opened read-only (a read-write one is opened again read-only first).
+        Servers such as Courier refuse an APPEND to the folder that is selected
+        read-only, so a caller that examined a folder leaves it before appending there.
+        """
+        imap = self._require_open()
+        if self._selected is None:
+            return
+        name = self._selected
+        with self._errors(f"leaving folder {name!r}"):
+            if "UNSELECT" not in self.capabilities and not self._readonly:
+                self.select(name, readonly=True)
+            self._command_ok(
+                f"leaving folder {name!r}",
+                "UNSELECT" if "UNSELECT" in self.capabilities else "CLOSE",
+            )
+            imap.state = "AUTH"
+            self._selected = None
+            self._state = None
+
     # ------------------------------------------------------------------ message lists
 
     def uids(self) -> list[int]:

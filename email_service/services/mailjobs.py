@@ -61,4 +61,7 @@ def append_once(
     found = imap.uids_with_header("Message-ID", f"<{message_id}>")
     if found:
         return max(found)
+    # Courier refuses to APPEND to the folder selected read-only ("Current box is
+    # selected READ-ONLY"): leave it first.
+    imap.unselect()
     return imap.append(folder, raw, flags, when=datetime.now(UTC))

@@ -36,6 +36,11 @@ DRIP: Final = b"\x00drip"
 Rule = Callable[[bytes], bytes | None]
 
 _LITERAL_RE = re.compile(rb"\{(\d+)\}\r\n$")
+_CLIENT_LITERAL_RE = re.compile(rb"\{(\d+)\+?\}\r\n$")
+
+
+class Answer(bytes):
+    """What a client rule answers in the server's place (the line is not passed on)."""
 
 
 class HostileProxy:
@@ -45,6 +50,9 @@ class HostileProxy:
         self.host = host
         self.upstream_port = upstream_port
         self.rules: list[Rule] = []
+        #: Rules for what the client sends (literals are not shown to them): return the
+        #: line to pass it on, or an :class:`Answer` to reply in the server's place.
+        self.client_rules: list[Callable[[bytes], bytes | Answer]] = []
         self.drip_interval = 0.5
         self.connections = 0
         self._listener = socket.create_server((host, 0))
@@ -80,15 +88,37 @@ class HostileProxy:
             upstream = socket.create_connection((self.host, self.upstream_port))
             self._sockets += [client, upstream]
             rules = list(self.rules)
-            threading.Thread(target=self._pump_up, args=(client, upstream), daemon=True).start()
+            client_rules = list(self.client_rules)
+            threading.Thread(
+                target=self._pump_up, args=(client, upstream, client_rules), daemon=True
+            ).start()
             threading.Thread(
                 target=self._pump_down, args=(upstream, client, rules), daemon=True
             ).start()
 
-    def _pump_up(self, client: socket.socket, upstream: socket.socket) -> None:
+    def _pump_up(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        rules: list[Callable[[bytes], bytes | Answer]],
+    ) -> None:
+        reader = client.makefile("rb")
         with contextlib.suppress(OSError):
-            while chunk := client.recv(65536):
-                upstream.sendall(chunk)
+            while line := reader.readline():
+                out: bytes | Answer = line
+                for rule in rules:
+                    out = rule(out)
+                    if isinstance(out, Answer):
+                        break
+                if isinstance(out, Answer):
+                    # A synchronizing literal is not sent after a refusal; the server's
+                    # answer stands in for the "+" the client waited for.
+                    client.sendall(bytes(out))
+                    continue
+                upstream.sendall(out)
+                match = _CLIENT_LITERAL_RE.search(line)
+                if match:
+                    upstream.sendall(reader.read(int(match.group(1))))
         with contextlib.suppress(OSError):
             upstream.shutdown(socket.SHUT_WR)
 
@@ -206,3 +236,29 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         time.sleep(0.02)
+
+
+class CourierReadOnlyAppend:
+    """Courier-IMAP's habit: an APPEND to the mailbox selected read-only is refused."""
+
+    _COMMAND_RE = re.compile(
+        rb'^(\S+) (EXAMINE|SELECT|UNSELECT|CLOSE|APPEND)(?: ("(?:[^"\\]|\\.)*"|\S+))?', re.I
+    )
+
+    def __init__(self) -> None:
+        self.examined: bytes | None = None
+        self.refused = 0
+
+    def __call__(self, line: bytes) -> bytes | Answer:
+        match = self._COMMAND_RE.match(line)
+        if not match:
+            return line
+        tag, command, mailbox = match.group(1), match.group(2).upper(), match.group(3)
+        if command == b"EXAMINE":
+            self.examined = mailbox
+        elif command in (b"SELECT", b"UNSELECT", b"CLOSE"):
+            self.examined = None
+        elif command == b"APPEND" and mailbox is not None and mailbox == self.examined:
+            self.refused += 1
+            return Answer(tag + b" NO Current box is selected READ-ONLY.\r\n")
+        return line

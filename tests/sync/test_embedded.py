@@ -94,6 +94,10 @@ def test_embedded_default_syncs_a_local_dovecot_by_request_and_by_schedule(
             "username": mail_user.email,
             "password": mail_user.password,
             "syncInterval": 60,
+            # Off until the requested sync is checked: with the scheduler ticking every
+            # 0.2 s, a scheduled sync of the new account could otherwise run first and
+            # leave the requested one nothing to add (the part on schedules is below).
+            "isSyncEnabled": False,
         },
     )
     assert created.status_code == 201, created.text
@@ -142,6 +146,10 @@ def test_embedded_default_syncs_a_local_dovecot_by_request_and_by_schedule(
     assert first["conversationId"] == last["conversationId"]
 
     # New mail and a flag change show up after the next scheduled sync, with no request
+    enabled = httpx.put(
+        f"{base}/api/accounts/{account}", json={"isSyncEnabled": True}, headers=headers
+    )
+    assert enabled.status_code == 200, enabled.text
     dovecot.append(mail_user, "INBOX", samples["utf8_qp"])
     client = dovecot.imap(mail_user)
     try:
