@@ -4,7 +4,7 @@ Every scheduler tick looks for active tasks (pending, started, retry) untouched 
 while; finished tasks are most of the table, so the index holds only the active ones.
 
 Revision ID: 0011
-Revises: 0013
+Revises: 0017
 Create Date: 2026-12-03
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0013"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
