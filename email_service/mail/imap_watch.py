@@ -123,6 +123,7 @@ class WatchSession:
         self._pending: asyncio.Task[_Response] | None = None
         self._selected: str | None = None
         self._untagged: list[_Response] = []
+        self._missed: list[Change] = []
         self.capabilities: frozenset[str] = frozenset()
         self.notify_active = False
 
@@ -415,6 +416,9 @@ class WatchSession:
         """
         if "IDLE" not in self.capabilities:
             raise MailProtocolError(f"the IMAP server at {self._endpoint.address} lacks IDLE")
+        missed, self._missed = self._missed, []
+        for change in missed:
+            on_change(change)
         tag = self._send(b"IDLE")
         await self._deadline(self._await_continuation(tag, on_change), "starting IDLE")
         end = time.monotonic() + seconds
@@ -574,12 +578,19 @@ class WatchSession:
         if upper.startswith(b"* OK [CAPABILITY "):
             self._caps_from(first)
             return
-        if on_change is None:
-            self._untagged.append(response)
-            return
         now = time.time()
         number = _NUMBERED_RE.match(upper)
-        if (number and number.group(2) != b"RECENT") or upper.startswith(b"* VANISHED"):
+        selected_changed = (number and number.group(2) != b"RECENT") or upper.startswith(
+            b"* VANISHED"
+        )
+        if on_change is None:
+            self._untagged.append(response)
+            if selected_changed and self._selected is not None:
+                # Unsolicited news of the open folder during another command (a poll):
+                # kept for the next IDLE to report, not lost with the command's replies.
+                self._missed.append(Change(self._selected, now))
+            return
+        if selected_changed:
             if self._selected is not None:
                 on_change(Change(self._selected, now))
             return

@@ -102,18 +102,23 @@ class AccountWatch:
         self._noticed_ms: int | None = None
         self.refused = False
         self.connected = False
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"watch-{self.account.id}")
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in (self._task, self._flusher):
-            if task is not None and not task.done():
+            # Cancelled until it is done: on Python 3.11 ``asyncio.wait_for`` can swallow
+            # a cancellation that arrives as its inner work completes (gh-86296), and
+            # the loops below also end by themselves once ``_stopping`` is set.
+            while task is not None and not task.done():
                 task.cancel()
-        for task in (self._task, self._flusher):
-            if task is not None:
+                await asyncio.wait({task}, timeout=1.0)
+            if task is not None and not task.cancelled():
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                    task.result()
 
     @property
     def done(self) -> bool:
@@ -123,7 +128,7 @@ class AccountWatch:
 
     async def _run(self) -> None:
         backoff = Backoff(self._settings.backoff_min, self._settings.backoff_max)
-        while True:
+        while not self._stopping:
             await self._gate.admit(self.account.host)
             began = time.monotonic()
             try:
@@ -187,7 +192,7 @@ class AccountWatch:
                     if differs(stored.get(name), status):
                         self._mark(name)
             next_poll = time.monotonic() + self._settings.poll_seconds
-            while True:
+            while not self._stopping:
                 if not notify and time.monotonic() >= next_poll:
                     current = await session.list_status()
                     for name, status in current.items():
@@ -219,14 +224,14 @@ class AccountWatch:
     def _noted(self, at_ms: int | None) -> None:
         at = at_ms if at_ms is not None else int(time.time() * 1000)
         self._noticed_ms = at if self._noticed_ms is None else min(self._noticed_ms, at)
-        if self._flusher is None or self._flusher.done():
+        if not self._stopping and (self._flusher is None or self._flusher.done()):
             self._flusher = asyncio.create_task(self._flush(), name=f"flush-{self.account.id}")
 
     async def _flush(self) -> None:
         # A long sync (a first one of a big mailbox, say) keeps the account busy for
         # minutes: ask again at a slowing pace, not twice a second all along.
         busy_wait = self._settings.busy_retry_seconds
-        while self._dirty or self._whole:
+        while (self._dirty or self._whole) and not self._stopping:
             folders = None if self._whole else sorted(self._dirty)
             noticed = self._noticed_ms or int(time.time() * 1000)
             self._dirty, self._whole, self._noticed_ms = set(), False, None

@@ -162,3 +162,17 @@ def test_non_ascii_credentials_log_in_with_sasl_plain(
     assert [run(main(ep)) for ep in endpoints] == ["IDLE", "IDLE"]
     with pytest.raises(MailAuthError):
         run(main(endpoint(idle_server, user="zoë", password="wrong-ünïcode")))
+
+
+def test_news_of_the_open_folder_during_a_poll_is_reported_by_the_next_idle(
+    idle_server: IdleServer,
+) -> None:
+    idle_server.behaviour.exists_in_list = True
+
+    async def main() -> list[Change]:
+        async with WatchSession(endpoint(idle_server)) as session:
+            await session.examine()
+            await session.list_status()
+            return await idle_once(session, 0.1)
+
+    assert [c.folder for c in run(main())] == ["INBOX"]

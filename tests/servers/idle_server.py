@@ -43,6 +43,8 @@ class Behaviour:
     bye_in_idle: bool = False
     # Never answer IDLE (no continuation).
     silent_idle: bool = False
+    # Tell of a new message in INBOX in the middle of a LIST's replies (unsolicited).
+    exists_in_list: bool = False
     refuse: set[str] = field(default_factory=set)
     folders: tuple[str, ...] = ("INBOX", "Archive")
 
@@ -174,6 +176,9 @@ class IdleServer:
                 elif command == b"NOTIFY":
                     writer.write(tag + (b" OK" if self.behaviour.notify else b" BAD no") + b"\r\n")
                 elif command in (b"LIST", b"STATUS"):
+                    if command == b"LIST" and self.behaviour.exists_in_list:
+                        self.messages[user or ""] += 1
+                        writer.write(b"* %d EXISTS\r\n" % self.messages[user or ""])
                     count = self.messages[user or ""]
                     for folder in self.behaviour.folders:
                         if command == b"STATUS" and f'"{folder}"'.encode() not in rest:

@@ -98,6 +98,7 @@ class WatcherThread:
             for task in pending:
                 task.cancel()
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        assert not self._thread.is_alive(), "the watcher did not stop within 15 s"
         if not self.loop.is_closed():
             # Database calls still running on the loop's threads finish first.
             self.loop.run_until_complete(self.loop.shutdown_default_executor())

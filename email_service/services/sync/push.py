@@ -37,6 +37,9 @@ from email_service.services.sync import request_sync
 
 log = logging.getLogger(__name__)
 
+#: Clock difference between watcher and worker hosts tolerated (ms); see queue_folder_sync.
+CLOCK_SKEW_MS = 1000
+
 #: How a request for a sync ended: a new task, an existing task that will see the
 #: change, or a running task that may not (ask again later), or no such account.
 SyncOutcome = Literal["queued", "covered", "busy", "gone"]
@@ -150,7 +153,9 @@ def queue_folder_sync(
             all_folders = not wanted or (folders is not None and set(folders) <= set(wanted))
             if current.status in ("pending", "retry") and all_folders:
                 return "covered", current.id
-            started_after = (current.started_at or 0) >= noticed_ms
+            # The notice's time is the watcher's clock, started_at the worker's: a
+            # sync counts as started after the notice only with a margin for skew.
+            started_after = (current.started_at or 0) >= noticed_ms + CLOCK_SKEW_MS
             if current.status == "started" and started_after and all_folders:
                 return "covered", current.id
             return "busy", current.id
