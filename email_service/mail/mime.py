@@ -23,6 +23,7 @@ import io
 import logging
 import mimetypes
 import re
+import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy as email_policy
@@ -222,12 +223,15 @@ def _finish(draft: _Draft) -> ParsedMessage:
     references = _message_ids(headers_by_key.get("references", ""))
     texts = [text.replace("\r\n", "\n") if "\r" in text else text for text in draft.texts]
     raw_html = "\n".join(draft.htmls) if draft.htmls else None
+    enclosed_html: str | None = None
     if texts:
         body_text = "\n".join(texts)
     elif raw_html is not None:
         body_text = html_to_text(raw_html)
     else:
-        body_text = ""
+        # Nothing to read but an enclosed message (a forward as attachment, a bounce's
+        # multipart/report): show its text, as mail clients do; it stays an attachment.
+        body_text, enclosed_html = _enclosed_text(draft.attachments)
 
     referenced_cids: set[str] = set()
     # Three plain searches beat lower-casing a long body; other spellings of the
@@ -253,12 +257,32 @@ def _finish(draft: _Draft) -> ParsedMessage:
         date=date,
         headers=draft.headers,
         body_text=body_text,
-        body_html=sanitize_html(raw_html) if raw_html is not None else None,
+        body_html=sanitize_html(raw_html) if raw_html is not None else enclosed_html,
         preview=_preview(body_text),
         attachments=attachments,
         defects=tuple(dict.fromkeys(defects)),
         parser=draft.parser,
     )
+
+
+_ENCLOSED_TYPES = ("message/rfc822", "message/global")
+_ENCLOSED_DEPTH = threading.local()
+# Enclosed messages shown as the body, one inside another, at most this deep.
+_MAX_ENCLOSED_DEPTH = 3
+
+
+def _enclosed_text(parts: list[_Part]) -> tuple[str, str | None]:
+    """The text (and sanitised HTML) of the first enclosed message, if any."""
+    enclosed = next((part for part in parts if part.mime_type in _ENCLOSED_TYPES), None)
+    depth = getattr(_ENCLOSED_DEPTH, "value", 0)
+    if enclosed is None or not enclosed.data or depth >= _MAX_ENCLOSED_DEPTH:
+        return "", None
+    _ENCLOSED_DEPTH.value = depth + 1
+    try:
+        inner = parse_message(enclosed.data)
+    finally:
+        _ENCLOSED_DEPTH.value = depth
+    return inner.body_text, inner.body_html
 
 
 def _finish_attachment(part: _Part, position: int, referenced_cids: set[str]) -> ParsedAttachment:

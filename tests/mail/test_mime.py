@@ -863,3 +863,64 @@ def test_a_character_split_across_rfc2231_continuations_survives() -> None:
     parsed = parse_message(mailgen.corpus()["rfc2231_filename"])
     expected = [a["filename"] for a in mailgen.EXPECTED["rfc2231_filename"]["attachments"]]
     assert [a.filename for a in parsed.attachments] == expected
+
+
+# ---------------------------------------------------------------------- enclosed messages
+
+_ENCLOSED = (
+    b"From: Original <orig@example.test>\r\n"
+    b"To: someone@example.test\r\n"
+    b"Subject: The original\r\n"
+    b"Date: Tue, 02 Jan 2024 03:04:05 +0000\r\n"
+    b"\r\n"
+    b"Words of the enclosed message.\r\n"
+)
+
+
+def _outer(content_type: bytes, body: bytes) -> bytes:
+    return (
+        b"From: Forwarder <fwd@example.test>\r\n"
+        b"To: someone@example.test\r\n"
+        b"Subject: Fwd\r\n"
+        b"Date: Tue, 02 Jan 2024 04:00:00 +0000\r\n"
+        b"MIME-Version: 1.0\r\n"
+        b"Content-Type: " + content_type + b"\r\n"
+        b"\r\n" + body
+    )
+
+
+@pytest.mark.parametrize("parse", [parse_message, parse_message_stdlib], ids=["auto", "stdlib"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _outer(b"message/rfc822", _ENCLOSED),
+        _outer(
+            b'multipart/mixed; boundary="b1"',
+            b"--b1\r\nContent-Type: message/rfc822\r\n\r\n" + _ENCLOSED + b"--b1--\r\n",
+        ),
+        _outer(
+            b'multipart/report; report-type=delivery-status; boundary="b2"',
+            b"--b2\r\nContent-Type: message/delivery-status\r\n\r\n"
+            b"Reporting-MTA: dns; mx.example.test\r\n\r\n"
+            b"Final-Recipient: rfc822; gone@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+            b"\r\n--b2\r\nContent-Type: message/rfc822\r\n\r\n" + _ENCLOSED + b"--b2--\r\n",
+        ),
+    ],
+    ids=["bare-rfc822", "only-an-enclosure", "report-without-text"],
+)
+def test_a_message_of_only_an_enclosed_message_shows_the_enclosed_text(
+    raw: bytes, parse: Callable[[bytes], ParsedMessage]
+) -> None:
+    parsed = parse(raw)
+    assert "Words of the enclosed message." in parsed.body_text
+    assert parsed.preview.startswith("Words of the enclosed message.")
+    assert "message/rfc822" in [a.mime_type for a in parsed.attachments]
+
+
+def test_enclosed_messages_shown_as_the_body_are_read_to_a_bounded_depth() -> None:
+    raw = _ENCLOSED
+    for _ in range(50):
+        raw = _outer(b"message/rfc822", raw)
+    parsed = parse_message(raw)
+    assert parsed.body_text == ""  # deeper than three enclosures: not read for the body
+    assert parsed.attachments[0].mime_type == "message/rfc822"
