@@ -9,6 +9,7 @@ PostgreSQL (no HTTP in front of it, which favours the baseline).
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import statistics
@@ -83,7 +84,7 @@ def seed(env: BenchEnv, total: int) -> tuple[Caller, list[str], list[str]]:
     runtime = build_runtime(load_settings(**{k.lower(): v for k, v in env.env.items()}))
     caller = Caller(uuid.uuid4(), uuid.uuid4())
     words = _vocabulary()
-    weights = [1 / (rank + 1) for rank in range(len(words))]
+    cumulative = list(itertools.accumulate(1 / (rank + 1) for rank in range(len(words))))
     rng = random.Random(16)
     account_ids: list[str] = []
     folders: list[list[str]] = []
@@ -122,12 +123,12 @@ def seed(env: BenchEnv, total: int) -> tuple[Caller, list[str], list[str]]:
                 account = n % ACCOUNTS
                 where = rng.random()
                 folder = folders[account][0 if where < 0.8 else 1 if where < 0.9 else 2]
-                body = rng.choices(words, weights, k=60)
+                body = rng.choices(words, cum_weights=cumulative, k=60)
                 if rng.random() < 0.01:
                     body[10:10] = ["project", "update"]
                 if n % rare_every == 7:
                     body.append(_RARE)
-                subject = " ".join(rng.choices(words, weights, k=5))
+                subject = " ".join(rng.choices(words, cum_weights=cumulative, k=5))
                 sender = f"{rng.choice(_FIRST)}.{rng.choice(_LAST)}@example.test"
                 name = sender.split("@")[0].replace(".", " ").title()
                 attached = rng.random() < 0.1

@@ -272,20 +272,18 @@ class _Compiler:
         raise AssertionError(node)
 
     def in_folder(self, name: str) -> ColumnElement[bool]:
-        # A handful of folders per account: resolved first, so the plan sees ids.
-        folders = list(
-            self.scope.session.scalars(
-                select(Folder.id).where(
+        # A handful of folders per account: matched here (Unicode case folding, the same
+        # on both stores), so the plan sees ids.
+        folders = [
+            folder_id
+            for folder_id, kind, folder_name, display in self.scope.session.execute(
+                select(Folder.id, Folder.type, Folder.name, Folder.display_name).where(
                     Folder.tenant_id == self.scope.caller.tenant_id,
                     Folder.account_id.in_(self.account_ids),
-                    or_(
-                        Folder.type == name,
-                        func.lower(Folder.name) == name,
-                        func.lower(Folder.display_name) == name,
-                    ),
                 )
             )
-        )
+            if name in (kind, folder_name.casefold(), display.casefold())
+        ]
         if not folders:
             return false()
         return Message.folder_id.in_(folders)
@@ -323,9 +321,14 @@ class _PgCompiler(_Compiler):
             return _pg_search.c.document.op("@@")(_tsq(query))
         if isinstance(node, And):
             # Merge the text children into one tsquery, the rest stays SQL.
-            texts = [q for child in node.children if (q := self.tsquery(child)) is not None]
-            others = [child for child in node.children if self.tsquery(child) is None]
-            parts = [self.node(child) for child in others]
+            texts: list[str] = []
+            parts: list[ColumnElement[bool]] = []
+            for child in node.children:
+                query = self.tsquery(child)
+                if query is None:
+                    parts.append(self.node(child))
+                else:
+                    texts.append(query)
             if texts:
                 self.uses_pg_index = True
                 merged = " & ".join(texts)
