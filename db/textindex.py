@@ -41,7 +41,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-BODY_PREFIX_CHARS = 1500
+BODY_PREFIX_CHARS = 600
 # tsvector limits: positions above 16,383 are not kept; a lexeme keeps 256 positions.
 _MAX_POSITION = 16383
 _MAX_POSITIONS_PER_LEXEME = 255

@@ -61,6 +61,8 @@ from email_service.services.search.query import (
 )
 
 SNIPPET_CHARS = 160
+# How many of the newest messages a search tries before it asks the index (PostgreSQL).
+RECENT_WINDOW = 2000
 _SNIPPET_LEAD = 50
 
 _pg_search = table("message_search", column("message_id"), column("document"))
@@ -187,7 +189,13 @@ def search_messages(
             received, last_id = after["k"][-2:]
             conditions.append(tuple_(Message.received_at, Message.id) < tuple_(received, last_id))
         ordering = [Message.received_at.desc(), Message.id.desc()]
-    rows = session.execute(statement.where(*conditions).order_by(*ordering).limit(limit + 1)).all()
+    required = compiler.required_tsquery(tree) if isinstance(compiler, _PgCompiler) else None
+    if required is None:
+        rows = session.execute(
+            statement.where(*conditions).order_by(*ordering).limit(limit + 1)
+        ).all()
+    else:
+        rows = _two_step(session, statement, conditions, ordering, limit, required, score)
     more = len(rows) > limit
     rows = rows[:limit]
     terms = _marked_terms(positives)
@@ -204,6 +212,57 @@ def search_messages(
             key_values.insert(0, float(last.score))
         body["nextCursor"] = _encode_cursor(fingerprint, key_values)
     return body
+
+
+def _two_step(
+    session: Any,
+    statement: Any,
+    conditions: list[ColumnElement[bool]],
+    ordering: list[Any],
+    limit: int,
+    required: str,
+    score: ColumnElement[Any] | None,
+) -> list[Any]:
+    """The page, on PostgreSQL, without trusting the planner's guess for a word.
+
+    PostgreSQL estimates how many messages match a word from sampled statistics; for a
+    word outside them it guesses a fraction that makes "read the newest messages until
+    a page is full" look cheap, and for a rare word that reads every message. So:
+    first the newest ``RECENT_WINDOW`` messages in reach are tried (a common word fills
+    its page there, in milliseconds); only when they hold no full page is the page
+    taken from the GIN index's matches (few, since the recent window had so few).
+    Ranking by relevance needs every match anyway, so it starts from the index.
+    """
+    if score is None:
+        recent = (
+            select(Message.id)
+            .where(*conditions[:2], *conditions[3:])  # scope and cursor, not the query
+            .order_by(Message.received_at.desc(), Message.id.desc())
+            .limit(RECENT_WINDOW)
+            .subquery("recent")
+        )
+        rows = session.execute(
+            statement.join(recent, recent.c.id == Message.id)
+            .where(*conditions)
+            .order_by(*ordering)
+            .limit(limit + 1)
+        ).all()
+        if len(rows) > limit:
+            return list(rows)
+    matches = (
+        select(_pg_search.c.message_id)
+        .where(_pg_search.c.document.op("@@")(_tsq(required)))
+        .cte("matches")
+        .prefix_with("MATERIALIZED")
+    )
+    return list(
+        session.execute(
+            statement.join(matches, matches.c.message_id == Message.id)
+            .where(*conditions)
+            .order_by(*ordering)
+            .limit(limit + 1)
+        ).all()
+    )
 
 
 def _encode_cursor(fingerprint: str, key: list[Any]) -> str:
@@ -335,6 +394,17 @@ class _PgCompiler(_Compiler):
                 parts.insert(0, _pg_search.c.document.op("@@")(_tsq(merged)))
             return and_(*parts)
         return super().node(node)
+
+    def required_tsquery(self, tree: Node) -> str | None:
+        """A tsquery that every match satisfies, with at least one word that must be
+        present (so the GIN index can find the candidates), or None."""
+        parts = tree.children if isinstance(tree, And) else (tree,)
+        wanted = [
+            query
+            for part in parts
+            if not isinstance(part, Not) and (query := self.tsquery(part)) is not None
+        ]
+        return " & ".join(wanted) if wanted else None
 
     def tsquery(self, node: Node) -> str | None:
         """The tsquery text of a node made of text terms only, else None."""
