@@ -62,7 +62,7 @@ from email_service.services.search.query import (
 
 SNIPPET_CHARS = 160
 # How many of the newest messages a search tries before it asks the index (PostgreSQL).
-RECENT_WINDOW = 2000
+RECENT_WINDOW = 500
 _SNIPPET_LEAD = 50
 
 _pg_search = table("message_search", column("message_id"), column("document"))
@@ -232,6 +232,7 @@ def _two_step(
     its page there, in milliseconds); only when they hold no full page is the page
     taken from the GIN index's matches (few, since the recent window had so few).
     Ranking by relevance needs every match anyway, so it starts from the index.
+    ``required`` (a word every match has) is what makes the index the right start.
     """
     if score is None:
         recent = (
@@ -249,19 +250,12 @@ def _two_step(
         ).all()
         if len(rows) > limit:
             return list(rows)
-    matches = (
-        select(_pg_search.c.message_id)
-        .where(_pg_search.c.document.op("@@")(_tsq(required)))
-        .cte("matches")
-        .prefix_with("MATERIALIZED")
-    )
+    if score is None:
+        # Ordered by an expression no index provides, the newest-first walk is not a
+        # plan any more: PostgreSQL takes the GIN index's matches and sorts those.
+        ordering = [(Message.received_at + 0).desc(), Message.id.desc()]
     return list(
-        session.execute(
-            statement.join(matches, matches.c.message_id == Message.id)
-            .where(*conditions)
-            .order_by(*ordering)
-            .limit(limit + 1)
-        ).all()
+        session.execute(statement.where(*conditions).order_by(*ordering).limit(limit + 1)).all()
     )
 
 
