@@ -1,5 +1,7 @@
 """The embedded default as a newcomer runs it: `email-service serve` against a local Dovecot.
 
+Also: `serve` killed (SIGKILL) mid-sync and started again resumes the same task.
+
 No database, broker or S3 configured: SQLite, the in-process worker and scheduler, and
 blobs in the data directory. Only the mail server's CA and the loopback allow-list are
 set, as anyone trying the service against a local server would set them.
@@ -7,6 +9,9 @@ set, as anyone trying the service against a local server would set them.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -20,7 +25,7 @@ import pytest
 
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.mailgen import EXPECTED, corpus
-from tests.test_cli import CLI, _clean_env, serving
+from tests.test_cli import CLI, _clean_env, _free_port, serving
 
 
 @pytest.fixture
@@ -207,3 +212,122 @@ def test_embedded_default_pushes_new_mail_without_a_request(
         return any(f["name"] == "INBOX" and f["messageCount"] == 1 for f in folders)
 
     assert _until(listed, timeout=20)
+
+
+def _start_serve(cwd: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """``serve`` in a process group of its own, so SIGKILL reaches all of it at once."""
+    log = (cwd / f"serve-{port}-{time.monotonic_ns()}.log").open("wb")
+    process = subprocess.Popen(
+        [*CLI, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"{base}/livez", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            assert process.poll() is None, "serve exited"
+            return False
+
+    _until(up)
+    return process
+
+
+def _stored(database: Path) -> int:
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=5)) as db:
+            return int(db.execute("SELECT count(*) FROM messages").fetchone()[0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def test_serve_killed_mid_sync_resumes_the_same_task_when_started_again(
+    tmp_path: Path, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    # Given 300 messages and the embedded default syncing them in batches of 10
+    client = dovecot.imap(mail_user)
+    try:
+        for n in range(300):
+            body = f"Subject: bulk {n:03d}\r\nFrom: a@example.test\r\n\r\nbody {n}\r\n"
+            client.append("INBOX", body.encode())
+    finally:
+        client.logout()
+    env = _clean_env(
+        MAIL_ALLOWED_HOSTS="127.0.0.1,localhost",
+        MAIL_CA_FILE=str(dovecot.ca_file),
+        SYNC_BATCH_SIZE="10",
+        RATE_LIMIT_ENABLED="false",
+    )
+    port = int(_free_port())
+    base = f"http://127.0.0.1:{port}"
+    process = _start_serve(tmp_path, env, port)
+    try:
+        headers = _token(tmp_path)
+        created = httpx.post(
+            f"{base}/api/accounts",
+            headers=headers,
+            json={
+                "accountName": "Bulk",
+                "emailAddress": mail_user.email,
+                "protocol": "imap",
+                "hostname": "localhost",
+                "port": dovecot.imaps_port,
+                "encryption": "tls",
+                "username": mail_user.email,
+                "password": mail_user.password,
+                "isSyncEnabled": False,  # only the requested sync runs
+            },
+        )
+        assert created.status_code == 201, created.text
+        account = created.json()["id"]
+        task_id = httpx.post(f"{base}/api/sync/{account}", json={}, headers=headers).json()[
+            "taskId"
+        ]
+        task_url = f"{base}/api/sync/task/{task_id}"
+
+        # When serve is killed (SIGKILL) in the middle of the sync, once a first batch is in
+        database = tmp_path / "data" / "email-service.sqlite3"
+        deadline = time.monotonic() + 60
+        while _stored(database) == 0:
+            assert time.monotonic() < deadline, "no batch was stored"
+            time.sleep(0.01)
+        _kill(process)
+        stored_before = (
+            sqlite3.connect(tmp_path / "data" / "email-service.sqlite3")
+            .execute("SELECT count(*) FROM messages")
+            .fetchone()[0]
+        )
+        assert 0 < stored_before < 300
+
+        # and started again on the same data
+        process = _start_serve(tmp_path, env, port)
+
+        # Then the same task is resumed and finishes, with every message exactly once
+        task = _until(
+            lambda: (
+                (t := httpx.get(task_url, headers=headers).json())["status"]
+                in ("success", "failure")
+                and t
+            ),
+            60,
+        )
+        assert task["status"] == "success", task
+        folders = httpx.get(f"{base}/api/{account}/folders", headers=headers).json()["folders"]
+        inbox = next(f for f in folders if f["name"] == "INBOX")
+        assert inbox["messageCount"] == 300
+        with sqlite3.connect(tmp_path / "data" / "email-service.sqlite3") as db:
+            subjects = [row[0] for row in db.execute("SELECT subject FROM messages")]
+        assert len(subjects) == 300 and len(set(subjects)) == 300
+    finally:
+        _kill(process)
