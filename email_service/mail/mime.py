@@ -18,6 +18,7 @@ table, so the two paths decode the same bytes to the same text.
 
 from __future__ import annotations
 
+import binascii
 import codecs
 import io
 import logging
@@ -444,6 +445,35 @@ def _repair_header_text(value: str, defects: list[str]) -> str:
     except UnicodeEncodeError:
         pass
     original = value.encode("utf-8", errors="surrogateescape")
+    if _EIGHT_BIT_ENCODED_WORD.search(original):
+        return _decode_eight_bit_words(original, defects)
+    return _eight_bit_text(original, defects)
+
+
+# An encoded word (RFC 2047) whose text holds raw 8-bit bytes, which it must not: mail
+# clients read those bytes in the word's own charset, and so do we.
+_EIGHT_BIT_ENCODED_WORD = re.compile(rb"=\?([^?\s]+)\?([Qq])\?([^?\s]*[\x80-\xff][^?\s]*)\?=")
+# An encoded word left as it was after decoding (an unknown charset label, say).
+_ENCODED_WORD_LEFT = re.compile(r"=\?[^?\s]+\?[QqBb]\?[^?\s]*\?=")
+
+
+def _decode_eight_bit_words(original: bytes, defects: list[str]) -> str:
+    pieces: list[str] = []
+    end = 0
+    for match in _EIGHT_BIT_ENCODED_WORD.finditer(original):
+        pieces.append(_eight_bit_text(original[end : match.start()], defects))
+        charset = match.group(1).decode("ascii", "replace").split("*", 1)[0]
+        data = binascii.a2b_qp(match.group(3), header=True)
+        pieces.append(_decode_text(data, charset, defects))
+        end = match.end()
+    pieces.append(_eight_bit_text(original[end:], defects))
+    defects.append("an encoded word in a header held raw 8-bit bytes; read in its charset")
+    return "".join(pieces)
+
+
+def _eight_bit_text(original: bytes, defects: list[str]) -> str:
+    if original.isascii():
+        return original.decode("ascii")
     try:
         return original.decode("utf-8")  # RFC 6532 allows UTF-8 in headers
     except UnicodeDecodeError:
@@ -523,6 +553,8 @@ def _fast_draft(raw: bytes) -> _Draft | None:
         return None
 
     header_block = raw[: _header_end(raw)]
+    if not header_block.isascii() and _EIGHT_BIT_ENCODED_WORD.search(header_block):
+        return None  # it drops those bytes; the stdlib path reads them in the word's charset
     if not header_block.isascii():
         try:
             header_block.decode("utf-8")
@@ -563,6 +595,8 @@ def _fast_draft(raw: bytes) -> _Draft | None:
         if "\n--" in text and _boundary_leaked(raw, text):
             return None
     draft.subject = _fold_whitespace(mail.subject)
+    if "=?" in draft.subject and _ENCODED_WORD_LEFT.search(draft.subject):
+        return None  # an encoded word it could not decode (unknown charset): the stdlib can
 
     def fallback(name: str) -> list[tuple[str, str]]:
         # The stdlib reads this one header from the raw bytes, as the stdlib path would.

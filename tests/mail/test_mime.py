@@ -924,3 +924,30 @@ def test_enclosed_messages_shown_as_the_body_are_read_to_a_bounded_depth() -> No
     parsed = parse_message(raw)
     assert parsed.body_text == ""  # deeper than three enclosures: not read for the body
     assert parsed.attachments[0].mime_type == "message/rfc822"
+
+
+# ---------------------------------------------------------------------- encoded words in the wild
+
+
+@pytest.mark.parametrize("parse", [parse_message, parse_message_stdlib], ids=["auto", "stdlib"])
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        (b"=?iso-8859-1?Q?Die_Hasen_und_die_Fr\xf6sche?=", "Die Hasen und die Fr\u00f6sche"),
+        (b"=?utf-8?Q?caf\xc3\xa9_ok?=", "caf\u00e9 ok"),
+        (
+            b"Re: =?iso-8859-1?Q?Fr\xf6sche?= und =?utf-8?Q?=C3=A9t=C3=A9?=",
+            "Re: Fr\u00f6sche und \u00e9t\u00e9",
+        ),
+        (b"=?x-unknown?Q?Hello_World?=", "Hello World"),
+    ],
+    ids=["raw-latin1-in-word", "raw-utf8-in-word", "mixed", "unknown-charset"],
+)
+def test_encoded_words_found_in_the_wild_are_decoded_as_mail_clients_show_them(
+    subject: bytes, expected: str, parse: Callable[[bytes], ParsedMessage]
+) -> None:
+    raw = (
+        b"From: a@example.test\r\nSubject: " + subject + b"\r\n"
+        b"Date: Tue, 02 Jan 2024 03:04:05 +0000\r\n\r\nbody\r\n"
+    )
+    assert parse(raw).subject == expected
