@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from db.migrate import upgrade
 from db.models import TENANT_TABLES
@@ -137,8 +139,18 @@ def _empty_tables(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     rt: Runtime = request.getfixturevalue("runtime")
     set_runtime(rt)
-    with rt.db.engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {', '.join(TENANT_TABLES)} CASCADE"))
+    # A background job a test left running (a watcher's sync, a webhook fan-out) can hold row
+    # locks while it waits for a table the TRUNCATE already holds; PostgreSQL then aborts one
+    # of the two. When the TRUNCATE is the one aborted, it is simply tried again.
+    for attempt in range(5):
+        try:
+            with rt.db.engine.begin() as conn:
+                conn.execute(text(f"TRUNCATE {', '.join(TENANT_TABLES)} CASCADE"))
+            return
+        except DBAPIError as exc:
+            if attempt == 4 or getattr(exc.orig, "sqlstate", None) not in ("40P01", "55P03"):
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 @pytest.fixture
