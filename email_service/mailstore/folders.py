@@ -4,10 +4,11 @@ folders jobs create on the server, and the stored counts."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import case, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from db.models import Folder, Message, new_id, now_ms
@@ -15,6 +16,8 @@ from email_service.mail.imap import RemoteFolder, special_use_by_name
 from email_service.mailstore.messages import remove_messages
 from email_service.services import events
 
+# The one folder of a POP3 account.
+POP3_INBOX = "INBOX"
 # Folders a job creates on the server itself (Sent, Drafts...), typed before a sync lists them.
 _TYPE_BY_USE = {"\\Sent": "sent", "\\Drafts": "drafts", "\\Junk": "spam"}
 _TYPE_BY_SPECIAL_USE = {
@@ -231,3 +234,106 @@ def local_folder(
         session.flush()
         events.folder_changed(session, row, "folder.created")
     return row
+
+
+def mark_synced(session: Session, folder_ids: Sequence[str]) -> None:
+    """Folders found as they were: the same state, so the same counts; only the time is new."""
+    session.execute(update(Folder).where(Folder.id.in_(folder_ids)).values(synced_at=now_ms()))
+
+
+def empty_folder(session: Session, folder_id: str) -> tuple[int, list[str]]:
+    """Remove every message of a folder to be mirrored again (its UIDVALIDITY changed).
+
+    Its sync state is reset (UIDVALIDITY is set again by ``finish_folder`` once the folder
+    is complete). The removals are not changes of their own: the rebuild is told as one
+    ``sync.completed``. Returns how many messages went, and the blob keys to delete.
+    """
+    stale = list(session.scalars(select(Message.id).where(Message.folder_id == folder_id)))
+    keys = remove_messages(session, stale, announce=False)
+    session.execute(
+        update(Folder)
+        .where(Folder.id == folder_id)
+        .values(
+            last_seen_uid=0,
+            highest_modseq=None,
+            uidvalidity=None,
+            message_count=0,
+            unread_count=0,
+        )
+    )
+    return len(stale), keys
+
+
+def advance_last_seen(session: Session, folder_id: str, highest: int) -> None:
+    """Every UID up to ``highest`` is stored: a resumed sync starts after it."""
+    session.execute(
+        update(Folder)
+        .where(Folder.id == folder_id, Folder.last_seen_uid < highest)
+        .values(last_seen_uid=highest)
+    )
+
+
+def finish_folder(
+    session: Session,
+    folder_id: str,
+    *,
+    uidvalidity: int | None,
+    uidnext: int | None,
+    highest_modseq: int | None,
+    completed: dict[str, Any] | None,
+) -> None:
+    """Save a synced folder's new state; ``completed`` holds the counts of a whole mirror.
+
+    A whole mirror (first or rebuild) is recorded as one ``sync.completed``.
+    """
+    session.execute(
+        update(Folder)
+        .where(Folder.id == folder_id)
+        .values(
+            uidvalidity=uidvalidity,
+            uidnext=uidnext,
+            highest_modseq=highest_modseq,
+            synced_at=now_ms(),
+        )
+    )
+    refresh_counts(session, folder_id)
+    if completed is not None:
+        row = session.get(Folder, folder_id)
+        if row is not None:
+            events.sync_completed(session, row, **completed)
+
+
+def pop3_inbox(session: Session, tenant_id: uuid.UUID, account_id: str) -> tuple[str, bool]:
+    """A POP3 account's one folder, made if missing (``folder.created``).
+
+    Returns the INBOX row's id, and whether it was never mirrored yet.
+    """
+    row = session.scalars(
+        select(Folder).where(Folder.account_id == account_id, Folder.name == POP3_INBOX)
+    ).one_or_none()
+    if row is None:
+        row = Folder(
+            id=new_id(),
+            tenant_id=tenant_id,
+            account_id=account_id,
+            name=POP3_INBOX,
+            display_name="Inbox",
+            type="inbox",
+            last_seen_uid=0,
+            message_count=0,
+            unread_count=0,
+        )
+        session.add(row)
+        session.flush()
+        events.folder_changed(session, row, "folder.created")
+    return row.id, row.synced_at is None
+
+
+def finish_pop3_inbox(session: Session, folder_id: str, completed: dict[str, Any] | None) -> None:
+    """Save a POP3 sync's end: counts and time; a first mirror is one ``sync.completed``."""
+    refresh_counts(session, folder_id)
+    row = session.get(Folder, folder_id)
+    if row is not None:
+        row.synced_at = now_ms()
+        if completed is not None:
+            events.sync_completed(session, row, **completed)

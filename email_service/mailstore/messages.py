@@ -444,3 +444,45 @@ def delete_blobs(blobs: BlobStore, keys: Iterable[str]) -> None:
             blobs.delete(key)
         except Exception:
             log.warning("could not delete blob %s", key, exc_info=True)
+
+
+def remove_from_folder(
+    session: Session, folder_id: str, message_ids: Sequence[str], unread: int, announce: bool
+) -> list[str]:
+    """Remove messages gone from the server's folder and move its counts with them.
+
+    ``unread`` is how many of them were unread. Returns the blob keys to delete.
+    """
+    keys = remove_messages(session, message_ids, announce=announce)
+    adjust_counts(session, folder_id, -len(message_ids), -unread)
+    return keys
+
+
+def write_flags(
+    session: Session,
+    account_id: str,
+    folder_id: str,
+    in_spam_folder: bool,
+    updates: Sequence[tuple[str, FlagState]],
+    unread_delta: int,
+    announce: bool,
+) -> list[str]:
+    """Store flags read from the server; each written message is a ``message.updated``
+    (when ``announce``).
+
+    A message with a local change still to be written to the server is left alone (that
+    change wins). Returns the ids of the messages written.
+    """
+    written: list[str] = []
+    for message_id, state in updates:
+        result = session.execute(
+            update(Message)
+            .where(Message.id == message_id, Message.pending_changes == 0)
+            .values(**state.columns(in_spam_folder=in_spam_folder), updated_at=now_ms())
+        )
+        if result.rowcount:  # type: ignore[attr-defined]
+            written.append(message_id)
+    adjust_counts(session, folder_id, 0, unread_delta)
+    if announce:
+        events.messages_updated(session, account_id, written)
+    return written

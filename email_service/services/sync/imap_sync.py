@@ -32,19 +32,26 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Folder, Message, now_ms
+from db.models import Message
 from email_service.mail.imap import FetchedMessage, FolderState, ImapSession
 from email_service.mail.mime import parse_message
-from email_service.mailstore.folders import LocalFolder, reconcile_folders, refresh_counts
+from email_service.mailstore.folders import (
+    LocalFolder,
+    advance_last_seen,
+    empty_folder,
+    finish_folder,
+    mark_synced,
+    reconcile_folders,
+)
 from email_service.mailstore.messages import (
     FlagState,
     FolderTarget,
     Incoming,
-    adjust_counts,
-    remove_messages,
+    remove_from_folder,
+    write_flags,
 )
 from email_service.services import events
 from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
@@ -78,9 +85,7 @@ def sync_imap(job: SyncJob, imap: ImapSession) -> None:
     if job.unchanged:
         # Same state as last time, so the same counts: only the time is new.
         with job.transaction() as session:
-            session.execute(
-                update(Folder).where(Folder.id.in_(job.unchanged)).values(synced_at=now_ms())
-            )
+            mark_synced(session, job.unchanged)
 
 
 def sync_folder(
@@ -107,22 +112,10 @@ def sync_folder(
     with job.transaction() as session:
         if rebuild:
             log.info("UIDVALIDITY of %s changed: rebuilding the folder", folder.name)
-            stale = list(session.scalars(select(Message.id).where(Message.folder_id == folder.id)))
-            job.blob_keys.extend(remove_messages(session, stale, announce=False))
-            job.counts.removed += len(stale)
-            removed += len(stale)
-            session.execute(
-                update(Folder)
-                .where(Folder.id == folder.id)
-                .values(
-                    last_seen_uid=0,
-                    highest_modseq=None,
-                    # Set again when the folder is complete (see the module docstring).
-                    uidvalidity=None,
-                    message_count=0,
-                    unread_count=0,
-                )
-            )
+            stale, keys = empty_folder(session, folder.id)
+            job.blob_keys.extend(keys)
+            job.counts.removed += stale
+            removed += stale
         else:
             for message_id, uid, flags, pending in session.execute(
                 select(Message.id, Message.uid, Message.flags, Message.pending_changes).where(
@@ -146,9 +139,10 @@ def sync_folder(
             unread = sum(1 for uid in gone if "\\Seen" not in known[uid][1])
             with job.transaction() as session:
                 job.blob_keys.extend(
-                    remove_messages(session, [known[uid][0] for uid in gone], announce=not first)
+                    remove_from_folder(
+                        session, folder.id, [known[uid][0] for uid in gone], unread, not first
+                    )
                 )
-                adjust_counts(session, folder.id, -len(gone), -unread)
             job.counts.removed += len(gone)
             removed += len(gone)
             for uid in gone:
@@ -216,18 +210,7 @@ def _apply_flags(
         return
     in_spam = folder.type == "spam"
     with job.transaction() as session:
-        written: list[str] = []
-        for message_id, state in updates:
-            result = session.execute(
-                update(Message)
-                .where(Message.id == message_id, Message.pending_changes == 0)
-                .values(**state.columns(in_spam_folder=in_spam), updated_at=now_ms())
-            )
-            if result.rowcount:  # type: ignore[attr-defined]
-                written.append(message_id)
-        adjust_counts(session, folder.id, 0, unread_delta)
-        if announce:
-            events.messages_updated(session, job.account_id, written)
+        write_flags(session, job.account_id, folder.id, in_spam, updates, unread_delta, announce)
     job.counts.updated += len(updates)
 
 
@@ -271,12 +254,7 @@ def _fetch_new(
             position += 1
         if position == start:
             return
-        highest = uids[position - 1]
-        session.execute(
-            update(Folder)
-            .where(Folder.id == folder.id, Folder.last_seen_uid < highest)
-            .values(last_seen_uid=highest)
-        )
+        advance_last_seen(session, folder.id, uids[position - 1])
 
     with BatchWriter(job, target, mark_seen, stored) as writer:
         for batch in _parsed_batches(imap.fetch(uids, batch_size=job.batch_size), job.batch_size):
@@ -322,18 +300,11 @@ def _finish_folder(
 ) -> None:
     """Save the folder's new state; ``completed`` holds the counts of a whole mirror."""
     with job.transaction() as session:
-        session.execute(
-            update(Folder)
-            .where(Folder.id == folder.id)
-            .values(
-                uidvalidity=state.uidvalidity,
-                uidnext=state.uidnext,
-                highest_modseq=state.highestmodseq,
-                synced_at=now_ms(),
-            )
+        finish_folder(
+            session,
+            folder.id,
+            uidvalidity=state.uidvalidity,
+            uidnext=state.uidnext,
+            highest_modseq=state.highestmodseq,
+            completed=completed,
         )
-        refresh_counts(session, folder.id)
-        if completed is not None:
-            row = session.get(Folder, folder.id)
-            if row is not None:
-                events.sync_completed(session, row, **completed)

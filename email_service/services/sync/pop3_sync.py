@@ -12,10 +12,15 @@ from dataclasses import replace
 
 from sqlalchemy import select
 
-from db.models import Folder, Message, new_id, now_ms
+from db.models import Message
 from email_service.mail.mime import parse_message
 from email_service.mail.pop3 import MessageTooLarge, Pop3Session
-from email_service.mailstore.folders import refresh_counts
+from email_service.mailstore.folders import (
+    POP3_INBOX,
+    finish_pop3_inbox,
+    pop3_inbox,
+    refresh_counts,
+)
 from email_service.mailstore.messages import (
     FolderTarget,
     Incoming,
@@ -27,31 +32,13 @@ from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
 
 log = logging.getLogger(__name__)
 
-INBOX = "INBOX"
+INBOX = POP3_INBOX
 
 
 def _inbox(job: SyncJob) -> tuple[str, bool]:
     """The INBOX row's id, and whether it was never mirrored yet."""
     with job.transaction() as session:
-        row = session.scalars(
-            select(Folder).where(Folder.account_id == job.account_id, Folder.name == INBOX)
-        ).one_or_none()
-        if row is None:
-            row = Folder(
-                id=new_id(),
-                tenant_id=job.tenant_id,
-                account_id=job.account_id,
-                name=INBOX,
-                display_name="Inbox",
-                type="inbox",
-                last_seen_uid=0,
-                message_count=0,
-                unread_count=0,
-            )
-            session.add(row)
-            session.flush()
-            events.folder_changed(session, row, "folder.created")
-        return row.id, row.synced_at is None
+        return pop3_inbox(session, job.tenant_id, job.account_id)
 
 
 def _retrieve(pop: Pop3Session, number: int, uidl: str, listed_size: int) -> Incoming:
@@ -121,18 +108,14 @@ def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
     if items:
         _store(job, target, items)
 
+    completed = None
+    if first:
+        completed = {
+            "reason": "initial",
+            "added": job.counts.added - added_before,
+            "removed": len(gone),
+            "skipped": len(job.counts.skipped) - skipped_before,
+        }
     with job.transaction() as session:
-        refresh_counts(session, folder_id)
-        row = session.get(Folder, folder_id)
-        if row is not None:
-            row.synced_at = now_ms()
-            if first:
-                events.sync_completed(
-                    session,
-                    row,
-                    reason="initial",
-                    added=job.counts.added - added_before,
-                    removed=len(gone),
-                    skipped=len(job.counts.skipped) - skipped_before,
-                )
+        finish_pop3_inbox(session, folder_id, completed)
     job.counts.folders += 1
