@@ -8,4 +8,5 @@ it describes. Nothing here talks to a mail server.
   conversations), flag meanings, counts and removal.
 - ``folders``: folder rows from the server's list, folders jobs create, stored counts.
 - ``copies``: a message we put on the server ourselves (Sent copy, draft).
+- ``edits``: flag edits made through the API, and what their write-back settles.
 """

@@ -32,11 +32,11 @@ from email_service.errors import InvalidRequest, MessageNotFound, ServiceError
 from email_service.jobs import Attempt, RetryLater
 from email_service.mail.errors import MailError
 from email_service.mail.imap import ImapSession, RemoteFolder, is_valid_keyword
-from email_service.mailstore.folders import local_folder, refresh_counts
-from email_service.mailstore.messages import delete_blobs, remove_messages
+from email_service.mailstore.edits import edit_message, move_message, settle_pending
+from email_service.mailstore.messages import delete_blobs
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services import events, tasks
+from email_service.services import tasks
 from email_service.services.accounts import account_endpoint, load_account
 from email_service.services.delivery import describe
 from email_service.services.mailbox import message_detail
@@ -96,26 +96,24 @@ def update_message(
         raise MessageNotFound(message_id)
     flags = {flag.lower(): flag for flag in row.flags}
     before = _fields(row)
+    after = dict(before)
     if "isRead" in body:
-        row.is_read = bool(body["isRead"])
-        _set_flag(flags, _SEEN, row.is_read)
+        after["isRead"] = bool(body["isRead"])
+        _set_flag(flags, _SEEN, after["isRead"])
     if "isStarred" in body:
-        row.is_starred = bool(body["isStarred"])
-        _set_flag(flags, _FLAGGED, row.is_starred)
+        after["isStarred"] = bool(body["isStarred"])
+        _set_flag(flags, _FLAGGED, after["isStarred"])
     if "isSpam" in body:
-        row.is_spam = bool(body["isSpam"])
+        after["isSpam"] = bool(body["isSpam"])
     if labels is not None:
-        row.labels = labels
+        after["labels"] = labels
         flags = {k: v for k, v in flags.items() if not _is_label(v)}
         flags.update({label.lower(): label for label in labels})
-    changed = [name for name, value in _fields(row).items() if before[name] != value]
+    changed = [name for name, value in after.items() if before[name] != value]
     if not changed:
         return message_detail(scope, row)
-    # What the server will show once written; a sync compares it with the server's flags.
-    row.flags = sorted(flags.values())
-    row.updated_at = now_ms()
-    if account.protocol == "imap" and row.uid is not None:
-        row.pending_changes += 1
+    pending = account.protocol == "imap" and row.uid is not None
+    if pending:
         tasks.queue_task(
             scope,
             "flags",
@@ -123,9 +121,17 @@ def update_message(
             account_id=account.id,
             payload={"messageId": row.id, "fields": changed},
         )
-    scope.session.flush()
-    refresh_counts(scope.session, row.folder_id)
-    events.message_updated(scope.session, row)
+    edit_message(
+        scope.session,
+        row,
+        is_read=after["isRead"],
+        is_starred=after["isStarred"],
+        is_spam=after["isSpam"],
+        labels=after["labels"],
+        # What the server will show once written; a sync compares it with the server's.
+        flags=sorted(flags.values()),
+        pending=pending,
+    )
     return message_detail(scope, row)
 
 
@@ -294,7 +300,7 @@ def _finish(
     with runtime.db.transaction(tenant_id) as session:
         row = session.get(Message, message_id, with_for_update=True)
         if row is not None:
-            row.pending_changes = max(0, row.pending_changes - 1)
+            settle_pending(row)
             blob_keys = _apply(session, tenant_id, row, written, result)
         task = session.get(Task, task_id, with_for_update=True)
         if task is not None:
@@ -317,32 +323,4 @@ def _apply(
         return []
     if written.moved_to is None:
         return []
-    old_folder = row.folder_id
-    target = local_folder(session, tenant_id, row.account_id, written.moved_to, create=True)
-    assert target is not None
-    result["folder"] = target.name
-    taken = (
-        written.new_uid is not None
-        and session.scalar(
-            select(Message.id).where(Message.folder_id == target.id, Message.uid == written.new_uid)
-        )
-        is not None
-    )
-    if written.new_uid is None or taken:
-        # Without COPYUID the row cannot be matched to the moved message, and a row that
-        # a sync already made for it is the same message: drop ours, the sync has (or
-        # brings) the message in its new folder.
-        keys = remove_messages(session, [row.id])
-        result["removed"] = True
-        refresh_counts(session, old_folder)
-        return keys
-    row.folder_id = target.id
-    row.uid = written.new_uid
-    row.modseq = None
-    row.updated_at = now_ms()
-    result["uid"] = written.new_uid
-    session.flush()
-    refresh_counts(session, old_folder)
-    refresh_counts(session, target.id)
-    events.message_updated(session, row, previousFolderId=old_folder)
-    return []
+    return move_message(session, tenant_id, row, written.moved_to, written.new_uid, result)
