@@ -1,0 +1,94 @@
+"""The import rules of /ARCHITECTURE: who may import whom, read from the source.
+
+Each module's imports (top-level and inside functions) are parsed, not executed, so a
+deferred import cannot hide a dependency that points the wrong way.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "email_service"
+
+# The use cases: what requests and jobs call. Nothing below them may import them.
+USE_CASES = (
+    "email_service.services.accounts",
+    "email_service.services.tasks",
+    "email_service.services.mailjobs",
+    "email_service.services.delivery",
+    "email_service.services.writeback",
+    "email_service.services.compose",
+    "email_service.services.mailbox",
+    "email_service.services.search",
+    "email_service.services.webhooks",
+    "email_service.services.oauth2",
+)
+# The sync engine: mirrors a server into the mail store for whoever runs it.
+SYNC_ENGINE = ("base", "imap_sync", "pop3_sync", "pipeline")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports (``from a import b`` counts as a and a.b)."""
+    tree = ast.parse(path.read_text(), str(path))
+    name = _module_name(path)
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            parts = package[: len(package) - node.level + 1] if node.level else []
+            base = ".".join([*parts, node.module] if node.module else parts)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _within(name: str, prefixes: tuple[str, ...]) -> bool:
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in prefixes)
+
+
+def _offending(paths: list[Path], forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    bad: dict[str, list[str]] = {}
+    for path in paths:
+        wrong = sorted(name for name in imports_of(path) if _within(name, forbidden))
+        if wrong:
+            bad[str(path.relative_to(ROOT))] = wrong
+    return bad
+
+
+def test_the_parser_sees_relative_and_deferred_imports() -> None:
+    # A test of the checker itself: without it, a checker that finds nothing passes all.
+    found = imports_of(PACKAGE / "mail" / "imap.py")
+    assert "email_service.mail.imap_bounds" in found  # a relative import
+    assert "email_service.runtime" in imports_of(PACKAGE / "cli.py")  # a deferred one
+    assert _offending([PACKAGE / "services" / "writeback.py"], USE_CASES)
+
+
+def test_the_mail_store_imports_no_use_case_nor_the_sync_engine() -> None:
+    paths = sorted((PACKAGE / "mailstore").glob("*.py"))
+    assert paths
+    assert _offending(paths, (*USE_CASES, "email_service.services.sync")) == {}
+
+
+@pytest.mark.parametrize("module", SYNC_ENGINE)
+def test_the_sync_engine_imports_no_use_case(module: str) -> None:
+    path = PACKAGE / "services" / "sync" / f"{module}.py"
+    assert _offending([path], USE_CASES) == {}
+
+
+def test_mail_protocol_code_knows_no_database_nor_services() -> None:
+    paths = sorted((PACKAGE / "mail").glob("*.py"))
+    forbidden = ("db", "email_service.services", "email_service.mailstore", "sqlalchemy")
+    assert _offending(paths, forbidden) == {}
