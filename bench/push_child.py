@@ -22,7 +22,7 @@ from bench.memory import peak_rss_mib
 
 if TYPE_CHECKING:
     from email_service.mail.endpoint import MailEndpoint
-    from email_service.services.sync.push import SyncOutcome, WatchedAccount
+    from email_service.services.push import SyncOutcome, WatchedAccount
     from email_service.watcher.account import StoredStatus
 
 # The service is imported only for the watcher run: the baseline's memory is that of a
@@ -35,7 +35,7 @@ def emit(**values: object) -> None:
 
 class BenchBackend:
     def __init__(self, port: int, count: int, ca_file: str) -> None:
-        from email_service.services.sync.push import WatchedAccount
+        from email_service.services.push import WatchedAccount
 
         self.port = port
         self.ca_file = ca_file

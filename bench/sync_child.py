@@ -21,7 +21,7 @@ from email_service.jobs import Attempt
 from email_service.mail import imap as imap_module
 from email_service.runtime import build_runtime
 from email_service.scope import open_scope
-from email_service.services import sync
+from email_service.services import syncing as sync
 from email_service.services.accounts import load_account
 from email_service.services.tasks import TaskReport
 

@@ -10,7 +10,7 @@ from dramatiq.middleware import CurrentMessage
 
 from email_service.jobs import Attempt, RetryLater, infrastructure_trouble
 from email_service.runtime import Runtime
-from email_service.services import compose, delivery, purge, sync, webhooks, writeback
+from email_service.services import compose, delivery, purge, syncing, webhooks, writeback
 
 
 def _attempt(max_retries: int) -> Attempt:
@@ -41,7 +41,7 @@ def declare_actors(
     }
 
     def sync_account(task_id: str, tenant_id: str) -> None:
-        sync.run_sync(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
+        syncing.run_sync(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
 
     def send_email(task_id: str, tenant_id: str) -> None:
         delivery.run_send(runtime, uuid.UUID(tenant_id), task_id, _attempt(max_retries))
@@ -80,8 +80,8 @@ def declare_actors(
             max_retries=0,
             time_limit=120_000,
         )(fan_out_changes),
-        sync.SYNC_ACTOR: declare(
-            actor_name=sync.SYNC_ACTOR,
+        syncing.SYNC_ACTOR: declare(
+            actor_name=syncing.SYNC_ACTOR,
             queue_name="sync",
             time_limit=settings.sync_time_limit_ms,
             **options,

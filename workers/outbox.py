@@ -28,7 +28,7 @@ from sqlalchemy import select
 from db.models import Task, now_ms
 from email_service.runtime import Runtime
 from email_service.services import compose, tasks, writeback
-from email_service.services.sync import SYNC_ACTOR
+from email_service.services.syncing import SYNC_ACTOR
 from workers.broker import DramatiqJobs
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import time
 from email_service.runtime import Runtime
 from email_service.services import webhooks
 from email_service.services.changes import prune
-from email_service.services.sync.schedule import enqueue_due_syncs
+from email_service.services.sync_schedule import enqueue_due_syncs
 from workers import outbox
 from workers.broker import DramatiqJobs
 

@@ -13,8 +13,8 @@ import threading
 
 from email_service.mail.endpoint import MailEndpoint
 from email_service.runtime import Runtime
-from email_service.services.sync import push
-from email_service.services.sync.push import SyncOutcome, WatchedAccount
+from email_service.services import push
+from email_service.services.push import SyncOutcome, WatchedAccount
 from email_service.watcher.account import StoredStatus
 from email_service.watcher.core import Watcher
 from email_service.watcher.leases import LeaseStore, MemoryLeases, RedisLeases

@@ -24,7 +24,7 @@ from email_service.errors import ServiceError
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.errors import MailAuthError
 from email_service.mail.imap_watch import Change, FolderStatus, WatchSession
-from email_service.services.sync.push import SyncOutcome, WatchedAccount
+from email_service.services.push import SyncOutcome, WatchedAccount
 from email_service.watcher.manners import Backoff, ConnectGate
 
 log = logging.getLogger(__name__)

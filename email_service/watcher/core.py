@@ -28,7 +28,7 @@ from email_service import metrics
 from email_service.config import Settings
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.imap_watch import WatchSession
-from email_service.services.sync.push import WatchedAccount
+from email_service.services.push import WatchedAccount
 from email_service.watcher.account import AccountWatch, Backend, WatchSettings
 from email_service.watcher.leases import LeaseStore
 from email_service.watcher.manners import ConnectGate

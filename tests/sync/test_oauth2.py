@@ -23,8 +23,8 @@ from email_service.app import create_app
 from email_service.oauth2 import REVOKED_MESSAGE
 from email_service.runtime import Runtime, build_runtime, set_runtime
 from email_service.services import oauth2 as oauth2_service
-from email_service.services.sync import push
-from email_service.services.sync.schedule import enqueue_due_syncs
+from email_service.services import push
+from email_service.services.sync_schedule import enqueue_due_syncs
 from tests.compose.conftest import await_task, server_messages
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser

@@ -32,7 +32,7 @@ from email_service.config import Settings
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.imap_watch import WatchSession
 from email_service.runtime import Runtime
-from email_service.services.sync.push import WatchedAccount, queue_folder_sync, watchable_accounts
+from email_service.services.push import WatchedAccount, queue_folder_sync, watchable_accounts
 from email_service.services.tasks import ACTIVE
 from email_service.watcher import DatabaseBackend, build_leases
 from email_service.watcher.core import Watcher

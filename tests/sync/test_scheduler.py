@@ -11,7 +11,7 @@ from sqlalchemy import select, update
 
 from db.models import Account, Task, now_ms
 from email_service.runtime import Runtime
-from email_service.services.sync.schedule import enqueue_due_syncs
+from email_service.services.sync_schedule import enqueue_due_syncs
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.mailgen import corpus

@@ -15,7 +15,7 @@ from email_service.mail.mime import parse_message
 from email_service.mailstore.messages import FolderTarget, Incoming, MessageStore
 from email_service.runtime import Runtime
 from email_service.scope import open_scope
-from email_service.services import sync as sync_service
+from email_service.services import syncing as sync_service
 from email_service.services.accounts import load_account
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser

@@ -12,7 +12,7 @@ import pytest
 
 from email_service.config import Settings
 from email_service.mail.endpoint import MailEndpoint
-from email_service.services.sync.push import SyncOutcome, WatchedAccount
+from email_service.services.push import SyncOutcome, WatchedAccount
 from email_service.watcher.account import StoredStatus
 from email_service.watcher.core import Watcher
 from email_service.watcher.leases import MemoryLeases

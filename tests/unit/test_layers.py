@@ -9,8 +9,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "email_service"
 
@@ -26,9 +24,12 @@ USE_CASES = (
     "email_service.services.search",
     "email_service.services.webhooks",
     "email_service.services.oauth2",
+    "email_service.services.syncing",
+    "email_service.services.sync_schedule",
+    "email_service.services.push",
 )
 # The sync engine: mirrors a server into the mail store for whoever runs it.
-SYNC_ENGINE = ("base", "imap_sync", "pop3_sync", "pipeline")
+SYNC_ENGINE = sorted((PACKAGE / "services" / "sync").glob("*.py"))
 
 
 def _module_name(path: Path) -> str:
@@ -82,10 +83,10 @@ def test_the_mail_store_imports_no_use_case_nor_the_sync_engine() -> None:
     assert _offending(paths, (*USE_CASES, "email_service.services.sync")) == {}
 
 
-@pytest.mark.parametrize("module", SYNC_ENGINE)
-def test_the_sync_engine_imports_no_use_case(module: str) -> None:
-    path = PACKAGE / "services" / "sync" / f"{module}.py"
-    assert _offending([path], USE_CASES) == {}
+def test_the_sync_engine_imports_no_use_case() -> None:
+    # Starting, scheduling and running syncs (load_account, task reports) sit above it.
+    assert {path.stem for path in SYNC_ENGINE} >= {"imap_sync", "pop3_sync", "base"}
+    assert _offending(SYNC_ENGINE, USE_CASES) == {}
 
 
 def test_mail_protocol_code_knows_no_database_nor_services() -> None:

@@ -33,7 +33,7 @@ from email_service.runtime import Runtime
 from email_service.scope import open_scope
 from email_service.services import events, tasks
 from email_service.services.accounts import account_endpoint, load_account
-from email_service.services.sync import request_sync
+from email_service.services.syncing import request_sync
 
 log = logging.getLogger(__name__)
 

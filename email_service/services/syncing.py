@@ -1,0 +1,258 @@
+"""Synchronising an account with its mail server: starting a sync, and running one.
+
+``start_sync`` runs in a request (or the scheduler): it creates the task row and queues
+the job, or returns the sync already under way. ``run_sync`` runs in a worker: it takes
+the account's lock, mirrors the account (``imap_sync`` / ``pop3_sync``), and records
+progress and outcome in the task row.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from db.models import Account, Task, now_ms
+from email_service import locks, metrics
+from email_service.crypto import DecryptionError
+from email_service.errors import ServiceError
+from email_service.jobs import Attempt, RetryLater, infrastructure_trouble
+from email_service.mail.errors import MailAuthError, MailError
+from email_service.mail.imap import ImapSession
+from email_service.mail.pop3 import Pop3Session
+from email_service.mailstore.messages import MessageStore, delete_blobs
+from email_service.oauth2 import OAuth2Error, OAuth2Unavailable
+from email_service.runtime import Runtime
+from email_service.scope import Scope
+from email_service.services import events, tasks
+from email_service.services.accounts import account_endpoint, load_account
+from email_service.services.sync.base import SyncCounts, SyncJob
+from email_service.services.sync.imap_sync import sync_imap
+from email_service.services.sync.pop3_sync import sync_pop3
+
+log = logging.getLogger(__name__)
+
+SYNC_ACTOR = "sync_account"
+
+
+def start_sync(scope: Scope, account_id: str, body: dict[str, Any] | None) -> dict[str, Any]:
+    """Queue a sync of the caller's account, or return the one already pending/running.
+
+    Raises ``AccountNotFound`` for an unknown, deleted or foreign account.
+    """
+    body = body or {}
+    account = load_account(scope, account_id, for_update=True)
+    return request_sync(scope, account, force=body.get("force", False), folders=body.get("folders"))
+
+
+def request_sync(
+    scope: Scope, account: Account, *, force: bool = False, folders: list[str] | None = None
+) -> dict[str, Any]:
+    """``start_sync`` for an account row already loaded (and locked) by the caller."""
+    if account.sync_task_id:
+        current = scope.session.get(Task, account.sync_task_id)
+        if tasks.is_active(current):
+            assert current is not None
+            return {
+                "taskId": current.id,
+                "status": "started" if current.status != "pending" else "pending",
+                "message": "A sync of this account is already under way",
+            }
+    payload: dict[str, Any] = {"force": bool(force)}
+    if folders:
+        payload["folders"] = list(dict.fromkeys(folders))
+    row = tasks.queue_task(scope, "sync", SYNC_ACTOR, account_id=account.id, payload=payload)
+    account.sync_task_id = row.id
+    return {"taskId": row.id, "status": "pending", "message": "Sync queued"}
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OAuth2Error | OAuth2Unavailable):
+        # Already in words: "authorization revoked; reconnect the account", say.
+        return str(exc)
+    if isinstance(exc, MailAuthError):
+        return f"The mail server refused the login: {exc}"
+    if isinstance(exc, MailError):
+        return str(exc)
+    if isinstance(exc, PermissionError):
+        return f"The connection was not allowed: {exc}"
+    if isinstance(exc, ServiceError):  # the outbound guard refusing the host, say
+        return exc.message
+    if isinstance(exc, DecryptionError):
+        return "The stored password cannot be decrypted (is its key still configured?)"
+    return "The sync failed because of an internal error"
+
+
+def run_sync(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Attempt) -> None:
+    """Run the sync task ``task_id``. Safe to run twice: a finished task is left alone.
+
+    Raises ``RetryLater`` when the failure is transient and retries remain (the task is
+    then in ``retry`` with the reason); otherwise records ``success`` or ``failure``.
+    """
+    report = tasks.TaskReport(runtime, tenant_id, task_id)
+    with runtime.db.transaction(tenant_id) as session:
+        task = session.get(Task, task_id)
+        if task is None or task.status in tasks.FINISHED:
+            return
+        account = session.get(Account, task.account_id) if task.account_id else None
+    if account is None or account.deleted_at is not None:
+        report.failed("The account no longer exists")
+        return
+
+    with locks.try_lock(runtime.db, f"sync:{account.id}") as locked:
+        if not locked:
+            message = "Another sync of this account is running"
+            if attempt.last:
+                # The running sync owns is_syncing; only this task's claim is dropped.
+                report.failed(message, also=_finish_account(account.id, task_id, None))
+                return
+            report.retrying(message)
+            raise RetryLater(message)
+        _run_locked(runtime, tenant_id, account, task, report, attempt)
+
+
+def _run_locked(
+    runtime: Runtime,
+    tenant_id: uuid.UUID,
+    account: Account,
+    task: Task,
+    report: tasks.TaskReport,
+    attempt: Attempt,
+) -> None:
+    report.started(attempt.number, also=_syncing(account.id))
+    folders = task.payload.get("folders")
+    store = MessageStore(runtime.blobs)
+    job = SyncJob(
+        db=runtime.db,
+        tenant_id=tenant_id,
+        account_id=account.id,
+        store=store,
+        force=bool(task.payload.get("force")),
+        only_folders=frozenset(folders) if folders else None,
+        batch_size=runtime.settings.sync_batch_size,
+        progress=lambda percent: _report_progress(report, job, percent),
+        # Messages stored by an attempt that was cut off (a retry, or a worker that died
+        # while the task was "started") stay counted; folders are counted afresh.
+        counts=SyncCounts.resume(task.result if task.status in ("retry", "started") else None),
+    )
+    began = time.monotonic()
+    try:
+        endpoint = account_endpoint(runtime, account)
+        if account.protocol == "pop3":
+            with Pop3Session(endpoint) as pop:
+                sync_pop3(job, pop)
+        else:
+            with ImapSession(endpoint) as imap:
+                sync_imap(job, imap)
+    except Exception as exc:
+        reason = _describe(exc)
+        outage = infrastructure_trouble(exc)
+        if outage is not None:
+            # Batches already committed stay; the retry resumes after them.
+            reason = f"The sync was interrupted: {outage}; it will be retried"
+            log.warning("sync of account %s interrupted: %s (%r)", account.id, outage, exc)
+        elif not isinstance(exc, (MailError, PermissionError, DecryptionError, ServiceError)):
+            log.exception("sync of account %s failed", account.id)
+        else:
+            log.warning("sync of account %s failed: %s", account.id, reason)
+        transient = (isinstance(exc, MailError) and exc.transient) or outage is not None
+        # The server refused us or could not be reached (not our own bug): account.error,
+        # told once until a sync succeeds again.
+        failing = _failing(account.id, reason) if _server_problem(exc) else None
+        if transient and not attempt.last:
+            also = _both(_syncing(account.id, False), failing)
+            report.retrying(reason, job.counts.result(), also=also)
+            raise RetryLater(reason) from exc
+        also = _both(_finish_account(account.id, task.id, False), failing)
+        report.failed(reason, job.counts.result(), also=also)
+    except BaseException:
+        # The worker is going away (shutdown, time limit): the task stays "started" for
+        # the redelivered message to resume; the account is not syncing meanwhile.
+        with runtime.db.transaction(tenant_id) as session:
+            _syncing(account.id, False)(session)
+        raise
+    else:
+        also = _both(_finish_account(account.id, task.id, True), _recovered(account.id))
+        report.succeeded(job.counts.result(), also=also)
+        took = time.monotonic() - began
+        metrics.observe_sync(took, job.counts.added + job.counts.updated)
+        noticed = task.payload.get("noticedAt")
+        if isinstance(noticed, int):
+            # A sync the watcher asked for: how long from the server's notice to stored.
+            metrics.observe_push_latency((now_ms() - noticed) / 1000)
+        log.info("synced account %s in %.1fs: %s", account.id, took, job.counts.result())
+    finally:
+        store.close()
+        delete_blobs(runtime.blobs, job.blob_keys)
+
+
+def _report_progress(report: tasks.TaskReport, job: SyncJob, percent: float) -> None:
+    counts = job.counts
+    stored = (counts.added, counts.updated, counts.removed, len(counts.skipped))
+    # Every change to what is stored is saved with the progress, so a rerun after a
+    # crash resumes exact counts; progress alone may wait.
+    save = stored != job.saved_counts
+    job.saved_counts = stored
+    report.progress(percent, counts.result(), save=save)
+
+
+def _server_problem(exc: BaseException) -> bool:
+    return isinstance(exc, (MailError, PermissionError, ServiceError))
+
+
+def _failing(account_id: str, reason: str) -> tasks.Also:
+    def apply(session: Session) -> None:
+        events.account_failing(session, account_id, reason)
+
+    return apply
+
+
+def _recovered(account_id: str) -> tasks.Also:
+    def apply(session: Session) -> None:
+        events.account_recovered(session, account_id)
+
+    return apply
+
+
+def _both(first: tasks.Also, second: tasks.Also | None) -> tasks.Also:
+    if second is None:
+        return first
+
+    def apply(session: Session) -> None:
+        first(session)
+        second(session)
+
+    return apply
+
+
+def _syncing(account_id: str, value: bool = True) -> tasks.Also:
+    def apply(session: Session) -> None:
+        session.execute(update(Account).where(Account.id == account_id).values(is_syncing=value))
+
+    return apply
+
+
+def _finish_account(account_id: str, task_id: str, success: bool | None) -> tasks.Also:
+    """The task is over: the account is free for the next sync.
+
+    ``success`` True or False: this task ran the sync, which has stopped (and, when
+    True, succeeded). None: this task never ran one.
+    """
+
+    def apply(session: Session) -> None:
+        if success is not None:
+            values: dict[str, Any] = {"is_syncing": False}
+            if success:
+                values["last_sync_at"] = now_ms()
+            session.execute(update(Account).where(Account.id == account_id).values(**values))
+        session.execute(
+            update(Account)
+            .where(Account.id == account_id, Account.sync_task_id == task_id)
+            .values(sync_task_id=None)
+        )
+
+    return apply
