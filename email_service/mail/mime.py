@@ -533,7 +533,10 @@ def _fast_draft(raw: bytes) -> _Draft | None:
     - an mbox ``From `` envelope line before the headers: the stdlib sets it aside,
       the fast parser reads it as a header;
     - RFC 2231 continued, percent-encoded parameters (``filename*0*=``): it decodes each
-      piece alone and breaks a character split across two pieces.
+      piece alone and breaks a character split across two pieces;
+    - a text/plain or text/html part that is not an attachment but has a name (an
+      inline text file): it reads it as body only and gives no way to tell which body
+      it was, where it also belongs in the attachment list (see ``_named_text_part``).
     Address headers it reads differently (comments, groups) are re-read by the stdlib
     one by one, which is far cheaper than handing over the whole message.
     """
@@ -568,6 +571,9 @@ def _fast_draft(raw: bytes) -> _Draft | None:
     if content_type[:20].lower().lstrip().startswith("multipart/") and not _boundary_intact(
         raw, content_type
     ):
+        return None
+
+    if _named_text_part(raw, content_type, first_values.get("content-disposition", "")):
         return None
 
     draft = _Draft(parser="fast", blank=not raw or raw.isspace())
@@ -618,6 +624,95 @@ def _fast_draft(raw: bytes) -> _Draft | None:
         else:
             setattr(draft, attribute, [_bare_address(address.address) for address in parsed])
     return draft
+
+
+_TEXT_BODY_TYPE = re.compile(r"\s*text/(?:plain|html)\s*(?:;|$)", re.IGNORECASE)
+_NAME_PARAMETER = re.compile(r";\s*(?:file)?name\*?[0-9]*\*?\s*=", re.IGNORECASE)
+_ATTACHMENT_DISPOSITION = re.compile(r"\s*attachment\s*(?:;|$)", re.IGNORECASE)
+_PART_HEADER = re.compile(
+    rb"^content-(type|disposition)[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE
+)
+# Part header blocks read when looking for named text parts: more parts than this, or a
+# longer header block, and the message is left to the stdlib (which is then the cheaper
+# side of being wrong).
+_MAX_PARTS_SCANNED = 200
+_MAX_PART_HEADER = 16_384
+
+
+def _named_text(content_type: str, disposition: str) -> bool:
+    """A text body part (not an attachment) with a name parameter in either header."""
+    if not _TEXT_BODY_TYPE.match(content_type) or _ATTACHMENT_DISPOSITION.match(disposition):
+        return False
+    return bool(_NAME_PARAMETER.search(content_type) or _NAME_PARAMETER.search(disposition))
+
+
+def _named_text_part(raw: bytes, content_type: str, disposition: str) -> bool:
+    """Whether ``raw`` may hold a named inline text part: true means "leave it to the stdlib".
+
+    Reads only the header blocks of the message's own parts, found by plain searches
+    for their delimiters, so a message with large parts costs a few ``find`` calls.
+    Errs towards true (a needless hand-over costs time, never a different result).
+    """
+    if _named_text(content_type, disposition):
+        return True
+    if not content_type[:20].lower().lstrip().startswith("multipart/"):
+        return False
+    match = _BOUNDARY_PARAMETER.search(content_type)
+    if match is None:
+        return False
+    boundaries = [(match.group(1) or match.group(2)).encode("utf-8", errors="replace")]
+    scanned = 0
+    while boundaries:
+        delimiter = b"\n--" + boundaries.pop()
+        position = _next_delimiter(raw, delimiter, 0)
+        while position >= 0:
+            scanned += 1
+            if scanned > _MAX_PARTS_SCANNED:
+                return True
+            if raw.startswith(b"--", position + len(delimiter)):
+                break  # the close delimiter: the rest is epilogue
+            start = raw.find(b"\n", position + len(delimiter))
+            if start < 0:
+                break
+            limit = start + _MAX_PART_HEADER
+            end = raw.find(b"\n\r\n", start, limit)
+            bare_end = raw.find(b"\n\n", start, end if end >= 0 else limit)
+            if bare_end >= 0:
+                end = bare_end
+            if end < 0:
+                end = limit
+            fields = {"type": "", "disposition": ""}
+            for name, value in _PART_HEADER.findall(raw[start:end]):
+                key = name.decode("ascii").lower()
+                if not fields[key]:
+                    fields[key] = _FOLD.sub(" ", value.decode("utf-8", errors="replace"))
+            if _named_text(fields["type"], fields["disposition"]):
+                return True
+            if fields["type"].lstrip()[:10].lower() == "multipart/":
+                nested = _BOUNDARY_PARAMETER.search(fields["type"])
+                if nested is not None:
+                    boundaries.append(
+                        (nested.group(1) or nested.group(2)).encode("utf-8", errors="replace")
+                    )
+            position = _next_delimiter(raw, delimiter, end)
+    return False
+
+
+def _next_delimiter(raw: bytes, delimiter: bytes, start: int) -> int:
+    # Jumps to the next "-" (memchr speed) and searches a stretch from there: base64 has
+    # no "-", so encoded attachments are skipped in one jump, not searched through.
+    while True:
+        dash = raw.find(b"-", start)
+        if dash < 0:
+            return -1
+        stretch_end = dash + _DELIMITER_STRETCH
+        found = raw.find(delimiter, max(start, dash - 1), stretch_end)
+        if found >= 0 or stretch_end >= len(raw):
+            return found
+        start = stretch_end - len(delimiter)
+
+
+_DELIMITER_STRETCH = 4096
 
 
 def _trust_fast_addresses(header_value: str, parsed: list[fast_mail_parser.PyAddress]) -> bool:
@@ -790,6 +885,11 @@ def _collect_part(
     if content_type in ("text/plain", "text/html") and disposition != "attachment":
         text = _decode_text(data, part.get_content_charset(), draft.defects)
         (draft.texts if content_type == "text/plain" else draft.htmls).append(text)
+        named = _stdlib_part(part, content_type, disposition, data)
+        if named.filename.strip():
+            # A text part with a name is a file the sender attached inline: mail clients
+            # show it in the body and list it among the attachments, and so do we.
+            draft.attachments.append(named)
     else:
         draft.attachments.append(_stdlib_part(part, content_type, disposition, data))
 

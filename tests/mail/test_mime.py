@@ -389,6 +389,12 @@ CORPUS: dict[str, Callable[[], bytes]] = {
     "unknown-charset": unknown_charset,
     "ascii-labelled-utf8": ascii_labelled_utf8,
     "no-content-subtype": no_content_subtype,
+    "inline-text-files": lambda: mailgen.corpus()["inline_text_files"],
+    "inline-text-file-alone": lambda: message(
+        HEADERS + 'Content-Type: text/plain; charset=utf-8; name="notes.txt"\n'
+        'Content-Disposition: inline; filename="notes.txt"\n',
+        "Notes in a file of their own.\n",
+    ),
     "empty-input": lambda: b"",
     "not-mail": lambda: b"\x00\xff\xfe garbage \r\r\n\n\x00",
 }
@@ -951,3 +957,74 @@ def test_encoded_words_found_in_the_wild_are_decoded_as_mail_clients_show_them(
         b"Date: Tue, 02 Jan 2024 03:04:05 +0000\r\n\r\nbody\r\n"
     )
     assert parse(raw).subject == expected
+
+
+# ------------------------------------------------------------------ inline text files
+
+
+def _with_text_part(part_headers: bytes, *, after: bytes = b"") -> bytes:
+    return _outer(
+        b'multipart/mixed; boundary="t1"',
+        b"--t1\r\nContent-Type: text/plain\r\n\r\nThe body itself.\r\n"
+        b"--t1\r\n" + part_headers + b"\r\n\r\nText of the file.\r\n" + after + b"--t1--\r\n",
+    )
+
+
+@pytest.mark.parametrize("parse", [parse_message, parse_message_stdlib], ids=["auto", "stdlib"])
+@pytest.mark.parametrize(
+    ("part_headers", "filename", "is_inline"),
+    [
+        (
+            b'Content-Type: text/plain\r\nContent-Disposition: inline; filename="a.txt"',
+            "a.txt",
+            True,
+        ),
+        (b'Content-Type: text/plain; name="b.txt"', "b.txt", False),
+        (b'Content-Type: text/html; name="c.html"\r\nContent-Disposition: inline', "c.html", True),
+        (
+            b"Content-Type: text/plain\r\nContent-Disposition: inline;\r\n"
+            b" filename*=utf-8''r%C3%A9sum%C3%A9.txt",
+            "r\u00e9sum\u00e9.txt",
+            True,
+        ),
+    ],
+    ids=["inline-filename", "no-disposition-name", "html-name", "rfc2231-folded"],
+)
+def test_a_named_inline_text_part_is_in_the_body_and_in_the_attachment_list(
+    part_headers: bytes, filename: str, is_inline: bool, parse: Callable[[bytes], ParsedMessage]
+) -> None:
+    parsed = parse(_with_text_part(part_headers))
+    [attachment] = parsed.attachments
+    assert (attachment.filename, attachment.is_inline) == (filename, is_inline)
+    assert attachment.data == b"Text of the file."
+    assert attachment.mime_type in ("text/plain", "text/html")
+    # The body is what it was before the file was listed.
+    assert parsed.body_text.startswith("The body itself.")
+    if attachment.mime_type == "text/plain":
+        assert "Text of the file." in parsed.body_text
+    else:
+        assert parsed.body_html == "Text of the file."
+
+
+def test_named_inline_text_parts_nested_deeper_are_listed_by_both_parsers() -> None:
+    nested = (
+        b'--t1\r\nContent-Type: multipart/alternative; boundary="t2"\r\n\r\n'
+        b"--t2\r\nContent-Type: text/plain\r\n\r\nplain\r\n"
+        b'--t2\r\nContent-Type: text/plain;\r\n name="deep.txt"\r\n\r\ndeep\r\n--t2--\r\n'
+    )
+    raw = _with_text_part(b"Content-Type: text/plain", after=nested)
+    assert parse_message_fast(raw) is None  # left to the stdlib, which sees the name
+    assert [a.filename for a in parse_message(raw).attachments] == ["deep.txt"]
+    assert_parsers_agree(raw)
+
+
+def test_unnamed_text_parts_and_text_attachments_stay_on_the_fast_path() -> None:
+    for part_headers in (
+        b"Content-Type: text/plain",
+        b'Content-Type: text/plain; name="d.txt"\r\nContent-Disposition: attachment',
+        b'Content-Type: application/pdf; name="e.pdf"',
+        b'Content-Type: text/html\r\nX-Note: filename="not a parameter here"',
+    ):
+        raw = _with_text_part(part_headers)
+        fast = assert_parsers_agree(raw)
+        assert fast is not None, part_headers

@@ -1423,6 +1423,65 @@ def _build() -> tuple[dict[str, bytes], dict[str, dict[str, Any]]]:
         defect="empty body",
         empty_body=True,
     )
+
+    # 17. inline text files: named text parts that are not attachments ----------
+    d = _BASE + timedelta(days=2, hours=5)
+    notes = _crlf("Minutes of the planning call\n1. Budget agreed\n2. Launch moves to May\n")
+    agenda = _crlf("<html><body><h1>Agenda</h1><p>Kick-off at 10:00</p></body></html>\n")
+    b = "b1_inline_text_7a8b"
+    add(
+        "inline_text_files",
+        _msg(
+            [
+                *_std_headers(
+                    from_="Xavier Apple <xavier@example.org>",
+                    subject="Minutes and agenda",
+                    msgid="<inline-text.1@example.org>",
+                    date=d,
+                ),
+                ("Content-Type", f'multipart/mixed; boundary="{b}"'),
+            ],
+            _multipart(
+                b,
+                [
+                    _part(
+                        [("Content-Type", "text/plain; charset=us-ascii")],
+                        _crlf("Here are the minutes, and the agenda for Monday.\n"),
+                    ),
+                    # Apple Mail's way: a text file attached inline, with a name.
+                    _part(
+                        [
+                            ("Content-Type", 'text/plain; charset=us-ascii; name="minutes.txt"'),
+                            ("Content-Disposition", 'inline; filename="minutes.txt"'),
+                            ("Content-Transfer-Encoding", "7bit"),
+                        ],
+                        notes,
+                    ),
+                    # No disposition at all, only a name in the Content-Type.
+                    _part(
+                        [("Content-Type", 'text/html; charset=us-ascii; name="agenda.html"')],
+                        agenda,
+                    ),
+                ],
+            ),
+        ),
+        description=(
+            "named text parts that are not attachments (inline / no disposition): shown in "
+            "the body and listed among the attachments, as mail clients do"
+        ),
+        subject="Minutes and agenda",
+        from_name="Xavier Apple",
+        from_addr="xavier@example.org",
+        message_id="<inline-text.1@example.org>",
+        date=d,
+        charset="us-ascii",
+        text_snippet="the agenda for Monday.",
+        html_snippet="Kick-off at 10:00",
+        attachments=[
+            {"filename": "minutes.txt", "content_type": "text/plain", "size": len(notes) - 2},
+            {"filename": "agenda.html", "content_type": "text/html", "size": len(agenda) - 2},
+        ],
+    )
     return samples, expected
 
 

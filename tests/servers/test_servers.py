@@ -547,10 +547,20 @@ def _summarize(msg: Any) -> dict[str, Any]:
                     "size": None if payload is None else len(payload),
                 }
             )
-        elif ctype == "text/plain" and text is None:
-            text = part.get_content()
-        elif ctype == "text/html" and html is None:
-            html = part.get_content()
+        else:
+            if ctype in ("text/plain", "text/html") and part.get_filename():
+                # A named text file sent inline: in the body and among the attachments.
+                attachments.append(
+                    {
+                        "filename": part.get_filename(),
+                        "content_type": ctype,
+                        "size": len(part.get_payload(decode=True)),
+                    }
+                )
+            if ctype == "text/plain" and text is None:
+                text = part.get_content()
+            elif ctype == "text/html" and html is None:
+                html = part.get_content()
     return {"attachments": attachments, "inline": inline, "text": text, "html": html}
 
 
@@ -599,7 +609,7 @@ def test_corpus_is_deterministic_and_wire_safe() -> None:
         "plain_ascii alternative mixed_attachments rfc2231_filename latin1_qp cp1252_qp koi8r_8bit "
         "sjis_base64 utf8_qp utf8_base64 encoded_headers html_only_xss related_inline_image "
         "thread_1 thread_2 thread_3 nested forwarded_rfc822 broken_base64 broken_missing_boundary "
-        "broken_8bit_header broken_no_date_no_msgid broken_empty_body"
+        "broken_8bit_header broken_no_date_no_msgid broken_empty_body inline_text_files"
     )
     required = set(names.split())
     assert set(CORPUS) == required == set(EXPECTED)

@@ -199,6 +199,36 @@ def test_attachments_download_byte_identical_through_api_and_presigned_url(
         )
 
 
+def test_named_inline_text_parts_are_listed_and_downloadable_with_the_body_unchanged(
+    api: Any, mailbox: Mailbox, dovecot: Dovecot
+) -> None:
+    raw = corpus()["inline_text_files"]
+    dovecot.append(mailbox.user, "INBOX", raw)
+    assert sync(api, mailbox)["status"] == "success"
+    [message] = all_messages(api, mailbox, folders_by_name(api, mailbox)["INBOX"]["id"])
+    full = detail(api, mailbox, message["id"])
+    expected = EXPECTED["inline_text_files"]
+    # The files are in the body, as before, and now in the attachment list too.
+    assert full["body"].startswith("Here are the minutes") and "Launch moves to May" in full["body"]
+    assert expected["html_snippet"] in full["bodyHtml"]
+    listed = {a["filename"]: a for a in full["attachments"]}
+    assert sorted((a["filename"], a["mimeType"], a["size"]) for a in listed.values()) == sorted(
+        (a["filename"], a["content_type"], a["size"]) for a in expected["attachments"]
+    )
+    assert full["attachmentCount"] == 2
+    assert (listed["minutes.txt"]["isInline"], listed["agenda.html"]["isInline"]) == (True, False)
+    downloads = {}
+    for name, attachment in listed.items():
+        response = api.get(
+            f"/api/{mailbox.id}/attachments/{attachment['id']}/download", headers=mailbox.headers
+        )
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith(attachment["mimeType"])
+        downloads[name] = response.content
+    assert downloads["minutes.txt"].startswith(b"Minutes of the planning call\r\n1. Budget")
+    assert downloads["agenda.html"].startswith(b"<html><body><h1>Agenda</h1>")
+
+
 def test_second_sync_shows_new_mail_flag_changes_expunges_and_deleted_folders(
     api: Any, mailbox: Mailbox, dovecot: Dovecot
 ) -> None:
