@@ -26,6 +26,7 @@ wrapping, timeouts), its response parser and modified UTF-7 folder name coding.
 from __future__ import annotations
 
 import imaplib
+import logging
 import re
 import ssl
 from collections import deque
@@ -93,6 +94,8 @@ _SYSTEM_FLAGS = {
 # (RFC 3501 section 9). Anything else would break the command or inject extra flags.
 _KEYWORD_RE = re.compile(r"[!#$&'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]+")
 
+log = logging.getLogger(__name__)
+
 _HEADER_NAME_RE = re.compile(r"[A-Za-z0-9-]+")
 _APPENDUID_RE = re.compile(rb"\[APPENDUID (\d+) (\d+)\]", re.IGNORECASE)
 _ESEARCH_ALL_RE = re.compile(rb"\bALL ([0-9:,*]+)", re.IGNORECASE)
@@ -106,6 +109,8 @@ _HEADER_ITEMS = "(UID FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER]<0.65536>)
 _HEADER_ITEMS_MODSEQ = "(UID FLAGS INTERNALDATE RFC822.SIZE MODSEQ BODY.PEEK[HEADER]<0.65536>)"
 # Marks a FETCH whose literal was over the cap and thrown away by the reader.
 _DISCARDED = b"X-DISCARDED-LITERAL"
+# Marks a FETCH answer that could not be parsed; the value says why, in words.
+_UNREADABLE = b"X-UNREADABLE"
 
 # Commands that carry a UID set are kept well under servers' line limits (Dovecot's
 # imap_max_line_length is 64 KiB; some servers allow 8 KiB).
@@ -167,6 +172,9 @@ class FetchedMessage:
     #: The message is above ``max_message_bytes``: ``raw`` holds its headers only (or
     #: nothing, when the server sent the body anyway and it was thrown away).
     too_large: bool = False
+    #: The server's answer for this UID could not be parsed: why, in words (``raw`` is
+    #: empty). The message cannot be stored; a sync lists it as skipped and moves on.
+    unreadable: str | None = None
 
 
 def special_use_by_name(folder: RemoteFolder) -> str | None:
@@ -898,6 +906,20 @@ class ImapSession:
         # outstanding commands now, not whenever it happens to be garbage-collected.
         with self._errors("fetching messages"), closing(stream):
             for uid, data in stream:
+                unreadable = data.get(_UNREADABLE)
+                if unreadable is not None:
+                    if uid in wanted and uid not in seen:
+                        seen.add(uid)
+                        yield FetchedMessage(
+                            uid=uid,
+                            flags=(),
+                            internaldate=None,
+                            size=sizes.get(uid, 0),
+                            raw=b"",
+                            modseq=None,
+                            unreadable=str(unreadable),
+                        )
+                    continue
                 raw = data.get(b"BODY[]")
                 too_large = False
                 if raw is None:
@@ -994,7 +1016,11 @@ class ImapSession:
                     parts = untagged.pop("FETCH", None)
                     if parts:
                         # A literal thrown away cannot be parsed: its UID is all we need.
-                        parsed = parse(parts) if discarded is None else _discarded(parts, discarded)
+                        parsed = (
+                            _parse_or_unreadable(parse, parts)
+                            if discarded is None
+                            else _discarded(parts, discarded)
+                        )
                         for data in parsed:
                             uid = data.get(b"UID")
                             if uid is not None:
@@ -1265,6 +1291,34 @@ def _discarded(parts: list[Any], size: int) -> Iterable[dict[bytes, Any]]:
     if match is None:
         return ()
     return ({b"UID": int(match.group(1)), _DISCARDED: size},)
+
+
+def _parse_or_unreadable(
+    parse: Callable[[list[Any]], Iterable[dict[bytes, Any]]], parts: list[Any]
+) -> Iterable[dict[bytes, Any]]:
+    """``parse(parts)``; an answer it cannot read becomes its UID marked unreadable.
+
+    The literal (if any) was read whole by imaplib, so the stream is still in step and
+    the other messages of the command can be read. Without a UID to be found the answer
+    is dropped, like an unsolicited one.
+    """
+    try:
+        return list(parse(parts))
+    except MemoryError:
+        raise
+    except Exception as exc:
+        head = parts[0][0] if isinstance(parts[0], tuple) else parts[0]
+        match = _UID_ITEM_RE.search(head if isinstance(head, bytes) else b"")
+        log.warning(
+            "an unreadable FETCH answer (%s%s)",
+            type(exc).__name__,
+            f" for UID {match.group(1).decode()}" if match else ", no UID in it",
+        )
+        if match is None:
+            return ()
+        detail = _text(exc)[:120]
+        reason = f"the server's answer for this message could not be read ({detail})"
+        return ({b"UID": int(match.group(1)), _UNREADABLE: reason},)
 
 
 def _parse_internaldate(value: bytes) -> datetime | None:

@@ -230,6 +230,30 @@ def lying_size(size: int) -> Rule:
     return rule
 
 
+class GarbledFetch:
+    """The FETCH answer carrying the body of UID ``uid`` has items that cannot be parsed.
+
+    Its UID and its literal stay as they are (so the stream stays in step), but its
+    FLAGS list is broken off into an unterminated quoted string. ``count`` says how
+    many such answers were sent.
+    """
+
+    def __init__(self, uid: int) -> None:
+        self.uid = uid
+        self.count = 0
+
+    def __call__(self, line: bytes) -> bytes | None:
+        if (
+            line.startswith(b"* ")
+            and b" FETCH (" in line
+            and b"BODY[]" in line
+            and re.search(rb"\bUID %d\b" % self.uid, line)
+        ):
+            self.count += 1
+            return re.sub(rb"FLAGS \([^)]*\)", lambda _: b'FLAGS (\\Seen "broken off', line)
+        return line
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

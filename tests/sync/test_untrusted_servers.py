@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from db.models import Message
+from db.models import Folder, Message
 from email_service.config import Settings
 from email_service.runtime import Runtime
 from tests.conftest import Identity
@@ -152,6 +152,50 @@ def test_internaldate_nil_falls_back_to_the_date_header_and_the_sync_goes_on(
     }
     assert received["dated"] == 1704276000000  # 2024-01-03T10:00:00Z
     assert received["undated"] >= before_ms
+
+
+def test_a_fetch_answer_that_cannot_be_parsed_is_skipped_and_never_asked_for_again(
+    api: Any,
+    alice: Identity,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    proxy: hostile.HostileProxy,
+    sync_runtime: Runtime,
+) -> None:
+    # Given a server whose FETCH answer for one message (the middle one) is garbled
+    uids = [dovecot.append(mail_user, "INBOX", message(f"item {n}")) for n in range(3)]
+    garbled = hostile.GarbledFetch(uids[1])
+    proxy.rules = [garbled]
+    box = proxied_account(api, alice, dovecot, mail_user, proxy)
+
+    # When the account is synced
+    task = sync(api, box)
+
+    # Then the sync succeeds, the others are stored, and that UID is skipped with the reason
+    assert task["status"] == "success", task
+    assert garbled.count == 1
+    assert task["result"]["messagesAdded"] == 2
+    [skipped] = task["result"]["skipped"]
+    assert (skipped["uid"], skipped["folder"]) == (uids[1], "INBOX")
+    assert "could not be read" in skipped["reason"]
+    assert inbox_subjects(api, box) == ["item 0", "item 2"]
+    with sync_runtime.db.transaction(system=True) as session:
+        last_seen = session.scalar(
+            sa.select(Folder.last_seen_uid).where(
+                Folder.account_id == box.id, Folder.name == "INBOX"
+            )
+        )
+    assert last_seen == uids[2]  # the resume point moved past it
+
+    # And the next sync, with new mail, does not ask for the unreadable one again
+    dovecot.append(mail_user, "INBOX", message("item 3"))
+    again = sync(api, box)
+    assert again["status"] == "success", again
+    assert again["result"]["messagesAdded"] == 1
+    assert "skipped" not in again["result"]
+    assert garbled.count == 1
+    assert inbox_subjects(api, box) == ["item 0", "item 2", "item 3"]
+    assert_honest_account_syncs(api, alice, dovecot)
 
 
 # ---------------------------------------------------------------------- deadlines and caps

@@ -262,6 +262,15 @@ def _fetch_new(
 
 
 def _incoming(message: FetchedMessage) -> Incoming:
+    if message.unreadable is not None:
+        # Nothing to store, but the UID counts as handled: the resume point moves past
+        # it, so the next sync does not ask for it again (a forced one does).
+        return Incoming(
+            parsed=parse_message(b""),
+            size=message.size,
+            uid=message.uid,
+            skip_reason=message.unreadable,
+        )
     parsed = parse_message(message.raw)
     partial = None
     if message.too_large:
