@@ -13,7 +13,13 @@ import pytest
 
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.errors import MailAuthError, MailConnectionError, MailProtocolError
-from email_service.mail.imap import ImapSession, _parse_fetch, _parse_message_fetch
+from email_service.mail.imap import (
+    _UNREADABLE,
+    ImapSession,
+    _parse_fetch,
+    _parse_message_fetch,
+    _parse_or_unreadable,
+)
 from tests.mail.conftest import nobody_connected, unused_port
 from tests.servers import mailgen
 from tests.servers.dovecot import Dovecot, MailUser
@@ -477,3 +483,17 @@ def test_imaplib_debug_is_off(imap_endpoint: Endpoint) -> None:
     with ImapSession(imap_endpoint()) as imap:
         assert imap._imap.debug == 0
         assert isinstance(imap._imap, imaplib.IMAP4)
+
+
+def test_a_fetch_answer_that_cannot_be_parsed_becomes_its_uid_marked_unreadable() -> None:
+    good = [
+        (b'3 (UID 7 FLAGS () INTERNALDATE "02-Jan-2024 03:04:05 +0000" BODY[] {2}', b"hi"),
+        b")",
+    ]
+    assert [d[b"UID"] for d in _parse_or_unreadable(_parse_message_fetch, good)] == [7]
+    garbled = [(b'3 (UID 8 FLAGS (\\Seen "broken off BODY[] {2}', b"hi"), b")"]
+    [unreadable] = _parse_or_unreadable(_parse_message_fetch, garbled)
+    assert unreadable[b"UID"] == 8
+    assert "could not be read" in unreadable[_UNREADABLE]
+    # Without a UID to be found it is dropped, like an unsolicited answer.
+    assert list(_parse_or_unreadable(_parse_fetch, [b'3 (FLAGS (\\Seen "x'])) == []
