@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import insert, text
@@ -61,6 +61,9 @@ class CommittedChanges:
     user_id: uuid.UUID
     position: int
     types: tuple[str, ...]
+    # The engine that committed them: listeners that belong to one runtime (several live in
+    # one test process, one in a deployed one) act only on their own runtime's commits.
+    engine: Any = field(default=None, compare=False)
 
 
 CommitListener = Callable[[list[CommittedChanges]], None]
@@ -163,7 +166,9 @@ def _before_commit(session: Session) -> None:
     # after the tables it writes (no lock-order deadlock), and the ordering lock below is
     # held only for the insert and the commit.
     session.flush()
-    is_postgres = session.get_bind().dialect.name == "postgresql"
+    bind = session.get_bind()
+    engine = getattr(bind, "engine", bind)
+    is_postgres = bind.dialect.name == "postgresql"
     owners = sorted({(row["tenant_id"], row["user_id"]) for row in pending}, key=str)
     if is_postgres:
         # Sorted, so two transactions recording for the same users cannot deadlock.
@@ -185,7 +190,7 @@ def _before_commit(session: Session) -> None:
         before = committed.get(key)
         types = (*before.types, row["type"]) if before else (row["type"],)
         highest = max(position, before.position) if before else position
-        committed[key] = CommittedChanges(key[0], key[1], highest, types)
+        committed[key] = CommittedChanges(key[0], key[1], highest, types, engine)
     if is_postgres:
         for entry in committed.values():
             session.execute(

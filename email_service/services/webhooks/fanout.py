@@ -88,7 +88,8 @@ def install(runtime: Runtime) -> None:
     """Queue a fan-out after every commit of this process that recorded changes."""
 
     def committed(batch: list[feed.CommittedChanges]) -> None:
-        for entry in {(c.tenant_id, c.user_id) for c in batch}:
+        own = [c for c in batch if c.engine is None or c.engine is runtime.db.engine]
+        for entry in {(c.tenant_id, c.user_id) for c in own}:
             try:
                 queue_fanout(runtime, *entry)
             except Exception:
