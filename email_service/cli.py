@@ -11,8 +11,9 @@ import shutil
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from email_service.config import Settings, load_settings
 
@@ -206,8 +207,6 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_scheduler(_args: argparse.Namespace, settings: Settings) -> int:
-    import threading
-
     import workers
     from email_service.runtime import build_runtime
     from workers.scheduler import run_scheduler
@@ -217,8 +216,15 @@ def cmd_scheduler(_args: argparse.Namespace, settings: Settings) -> int:
         return 2
     runtime = build_runtime(settings)
     workers.install(runtime)
+    return _run_until_signal(runtime, run_scheduler, "scheduler")
+
+
+def _run_until_signal(runtime: Any, loop: Callable[[Any, Any], None], name: str) -> int:
+    """Run ``loop(runtime, stop)`` on a thread until SIGTERM or SIGINT, then stop it and close."""
+    import threading
+
     stop = threading.Event()
-    thread = threading.Thread(target=run_scheduler, args=(runtime, stop), name="scheduler")
+    thread = threading.Thread(target=loop, args=(runtime, stop), name=name)
     thread.start()
     try:
         _wait_for_signal()
@@ -230,8 +236,6 @@ def cmd_scheduler(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_watcher(args: argparse.Namespace, settings: Settings) -> int:
-    import threading
-
     import workers
     from email_service.runtime import build_runtime
     from email_service.watcher import run_watcher
@@ -247,17 +251,8 @@ def cmd_watcher(args: argparse.Namespace, settings: Settings) -> int:
         from email_service.metrics import registry
 
         start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry())
-    stop = threading.Event()
-    thread = threading.Thread(target=run_watcher, args=(runtime, stop), name="watcher")
-    thread.start()
-    try:
-        _wait_for_signal()
-    finally:
-        # Watches end and leases are handed back, so other watchers take over at once.
-        stop.set()
-        thread.join()
-        runtime.close()
-    return 0
+    # On a signal, watches end and leases are handed back, so other watchers take over at once.
+    return _run_until_signal(runtime, run_watcher, "watcher")
 
 
 def build_parser() -> argparse.ArgumentParser:

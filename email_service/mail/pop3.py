@@ -56,6 +56,16 @@ _READ_CHUNK = 64 * 1024
 _RESP_CODE_RE = re.compile(r"^-ERR \[([A-Z/-]+)\]", re.IGNORECASE)
 
 
+def _raise_if_temporary(address: str, text: str) -> None:
+    """RFC 2449/3206 response codes tell "try later" apart from a refused credential."""
+    code_match = _RESP_CODE_RE.match(text)
+    code = code_match.group(1).upper() if code_match else ""
+    if code in ("IN-USE", "LOGIN-DELAY", "SYS/TEMP"):
+        raise MailConnectionError(
+            f"the POP3 server at {address} cannot log in now: {text}"
+        ) from None
+
+
 class Pop3Session:
     """An authenticated POP3 connection (context manager; not thread-safe).
 
@@ -143,13 +153,7 @@ class Pop3Session:
             text = redact(_text(exc), ep.password)
             if text.endswith("EOF"):
                 raise
-            code_match = _RESP_CODE_RE.match(text)
-            code = code_match.group(1).upper() if code_match else ""
-            # RFC 2449/3206 response codes tell "try later" apart from "wrong password".
-            if code in ("IN-USE", "LOGIN-DELAY", "SYS/TEMP"):
-                raise MailConnectionError(
-                    f"the POP3 server at {ep.address} cannot log in now: {text}"
-                ) from None
+            _raise_if_temporary(ep.address, text)
             raise MailAuthError(
                 f"the POP3 server rejected the username or password ({text})"
             ) from None
@@ -177,12 +181,7 @@ class Pop3Session:
             text = redact(_text(exc), token)
             if text.endswith("EOF"):
                 raise
-            code_match = _RESP_CODE_RE.match(text)
-            code = code_match.group(1).upper() if code_match else ""
-            if code in ("IN-USE", "LOGIN-DELAY", "SYS/TEMP"):
-                raise MailConnectionError(
-                    f"the POP3 server at {ep.address} cannot log in now: {text}"
-                ) from None
+            _raise_if_temporary(ep.address, text)
             raise TokenRefused(
                 f"the POP3 server refused the OAuth2 access token ({text}"
                 + (f"; {detail}" if detail else "")

@@ -15,9 +15,9 @@ from email_service.scope import Scope
 from email_service.services import present
 from email_service.services.accounts import load_account
 
-_SUMMARY_COLUMNS = (
+# The columns of a message's list item (``present.message_summary``); search selects the same.
+LIST_COLUMNS = (
     Message.id,
-    Message.tenant_id,
     Message.account_id,
     Message.folder_id,
     Message.from_address,
@@ -37,6 +37,7 @@ _SUMMARY_COLUMNS = (
     Message.created_at,
     Message.updated_at,
 )
+_SUMMARY_COLUMNS = (*LIST_COLUMNS, Message.tenant_id)
 
 
 def list_folders(scope: Scope, account_id: str) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from db.textindex import BODY_PREFIX_CHARS, FTS_COLUMNS, TOKEN, fold
 from email_service.errors import AccountNotFound, FolderNotFound, InvalidRequest
 from email_service.scope import Scope
 from email_service.services import present
+from email_service.services.mailbox import LIST_COLUMNS
 from email_service.services.search.query import (
     And,
     Flag,
@@ -68,28 +69,6 @@ _SNIPPET_LEAD = 50
 _pg_search = table("message_search", column("message_id"), column("document"))
 _fts = table("message_search", column("rowid"))
 _fts_rows = table("message_search_rows", column("id"), column("message_id"))
-
-_COLUMNS = (
-    Message.id,
-    Message.account_id,
-    Message.folder_id,
-    Message.from_address,
-    Message.from_name,
-    Message.to_addresses,
-    Message.cc_addresses,
-    Message.bcc_addresses,
-    Message.subject,
-    Message.preview,
-    Message.is_read,
-    Message.is_starred,
-    Message.is_spam,
-    Message.is_deleted,
-    Message.labels,
-    Message.attachment_count,
-    Message.received_at,
-    Message.created_at,
-    Message.updated_at,
-)
 
 
 class InvalidCursor(InvalidRequest):
@@ -160,7 +139,7 @@ def search_messages(
     fingerprint = hashlib.sha256(f"{sort}\n{q}".encode()).hexdigest()[:16]
     after = _decode_cursor(cursor, fingerprint) if cursor else None
     body_prefix = func.substr(Message.body_text, 1, BODY_PREFIX_CHARS).label("body_prefix")
-    statement = select(*_COLUMNS, body_prefix)
+    statement = select(*LIST_COLUMNS, body_prefix)
     if compiled.uses_pg_index:
         statement = statement.join(_pg_search, _pg_search.c.message_id == Message.id)
     positives = positive_texts(tree)
