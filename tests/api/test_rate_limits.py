@@ -109,6 +109,7 @@ def test_policy_is_the_spec_block() -> None:
     assert rules["createAccount"].limit == 10
     assert rules["syncAccount"].limit == 5
     assert rules["sendEmail"].limit == 10
+    assert (rules["searchMessages"].limit, rules["listOAuth2Providers"].limit) == (120, 30)
     others = {"getAccount", "updateAccount", "deleteAccount", "listFolders", "getSyncStatus"}
     assert {rules[name].name for name in others} == {"ALL_OTHER"}
     assert {rules[name].limit for name in others} == {50}

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import html
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -263,7 +264,7 @@ def _decode_cursor(cursor: str, fingerprint: str) -> dict[str, Any]:
     return dict(decoded)
 
 
-class _Compiler:
+class _Compiler(ABC):
     """Query tree → SQL condition over ``messages``; the text terms are per store."""
 
     score_direction = 1
@@ -320,11 +321,13 @@ class _Compiler:
             return false()
         return Message.folder_id.in_(folders)
 
+    @abstractmethod
     def text(self, node: Text) -> ColumnElement[bool]:
-        raise NotImplementedError
+        """The condition of one text term, in this store's index."""
 
+    @abstractmethod
     def ranked(self, statement: Any, positives: list[Text]) -> tuple[Any, ColumnElement[Any]]:
-        raise NotImplementedError
+        """``statement`` joined to what ranks it, and the rank column (relevance sort)."""
 
 
 def _tsq(query: str) -> ColumnElement[Any]:
@@ -345,6 +348,12 @@ class _PgCompiler(_Compiler):
     """Text terms as ``document @@ tsquery``; a pure-text AND/OR becomes one tsquery."""
 
     score_direction = -1
+
+    def text(self, node: Text) -> ColumnElement[bool]:
+        # ``node`` below folds text terms into tsqueries before they get here; a lone one
+        # is the same condition.
+        self.uses_pg_index = True
+        return _pg_search.c.document.op("@@")(_tsq(_tsquery(node)))
 
     def node(self, node: Node) -> ColumnElement[bool]:
         query = self.tsquery(node)
