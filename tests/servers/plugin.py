@@ -36,46 +36,41 @@ def _worker_tag() -> str:
     return os.environ.get("PYTEST_XDIST_WORKER", "main")
 
 
-@pytest.fixture(scope="session")
-def dovecot() -> Iterator[Dovecot]:
-    """A private Dovecot (IMAP/IMAPS/POP3/POP3S/LMTP) for the whole session."""
-    server = Dovecot(name=f"tests-{_worker_tag()}-{os.getpid()}")
+@contextlib.contextmanager
+def _started(server: Dovecot | SmtpServer | S3Server | OAuth2TestProvider) -> Iterator[None]:
+    """Start ``server``, keep it on the list of live servers while in use, close it after."""
     try:
         server.start()
         _live.append(server)
-        yield server
+        yield
     finally:
         with contextlib.suppress(ValueError):
             _live.remove(server)
         server.close()
+
+
+@pytest.fixture(scope="session")
+def dovecot() -> Iterator[Dovecot]:
+    """A private Dovecot (IMAP/IMAPS/POP3/POP3S/LMTP) for the whole session."""
+    server = Dovecot(name=f"tests-{_worker_tag()}-{os.getpid()}")
+    with _started(server):
+        yield server
 
 
 @pytest.fixture(scope="session")
 def smtp_server(dovecot: Dovecot) -> Iterator[SmtpServer]:
     """SMTP (STARTTLS, AUTH PLAIN/LOGIN against Dovecot users) delivering into ``dovecot``."""
     server = SmtpServer(dovecot)
-    try:
-        server.start()
-        _live.append(server)
+    with _started(server):
         yield server
-    finally:
-        with contextlib.suppress(ValueError):
-            _live.remove(server)
-        server.close()
 
 
 @pytest.fixture(scope="session")
 def oauth2_provider() -> Iterator[OAuth2TestProvider]:
     """A local OAuth2 provider: rotating refresh tokens, introspection for Dovecot."""
     server = OAuth2TestProvider()
-    try:
-        server.start()
-        _live.append(server)
+    with _started(server):
         yield server
-    finally:
-        with contextlib.suppress(ValueError):
-            _live.remove(server)
-        server.close()
 
 
 @pytest.fixture(scope="session")
@@ -85,42 +80,24 @@ def oauth2_dovecot(oauth2_provider: OAuth2TestProvider) -> Iterator[Dovecot]:
         name=f"tests-oauth2-{_worker_tag()}-{os.getpid()}",
         oauth2_introspection_url=oauth2_provider.introspection_url,
     )
-    try:
-        server.start()
-        _live.append(server)
+    with _started(server):
         yield server
-    finally:
-        with contextlib.suppress(ValueError):
-            _live.remove(server)
-        server.close()
 
 
 @pytest.fixture(scope="session")
 def oauth2_smtp_server(oauth2_dovecot: Dovecot) -> Iterator[SmtpServer]:
     """SMTP with AUTH XOAUTH2/OAUTHBEARER (checked by ``oauth2_dovecot``), delivering there."""
     server = SmtpServer(oauth2_dovecot)
-    try:
-        server.start()
-        _live.append(server)
+    with _started(server):
         yield server
-    finally:
-        with contextlib.suppress(ValueError):
-            _live.remove(server)
-        server.close()
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """An in-process moto S3 server on a free loopback port."""
     server = S3Server()
-    try:
-        server.start()
-        _live.append(server)
+    with _started(server):
         yield server
-    finally:
-        with contextlib.suppress(ValueError):
-            _live.remove(server)
-        server.close()
 
 
 @pytest.fixture
