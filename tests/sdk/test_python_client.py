@@ -19,13 +19,18 @@ from email_service_client.api.accounts import (
     update_account,
 )
 from email_service_client.api.attachments import download_attachment
+from email_service_client.api.changes import list_changes
 from email_service_client.api.folders import list_folders
-from email_service_client.api.messages import get_message, list_messages
+from email_service_client.api.messages import get_message, list_messages, search_messages
+from email_service_client.api.o_auth_2 import list_o_auth_2_providers
+from email_service_client.api.webhooks import get_webhook, list_webhooks
 from email_service_client.models import (
     AccountEncryption,
     AccountListResponse,
     AccountResponse,
     AccountSmtpEncryption,
+    ChangeList,
+    ChangeType,
     CreateAccountRequest,
     CreateAccountRequestEncryption,
     CreateAccountRequestProtocol,
@@ -34,7 +39,10 @@ from email_service_client.models import (
     FolderType,
     MessageDetail,
     MessageListResponse,
+    OAuth2ProviderList,
+    SearchResponse,
     UpdateAccountRequest,
+    WebhookList,
 )
 from email_service_client.types import File
 
@@ -202,3 +210,34 @@ def test_folders_messages_and_attachments(sdk_server: str, runtime: Runtime) -> 
     assert_error(
         get_message.sync(account.id, "no-such-message", client=client), "MESSAGE_NOT_FOUND"
     )
+
+
+def test_feed_search_webhooks_and_providers(sdk_server: str) -> None:
+    # Given a client at the head of its feed
+    carol = new_identity()
+    client = sdk_client(sdk_server, carol)
+    start = list_changes.sync(client=client)
+    assert isinstance(start, ChangeList)
+    assert (start.changes, start.has_more) == ([], False)
+
+    # When it creates an account
+    account = create(client)
+
+    # Then the feed tells of it, and search answers (the search tests cover what it finds)
+    feed = list_changes.sync(client=client, since=start.cursor)
+    assert isinstance(feed, ChangeList)
+    created = [c for c in feed.changes if c.type_ == ChangeType.ACCOUNT_CREATED]
+    assert [c.account_id for c in created] == [account.id]
+
+    hits = search_messages.sync(client=client, q="from:nobody lighthouse")
+    assert isinstance(hits, SearchResponse)
+    assert hits.messages == []
+    assert_error(search_messages.sync(client=client, q='"unclosed'), "INVALID_QUERY")
+
+    # And webhooks and providers parse too (none of either here)
+    webhooks = list_webhooks.sync(client=client)
+    assert isinstance(webhooks, WebhookList)
+    assert webhooks.webhooks == []
+    assert_error(get_webhook.sync("no-such-webhook", client=client), "WEBHOOK_NOT_FOUND")
+    providers = list_o_auth_2_providers.sync(client=client)
+    assert isinstance(providers, OAuth2ProviderList)
