@@ -14,9 +14,9 @@ from sqlalchemy import select
 
 from db.models import Message, now_ms
 from email_service.mail.imap import RemoteFolder
+from email_service.mailstore import changes
 from email_service.mailstore.folders import local_folder, refresh_counts
 from email_service.mailstore.messages import remove_messages
-from email_service.services import events
 
 
 def edit_message(
@@ -42,7 +42,7 @@ def edit_message(
         row.pending_changes += 1
     session.flush()
     refresh_counts(session, row.folder_id)
-    events.message_updated(session, row)
+    changes.message_updated(session, row)
 
 
 def settle_pending(row: Message) -> None:
@@ -90,5 +90,5 @@ def move_message(
     session.flush()
     refresh_counts(session, old_folder)
     refresh_counts(session, target.id)
-    events.message_updated(session, row, previousFolderId=old_folder)
+    changes.message_updated(session, row, previousFolderId=old_folder)
     return []

@@ -13,8 +13,8 @@ from sqlalchemy.orm import Session
 
 from db.models import Folder, Message, new_id, now_ms
 from email_service.mail.imap import RemoteFolder, special_use_by_name
+from email_service.mailstore import changes
 from email_service.mailstore.messages import remove_messages
-from email_service.services import events
 
 # The one folder of a POP3 account.
 POP3_INBOX = "INBOX"
@@ -137,7 +137,7 @@ def reconcile_folders(
             inside = session.scalar(
                 select(func.count()).select_from(Message).where(Message.folder_id == row.id)
             )
-            events.folder_changed(session, row, "folder.deleted", messagesRemoved=int(inside or 0))
+            changes.folder_changed(session, row, "folder.deleted", messagesRemoved=int(inside or 0))
         blob_keys = remove_messages(session, removed_ids, announce=False)
         # Children first would be needed without ON DELETE SET NULL on parent_id.
         session.execute(delete(Folder).where(Folder.id.in_([row.id for row in gone])))
@@ -171,10 +171,10 @@ def reconcile_folders(
         existing[folder.name].parent_id = existing[parent].id if parent else None
     session.flush()
     for row in created:
-        events.folder_changed(session, row, "folder.created")
+        changes.folder_changed(session, row, "folder.created")
     for name, shape in before.items():
         if _shape(existing[name]) != shape:
-            events.folder_changed(session, existing[name], "folder.updated")
+            changes.folder_changed(session, existing[name], "folder.updated")
     return FolderChanges(
         folders=[LocalFolder.of(existing[folder.name]) for folder in selectable],
         removed_messages=len(removed_ids),
@@ -232,7 +232,7 @@ def local_folder(
         )
         session.add(row)
         session.flush()
-        events.folder_changed(session, row, "folder.created")
+        changes.folder_changed(session, row, "folder.created")
     return row
 
 
@@ -300,7 +300,7 @@ def finish_folder(
     if completed is not None:
         row = session.get(Folder, folder_id)
         if row is not None:
-            events.sync_completed(session, row, **completed)
+            changes.sync_completed(session, row, **completed)
 
 
 def pop3_inbox(session: Session, tenant_id: uuid.UUID, account_id: str) -> tuple[str, bool]:
@@ -325,7 +325,7 @@ def pop3_inbox(session: Session, tenant_id: uuid.UUID, account_id: str) -> tuple
         )
         session.add(row)
         session.flush()
-        events.folder_changed(session, row, "folder.created")
+        changes.folder_changed(session, row, "folder.created")
     return row.id, row.synced_at is None
 
 
@@ -336,4 +336,4 @@ def finish_pop3_inbox(session: Session, folder_id: str, completed: dict[str, Any
     if row is not None:
         row.synced_at = now_ms()
         if completed is not None:
-            events.sync_completed(session, row, **completed)
+            changes.sync_completed(session, row, **completed)

@@ -26,7 +26,7 @@ from db.models import Attachment, Folder, Message, new_id, now_ms
 from db.textindex import SearchDocument, document_for_row, index_messages
 from email_service.blobstore import BlobStore
 from email_service.mail.mime import ParsedMessage
-from email_service.services import events
+from email_service.mailstore import changes
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class FolderTarget:
     is_spam: bool
     # ``data.origin`` of the ``message.created`` changes; None while a folder is first
     # mirrored or rebuilt, which is told as one ``sync.completed`` instead.
-    origin: str | None = events.ORIGIN_SYNC
+    origin: str | None = changes.ORIGIN_SYNC
 
 
 @dataclass
@@ -343,7 +343,7 @@ class MessageStore:
     @staticmethod
     def _announce(session: Session, target: FolderTarget, rows: list[dict[str, Any]]) -> None:
         if target.origin is not None:
-            events.messages_created(session, target.account_id, rows, target.origin)
+            changes.messages_created(session, target.account_id, rows, target.origin)
 
     def _upload(
         self, target: FolderTarget, rows: list[dict[str, Any]], items: Sequence[Incoming]
@@ -428,7 +428,7 @@ def remove_messages(
                     Message.id.in_(chunk)
                 )
             ).all()
-            events.messages_deleted(session, [(row[0], row[1], row[2]) for row in gone])
+            changes.messages_deleted(session, [(row[0], row[1], row[2]) for row in gone])
         keys.extend(
             session.scalars(select(Attachment.storage_key).where(Attachment.message_id.in_(chunk)))
         )
@@ -484,5 +484,5 @@ def write_flags(
             written.append(message_id)
     adjust_counts(session, folder_id, 0, unread_delta)
     if announce:
-        events.messages_updated(session, account_id, written)
+        changes.messages_updated(session, account_id, written)
     return written

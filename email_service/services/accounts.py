@@ -10,12 +10,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from db.models import Account, new_id, now_ms
+from email_service import present
 from email_service.crypto import Sealed
 from email_service.errors import AccountNotFound, DuplicateEmail, InvalidRequest
 from email_service.mail.endpoint import MailEndpoint
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services import events, oauth2, present
+from email_service.services import events, oauth2
 
 log = logging.getLogger(__name__)
 

@@ -45,10 +45,11 @@ from email_service.mail.errors import (
     SmtpTransientError,
 )
 from email_service.mail.imap import ImapSession, RemoteFolder
+from email_service.mailstore import changes
 from email_service.mailstore.copies import store_own_copy
 from email_service.mailstore.messages import delete_blobs
 from email_service.runtime import Runtime
-from email_service.services import events, tasks
+from email_service.services import tasks
 from email_service.services.accounts import account_endpoint
 from email_service.services.mailjobs import append_once, mark, special_folder
 
@@ -442,7 +443,7 @@ def _store_copy(
             int(payload["sentUid"]),
             copy,
             SENT_FLAGS,
-            events.ORIGIN_SEND,
+            changes.ORIGIN_SEND,
         )
     except Exception:
         # The copy is on the server; the next sync stores it like any other message.
@@ -504,7 +505,7 @@ def run_draft(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
     if uid is not None:
         try:
             result["storedMessageId"] = store_own_copy(
-                runtime, tenant_id, account.id, folder, uid, raw, DRAFT_FLAGS, events.ORIGIN_DRAFT
+                runtime, tenant_id, account.id, folder, uid, raw, DRAFT_FLAGS, changes.ORIGIN_DRAFT
             )
         except Exception:
             log.exception("could not store the draft %s", payload["draftId"])

@@ -9,10 +9,10 @@ from typing import Any
 from sqlalchemy import case, select
 
 from db.models import Account, Attachment, Folder, Message
+from email_service import present
 from email_service.blobstore import BlobNotFound
 from email_service.errors import AttachmentNotFound, FolderNotFound, MessageNotFound
 from email_service.scope import Scope
-from email_service.services import present
 from email_service.services.accounts import load_account
 
 # The columns of a message's list item (``present.message_summary``); search selects the same.

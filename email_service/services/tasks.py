@@ -18,11 +18,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import Task, new_id, now_ms
-from email_service import metrics
+from email_service import metrics, present
 from email_service.errors import TaskNotFound
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services import events, present
+from email_service.services import events
 
 log = logging.getLogger(__name__)
 

@@ -44,9 +44,9 @@ from sqlalchemy.dialects.postgresql import TSQUERY
 
 from db.models import Account, Folder, Message
 from db.textindex import BODY_PREFIX_CHARS, FTS_COLUMNS, TOKEN, fold
+from email_service import present
 from email_service.errors import AccountNotFound, FolderNotFound, InvalidRequest
 from email_service.scope import Scope
-from email_service.services import present
 from email_service.services.mailbox import LIST_COLUMNS
 from email_service.services.search.query import (
     And,

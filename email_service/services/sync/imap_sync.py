@@ -38,6 +38,7 @@ from sqlalchemy.orm import Session
 from db.models import Message
 from email_service.mail.imap import FetchedMessage, FolderState, ImapSession
 from email_service.mail.mime import parse_message
+from email_service.mailstore.changes import ORIGIN_SYNC
 from email_service.mailstore.folders import (
     LocalFolder,
     advance_last_seen,
@@ -53,7 +54,6 @@ from email_service.mailstore.messages import (
     remove_from_folder,
     write_flags,
 )
-from email_service.services import events
 from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
 from email_service.services.sync.pipeline import BatchWriter
 
@@ -230,7 +230,7 @@ def _fetch_new(
         folder_id=folder.id,
         folder_name=folder.name,
         is_spam=folder.type == "spam",
-        origin=events.ORIGIN_SYNC if announce else None,
+        origin=ORIGIN_SYNC if announce else None,
     )
     done = 0
 

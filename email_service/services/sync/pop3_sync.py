@@ -15,6 +15,7 @@ from sqlalchemy import select
 from db.models import Message
 from email_service.mail.mime import parse_message
 from email_service.mail.pop3 import MessageTooLarge, Pop3Session
+from email_service.mailstore.changes import ORIGIN_SYNC
 from email_service.mailstore.folders import (
     POP3_INBOX,
     finish_pop3_inbox,
@@ -27,7 +28,6 @@ from email_service.mailstore.messages import (
     adjust_counts,
     remove_messages,
 )
-from email_service.services import events
 from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
     # Oldest first, as the server numbers them, so a cut-off sync resumes in order.
     new = sorted((number, uidl) for uidl, number in server.items() if uidl not in known)
     # The first mirror is told as one sync.completed, not a message.created per message.
-    origin = None if first else events.ORIGIN_SYNC
+    origin = None if first else ORIGIN_SYNC
     target = FolderTarget(job.tenant_id, job.account_id, folder_id, INBOX, False, origin)
     sizes = pop.sizes() if new else {}
     done = 0

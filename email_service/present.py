@@ -1,4 +1,8 @@
-"""Rows to the API's JSON shapes. Passwords and storage keys never leave here."""
+"""Rows to the API's JSON shapes. Passwords and storage keys never leave here.
+
+Below the services and the mail store: the use cases answer with these shapes, and the
+mail store records them as the ``data`` of the changes it writes (the feed's contract).
+"""
 
 from __future__ import annotations
 
