@@ -1,17 +1,18 @@
 """Mirroring an IMAP account: folders, new messages, flag changes and expunges.
 
-Per folder, the saved state (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ, the last UID stored)
-decides how little needs asking:
+Each folder is synced in four steps:
 
-* nothing changed (same UIDVALIDITY, UIDNEXT and HIGHESTMODSEQ, with CONDSTORE): known
-  from the LIST-STATUS answer that listed the folders, so not even an EXAMINE (one
-  EXAMINE where the server lacks LIST-STATUS);
-* UIDVALIDITY changed: every stored message of the folder is void, the folder is rebuilt;
-* otherwise expunges come from QRESYNC ``VANISHED`` (or a UID comparison), flag changes
-  from CONDSTORE ``CHANGEDSINCE`` (or a sweep of every flag), and new mail is the UIDs
-  above the last one stored, fetched with ``BODY.PEEK[]`` so nothing is marked read.
-
-``force`` trusts none of the saved state: every UID and every flag is compared.
+1. the server's state: the LIST-STATUS answer that listed the folders, else an EXAMINE
+   (UIDVALIDITY, UIDNEXT, HIGHESTMODSEQ where offered); an unchanged folder stops here;
+2. one short read of the folder's stored messages (UID, flags, pending local changes);
+3. the server's answers to what the plan needs (``plan.questions``): every UID or the
+   QRESYNC ``VANISHED`` ones, every flag or those changed since the saved mod-sequence,
+   the UIDs above the last one stored; the IMAP session's bounds on hostile answers hold;
+4. ``plan.plan_folder`` decides everything (nothing to do, rebuild, what to remove,
+   which flags to write, which UIDs to fetch, per-message changes or one
+   ``sync.completed``), and the plan is applied: removals and flags in one
+   transaction, new mail (fetched with ``BODY.PEEK[]``, so nothing is marked read)
+   batch by batch, the folder's new state last.
 
 Changes for the feed: a folder mirrored for the first time (no UIDVALIDITY stored yet)
 or rebuilt is told as one ``sync.completed`` with counts once it is complete; after
@@ -48,7 +49,6 @@ from email_service.mailstore.folders import (
     reconcile_folders,
 )
 from email_service.mailstore.messages import (
-    FlagState,
     FolderTarget,
     Incoming,
     remove_from_folder,
@@ -56,6 +56,17 @@ from email_service.mailstore.messages import (
 )
 from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
 from email_service.services.sync.pipeline import BatchWriter
+from email_service.services.sync.plan import (
+    FolderPlan,
+    LocalState,
+    Mode,
+    Questions,
+    RemoteState,
+    StoredMessage,
+    folder_mode,
+    plan_folder,
+    questions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,123 +106,108 @@ def sync_folder(
     progress: Callable[[float], None],
     listed: FolderState | None = None,
 ) -> None:
-    if listed is not None and not job.force and _unchanged(folder, listed):
+    """Sync one folder: learn the server's state, plan (``plan.plan_folder``), apply.
+
+    The server's state comes first (the LIST-STATUS answer, else an EXAMINE), so an
+    unchanged folder costs no read of its stored messages; then one short read of what
+    is stored, the server's answers to what the plan needs, and the writes.
+    """
+    if listed is not None and folder_mode(folder, listed, job.force) is Mode.UNCHANGED:
         job.unchanged.append(folder.id)  # known from LIST-STATUS: no SELECT needed
         return
     state = imap.select(folder.name, readonly=True)
-    rebuild = folder.uidvalidity is not None and folder.uidvalidity != state.uidvalidity
-    first = rebuild or folder.uidvalidity is None
-    full = job.force or first
-    if not full and _unchanged(folder, state):
+    mode = folder_mode(folder, state, job.force)
+    if mode is Mode.UNCHANGED:
         job.unchanged.append(folder.id)
         return
-    added_before, skipped_before = job.counts.added, len(job.counts.skipped)
-    removed = 0
+    local = _read_local(job, folder, mode)
+    remote = _ask_server(imap, local, state, questions(mode, local, qresync=imap.supports_qresync))
+    _apply(job, imap, folder, plan_folder(local, remote, job.force), progress)
 
-    known: dict[int, tuple[str, list[str], int]] = {}
+
+def _read_local(job: SyncJob, folder: LocalFolder, mode: Mode) -> LocalState:
+    """The folder's stored messages by UID (none read for a rebuild: they are void)."""
+    if mode is Mode.REBUILD:
+        return LocalState(folder, {})
     with job.transaction() as session:
-        if rebuild:
-            log.info("UIDVALIDITY of %s changed: rebuilding the folder", folder.name)
-            stale, keys = empty_folder(session, folder.id)
-            job.blob_keys.extend(keys)
-            job.counts.removed += stale
-            removed += stale
-        else:
+        messages = {
+            uid: StoredMessage(message_id, tuple(flags), bool(pending))
             for message_id, uid, flags, pending in session.execute(
                 select(Message.id, Message.uid, Message.flags, Message.pending_changes).where(
                     Message.folder_id == folder.id, Message.uid.is_not(None)
                 )
-            ):
-                known[uid] = (message_id, flags, pending)
+            )
+        }
+    return LocalState(folder, messages)
 
-    server_uids: list[int] | None = None
-    if known:
-        if full or not imap.supports_qresync or folder.highest_modseq is None:
-            server_uids = imap.uids()
-            present = set(server_uids)
-            gone = [uid for uid in known if uid not in present]
-        else:
-            gone = imap.vanished_since(folder.highest_modseq, known)
-        # A row with a change still to be written stays until that job has run (it may
-        # be moving the message right now); the next sync removes it if it is gone.
-        gone = [uid for uid in gone if not known[uid][2]]
-        if gone:
-            unread = sum(1 for uid in gone if "\\Seen" not in known[uid][1])
-            with job.transaction() as session:
-                job.blob_keys.extend(
+
+def _ask_server(
+    imap: ImapSession, local: LocalState, state: FolderState, ask: Questions
+) -> RemoteState:
+    """The answers to ``ask`` from the selected folder (the IMAP session's bounds hold)."""
+    uids = imap.uids() if ask.all_uids else None
+    vanished = None
+    if ask.vanished_since is not None:
+        vanished = imap.vanished_since(ask.vanished_since, local.messages)
+    flags = None
+    if ask.all_flags:
+        flags = imap.flags()
+    elif ask.flags_since is not None:
+        flags, _ = imap.changed_since(ask.flags_since)
+    above = imap.uids_above(ask.uids_above) if ask.uids_above is not None else None
+    return RemoteState(state, uids=uids, vanished=vanished, flags=flags, above=above)
+
+
+def _apply(
+    job: SyncJob,
+    imap: ImapSession,
+    folder: LocalFolder,
+    plan: FolderPlan,
+    progress: Callable[[float], None],
+) -> None:
+    """Write what ``plan`` decided: removals and flags, then new mail batch by batch
+    (each batch a checkpoint of its own), then the folder's new state."""
+    added_before, skipped_before = job.counts.added, len(job.counts.skipped)
+    removed = 0
+    if plan.empty_first or plan.remove or plan.flags:
+        blob_keys: list[str] = []
+        with job.transaction() as session:
+            if plan.empty_first:
+                log.info("UIDVALIDITY of %s changed: rebuilding the folder", folder.name)
+                stale, keys = empty_folder(session, folder.id)
+                blob_keys.extend(keys)
+                removed += stale
+            if plan.remove:
+                blob_keys.extend(
                     remove_from_folder(
-                        session, folder.id, [known[uid][0] for uid in gone], unread, not first
+                        session, folder.id, list(plan.remove), plan.removed_unread, plan.announce
                     )
                 )
-            job.counts.removed += len(gone)
-            removed += len(gone)
-            for uid in gone:
-                del known[uid]
-
-    if known:
-        if full or folder.highest_modseq is None:
-            changed = imap.flags()
-        else:
-            changed, _ = imap.changed_since(folder.highest_modseq)
-        _apply_flags(job, folder, known, changed, announce=not first)
-
-    if full:
-        if server_uids is None:
-            server_uids = imap.uids()
-        new_uids = [uid for uid in server_uids if uid not in known]
-    else:
-        new_uids = imap.uids_above(folder.last_seen_uid)
-        new_uids = [uid for uid in new_uids if uid not in known]
-    if new_uids:
-        _fetch_new(job, imap, folder, new_uids, progress, announce=not first)
+                removed += len(plan.remove)
+            if plan.flags:
+                write_flags(
+                    session,
+                    job.account_id,
+                    folder.id,
+                    folder.type == "spam",
+                    list(plan.flags),
+                    plan.unread_delta,
+                    plan.announce,
+                )
+        job.blob_keys.extend(blob_keys)
+        job.counts.removed += removed
+        job.counts.updated += len(plan.flags)
+    if plan.fetch:
+        _fetch_new(job, imap, folder, list(plan.fetch), progress, announce=plan.announce)
     completed = None
-    if first:
+    if plan.completed_reason is not None:
         completed = {
-            "reason": "rebuild" if rebuild else "initial",
+            "reason": plan.completed_reason,
             "added": job.counts.added - added_before,
             "removed": removed,
             "skipped": len(job.counts.skipped) - skipped_before,
         }
-    _finish_folder(job, folder, state, completed)
-
-
-def _unchanged(folder: LocalFolder, state: FolderState) -> bool:
-    return (
-        state.highestmodseq is not None
-        and folder.highest_modseq == state.highestmodseq
-        and folder.uidnext == state.uidnext
-        and folder.uidvalidity == state.uidvalidity
-    )
-
-
-def _apply_flags(
-    job: SyncJob,
-    folder: LocalFolder,
-    known: dict[int, tuple[str, list[str], int]],
-    changed: dict[int, tuple[str, ...]],
-    *,
-    announce: bool,
-) -> None:
-    updates: list[tuple[str, FlagState]] = []
-    unread_delta = 0
-    for uid, flags in changed.items():
-        entry = known.get(uid)
-        if entry is None:
-            continue  # new mail; fetched below
-        message_id, stored, pending = entry
-        if pending:
-            continue  # a local change is still being written to the server; it wins
-        state = FlagState.of(flags)
-        if state.flags != sorted(stored):
-            updates.append((message_id, state))
-            was_read = "\\Seen" in stored
-            unread_delta += int(was_read) - int(state.is_read)
-    if not updates:
-        return
-    in_spam = folder.type == "spam"
-    with job.transaction() as session:
-        write_flags(session, job.account_id, folder.id, in_spam, updates, unread_delta, announce)
-    job.counts.updated += len(updates)
+    _finish_folder(job, folder, plan.state, completed)
 
 
 def _fetch_new(
