@@ -20,7 +20,7 @@ from email_service.identity import Caller
 from email_service.jobs import Attempt
 from email_service.mail import imap as imap_module
 from email_service.runtime import build_runtime
-from email_service.scope import open_scope
+from email_service.scope import JobUnit, open_scope
 from email_service.services import syncing as sync
 from email_service.services.accounts import load_account
 from email_service.services.tasks import TaskReport
@@ -160,7 +160,7 @@ def main() -> None:
             sync.run_sync(runtime, args.tenant, task_id, Attempt(0, last=True))
         seconds = time.perf_counter() - began
         cpu = _cpu_seconds(runtime) - cpu_before
-        task = TaskReport(runtime, args.tenant, task_id).load()
+        task = TaskReport(JobUnit(runtime, args.tenant), task_id).load()
         assert task is not None
         print(
             json.dumps(

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from db.models import Message
+from email_service.blobstore import BlobStore
 from email_service.mail.imap import RemoteFolder
 from email_service.mail.mime import parse_message
 from email_service.mailstore.folders import local_folder, refresh_counts
 from email_service.mailstore.messages import FolderTarget, Incoming, MessageStore
-from email_service.runtime import Runtime
 
 
 def store_own_copy(
-    runtime: Runtime,
+    session: Session,
+    blobs: BlobStore,
     tenant_id: uuid.UUID,
     account_id: str,
     folder: RemoteFolder,
@@ -33,35 +34,33 @@ def store_own_copy(
     it again. Nothing is stored when the folder has no row yet (the account was never
     synced): its first sync brings the folder and the message. Returns our message id.
     The new message is a ``message.created`` change with ``data.origin`` = ``origin``.
+    Written in ``session``; the caller commits.
     """
-    with runtime.db.transaction(tenant_id) as session:
-        row = local_folder(session, tenant_id, account_id, folder, create=False)
-        if row is None:
-            return None
-        existing = _message_at(session, row.id, uid)
-        if existing is not None:
-            return existing
-        store = MessageStore(runtime.blobs)
-        try:
-            target = FolderTarget(
-                tenant_id, account_id, row.id, row.name, row.type == "spam", origin
-            )
-            item = Incoming(
-                parsed=parse_message(raw),
-                size=len(raw),
-                flags=flags,
-                received_at=datetime.now(UTC),
-                uid=uid,
-            )
-            # A sync that stored this UID meanwhile wins; the store skips our duplicate.
-            store.add_batch(session, target, [item])
-        finally:
-            store.close()
-        refresh_counts(session, row.id)
-        return _message_at(session, row.id, uid)
+    row = local_folder(session, tenant_id, account_id, folder, create=False)
+    if row is None:
+        return None
+    existing = _message_at(session, row.id, uid)
+    if existing is not None:
+        return existing
+    store = MessageStore(blobs)
+    try:
+        target = FolderTarget(tenant_id, account_id, row.id, row.name, row.type == "spam", origin)
+        item = Incoming(
+            parsed=parse_message(raw),
+            size=len(raw),
+            flags=flags,
+            received_at=datetime.now(UTC),
+            uid=uid,
+        )
+        # A sync that stored this UID meanwhile wins; the store skips our duplicate.
+        store.add_batch(session, target, [item])
+    finally:
+        store.close()
+    refresh_counts(session, row.id)
+    return _message_at(session, row.id, uid)
 
 
-def _message_at(session: Any, folder_id: str, uid: int) -> str | None:
+def _message_at(session: Session, folder_id: str, uid: int) -> str | None:
     found: str | None = session.scalar(
         select(Message.id).where(Message.folder_id == folder_id, Message.uid == uid)
     )

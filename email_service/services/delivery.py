@@ -49,6 +49,7 @@ from email_service.mailstore import changes
 from email_service.mailstore.copies import store_own_copy
 from email_service.mailstore.messages import delete_blobs
 from email_service.runtime import Runtime
+from email_service.scope import JobUnit
 from email_service.services import tasks
 from email_service.services.accounts import account_endpoint
 from email_service.services.mailjobs import append_once, mark, special_folder
@@ -85,10 +86,10 @@ def describe(exc: BaseException) -> str:
     return "The task failed because of an internal error"
 
 
-def _live_account(runtime: Runtime, tenant_id: uuid.UUID, account_id: str | None) -> Account | None:
+def _live_account(unit: JobUnit, account_id: str | None) -> Account | None:
     if account_id is None:
         return None
-    with runtime.db.transaction(tenant_id) as session:
+    with unit.step() as session:
         account = session.get(Account, account_id)
     if account is None or account.deleted_at is not None:
         return None
@@ -111,25 +112,27 @@ def run_send(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Atte
     # missed heartbeat); only one of them may talk to SMTP.
     with locks.try_lock(runtime.db, f"send:{task_id}") as locked:
         if locked:
-            _run_send(runtime, tenant_id, task_id, attempt)
+            _run_send(JobUnit(runtime, tenant_id), task_id, attempt)
         else:
             log.info("send task %s is running elsewhere", task_id)
 
 
-def _run_send(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Attempt) -> None:
-    report = tasks.TaskReport(runtime, tenant_id, task_id)
-    task = report.load()
-    if task is None or task.status in tasks.FINISHED:
-        return
+def _run_send(unit: JobUnit, task_id: str, attempt: Attempt) -> None:
+    runtime = unit.runtime
+    report = tasks.TaskReport(unit, task_id)
+    with unit.step():
+        task = report.load()
+        if task is None or task.status in tasks.FINISHED:
+            return
+        account = _live_account(unit, task.account_id)
     payload = dict(task.payload)
     keys = [payload["rawKey"], payload["copyKey"], _accepted_key(payload["rawKey"])]
-    account = _live_account(runtime, tenant_id, task.account_id)
     report.started(attempt.number)
     try:
         if "acceptedAt" not in payload:
             if account is None:
                 raise _Failed("The account no longer exists")
-            payload = _deliver(runtime, tenant_id, task_id, account, payload, report, attempt)
+            payload = _deliver(unit, task_id, account, payload, report, attempt)
         result: dict[str, Any] = {
             "messageId": payload["messageId"],
             "accepted": payload["accepted"],
@@ -137,7 +140,7 @@ def _run_send(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
             "sentFolder": None,
         }
         if account is not None and account.protocol == "imap":
-            _file_sent_copy(runtime, tenant_id, task_id, account, payload, result, attempt, report)
+            _file_sent_copy(unit, task_id, account, payload, result, attempt, report)
     except _Failed as failure:
         report.failed(failure.reason, failure.result)
         delete_blobs(runtime.blobs, keys)
@@ -148,8 +151,7 @@ def _run_send(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
 
 
 def _deliver(
-    runtime: Runtime,
-    tenant_id: uuid.UUID,
+    unit: JobUnit,
     task_id: str,
     account: Account,
     payload: dict[str, Any],
@@ -169,6 +171,7 @@ def _deliver(
     ones still deferred count as refused. A failure after some recipients were accepted
     says who has the message (the result's ``accepted``).
     """
+    runtime = unit.runtime
     recipients: list[str] = payload["recipients"]
     batches = _in_batches(recipients)
     done: list[dict[str, Any]] = list(payload.get("batches", []))
@@ -178,12 +181,12 @@ def _deliver(
     if noted is not None and int(noted.get("step", 0)) > step:
         # An earlier run had the server accept more than it could record in the task.
         done, retries, step = list(noted["batches"]), list(noted["retries"]), int(noted["step"])
-        mark(runtime, tenant_id, task_id, batches=done, retries=retries, noteStep=step)
+        mark(unit, task_id, batches=done, retries=retries, noteStep=step)
 
     def record() -> None:
         nonlocal step
         step += 1
-        _record_progress(runtime, tenant_id, task_id, payload["rawKey"], step, done, retries)
+        _record_progress(unit, task_id, payload["rawKey"], step, done, retries)
 
     try:
         raw = _blob(runtime, payload["rawKey"])
@@ -281,8 +284,7 @@ def _deliver(
         raise RetryLater(reason)
     outcome = _partial(payload, done, retries)
     return mark(
-        runtime,
-        tenant_id,
+        unit,
         task_id,
         acceptedAt=now_ms(),
         accepted=outcome["accepted"],
@@ -304,8 +306,7 @@ def _accepted_note(runtime: Runtime, raw_key: str) -> dict[str, Any] | None:
 
 
 def _record_progress(
-    runtime: Runtime,
-    tenant_id: uuid.UUID,
+    unit: JobUnit,
     task_id: str,
     raw_key: str,
     step: int,
@@ -323,14 +324,16 @@ def _record_progress(
     """
     note = {"step": step, "batches": done, "retries": retries}
     try:
-        runtime.blobs.put(_accepted_key(raw_key), json.dumps(note).encode(), "application/json")
+        unit.runtime.blobs.put(
+            _accepted_key(raw_key), json.dumps(note).encode(), "application/json"
+        )
     except Exception as exc:
         log.warning("send task %s: no acceptance note in the blob store: %r", task_id, exc)
     deadline = time.monotonic() + _RECORD_PATIENCE_S
     pause = 0.2
     while True:
         try:
-            mark(runtime, tenant_id, task_id, batches=done, retries=retries, noteStep=step)
+            mark(unit, task_id, batches=done, retries=retries, noteStep=step)
             return
         except Exception as exc:
             if infrastructure_trouble(exc) is None or time.monotonic() + pause > deadline:
@@ -383,8 +386,7 @@ def _failed_after(
 
 
 def _file_sent_copy(
-    runtime: Runtime,
-    tenant_id: uuid.UUID,
+    unit: JobUnit,
     task_id: str,
     account: Account,
     payload: dict[str, Any],
@@ -393,6 +395,7 @@ def _file_sent_copy(
     report: tasks.TaskReport,
 ) -> None:
     """Steps 2 and 3; fills ``result`` (``sentFolder``, ``sentMessageId`` or ``sentCopyError``)."""
+    runtime = unit.runtime
     try:
         copy = _blob(runtime, payload["copyKey"])
         if "sentUid" not in payload:
@@ -400,8 +403,7 @@ def _file_sent_copy(
                 folder = special_folder(imap, "\\Sent", "Sent")
                 uid = append_once(imap, folder.name, copy, payload["messageId"], SENT_FLAGS)
             payload = mark(
-                runtime,
-                tenant_id,
+                unit,
                 task_id,
                 sentUid=uid,
                 sentFolder=folder.name,
@@ -423,28 +425,29 @@ def _file_sent_copy(
     )
     result["sentFolder"] = folder.name
     if payload["sentUid"] is not None:
-        result["sentMessageId"] = _store_copy(runtime, tenant_id, account, folder, payload, copy)
+        result["sentMessageId"] = _store_copy(unit, account, folder, payload, copy)
 
 
 def _store_copy(
-    runtime: Runtime,
-    tenant_id: uuid.UUID,
+    unit: JobUnit,
     account: Account,
     folder: RemoteFolder,
     payload: dict[str, Any],
     copy: bytes,
 ) -> str | None:
     try:
-        return store_own_copy(
-            runtime,
-            tenant_id,
-            account.id,
-            folder,
-            int(payload["sentUid"]),
-            copy,
-            SENT_FLAGS,
-            changes.ORIGIN_SEND,
-        )
+        with unit.step() as session:
+            return store_own_copy(
+                session,
+                unit.runtime.blobs,
+                unit.tenant_id,
+                account.id,
+                folder,
+                int(payload["sentUid"]),
+                copy,
+                SENT_FLAGS,
+                changes.ORIGIN_SEND,
+            )
     except Exception:
         # The copy is on the server; the next sync stores it like any other message.
         log.exception("could not store the Sent copy of %s", payload["messageId"])
@@ -459,21 +462,24 @@ def run_draft(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
 
     Raises ``RetryLater`` after recording ``retry`` when a transient failure may pass.
     """
-    report = tasks.TaskReport(runtime, tenant_id, task_id)
-    task = report.load()
-    if task is None or task.status in tasks.FINISHED:
-        return
-    payload = task.payload
-    with runtime.db.transaction(tenant_id) as session:
+    unit = JobUnit(runtime, tenant_id)
+    report = tasks.TaskReport(unit, task_id)
+    with unit.step() as session:
+        task = report.load()
+        if task is None or task.status in tasks.FINISHED:
+            return
+        payload = task.payload
         draft = session.get(Draft, payload["draftId"])
-    if draft is not None and draft.status == "saved":  # done; only the report was lost
-        report.succeeded({"draftId": draft.id, "folder": draft.folder_name, "uid": draft.imap_uid})
-        return
-    account = _live_account(runtime, tenant_id, task.account_id)
-    if account is None:
-        report.failed("The account no longer exists")
-        _set_draft(runtime, tenant_id, payload["draftId"], status="failed")
-        return
+        if draft is not None and draft.status == "saved":  # done; only the report was lost
+            report.succeeded(
+                {"draftId": draft.id, "folder": draft.folder_name, "uid": draft.imap_uid}
+            )
+            return
+        account = _live_account(unit, task.account_id)
+        if account is None:
+            report.failed("The account no longer exists")
+            _set_draft(unit, payload["draftId"], status="failed")
+            return
     report.started(attempt.number)
     try:
         raw = _blob(runtime, payload["rawKey"])
@@ -485,12 +491,12 @@ def run_draft(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
         if isinstance(exc, MailError) and exc.transient and not attempt.last:
             report.retrying(reason)
             raise RetryLater(reason) from exc
-        report.failed(reason)
-        _set_draft(runtime, tenant_id, payload["draftId"], status="failed")
+        with unit.step():
+            report.failed(reason)
+            _set_draft(unit, payload["draftId"], status="failed")
         return
     _set_draft(
-        runtime,
-        tenant_id,
+        unit,
         payload["draftId"],
         status="saved",
         folder_name=folder.name,
@@ -504,17 +510,26 @@ def run_draft(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
     }
     if uid is not None:
         try:
-            result["storedMessageId"] = store_own_copy(
-                runtime, tenant_id, account.id, folder, uid, raw, DRAFT_FLAGS, changes.ORIGIN_DRAFT
-            )
+            with unit.step() as session:
+                result["storedMessageId"] = store_own_copy(
+                    session,
+                    runtime.blobs,
+                    tenant_id,
+                    account.id,
+                    folder,
+                    uid,
+                    raw,
+                    DRAFT_FLAGS,
+                    changes.ORIGIN_DRAFT,
+                )
         except Exception:
             log.exception("could not store the draft %s", payload["draftId"])
     report.succeeded(result)
     delete_blobs(runtime.blobs, [payload["rawKey"]])
 
 
-def _set_draft(runtime: Runtime, tenant_id: uuid.UUID, draft_id: str, **values: Any) -> None:
-    with runtime.db.transaction(tenant_id) as session:
+def _set_draft(unit: JobUnit, draft_id: str, **values: Any) -> None:
+    with unit.step() as session:
         session.execute(
             update(Draft).where(Draft.id == draft_id).values(**values, updated_at=now_ms())
         )

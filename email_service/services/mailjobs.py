@@ -6,24 +6,24 @@ markers. Storing a message we put on the server ourselves is the mail store's
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from db.models import Task
 from email_service.mail.imap import ImapSession, RemoteFolder
-from email_service.runtime import Runtime
+from email_service.scope import JobUnit
 
 log = logging.getLogger(__name__)
 
 
-def mark(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, **values: Any) -> dict[str, Any]:
-    """Merge ``values`` into the task's payload and commit at once; returns the payload.
+def mark(unit: JobUnit, task_id: str, **values: Any) -> dict[str, Any]:
+    """Merge ``values`` into the task's payload in a step of ``unit``; returns the payload.
 
     The payload is where a job records the steps it has done ("accepted by SMTP",
-    "appended as UID n"), so that a re-run skips them.
+    "appended as UID n"), so that a re-run skips them. On its own the step commits at
+    once (a checkpoint); inside a step the job has open, it commits with that step.
     """
-    with runtime.db.transaction(tenant_id) as session:
+    with unit.step() as session:
         row = session.get(Task, task_id, with_for_update=True)
         if row is None:
             return dict(values)

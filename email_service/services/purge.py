@@ -20,7 +20,7 @@ from sqlalchemy import select
 from db.models import Attachment
 from email_service.jobs import Attempt, RetryLater
 from email_service.runtime import Runtime
-from email_service.scope import Scope
+from email_service.scope import JobUnit, Scope
 from email_service.services import tasks
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,8 @@ def queue_purge(scope: Scope, account_id: str) -> None:
 def run_purge(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Attempt) -> None:
     """Remove the blobs of the task's account. Raises ``RetryLater`` when the blob store
     fails (after recording it), so a later run finishes the job."""
-    report = tasks.TaskReport(runtime, tenant_id, task_id)
+    unit = JobUnit(runtime, tenant_id)
+    report = tasks.TaskReport(unit, task_id)
     task = report.load()
     if task is None or task.status in tasks.FINISHED or task.account_id is None:
         return
@@ -45,7 +46,7 @@ def run_purge(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
     removed, after = 0, ""
     try:
         while True:
-            with runtime.db.transaction(tenant_id) as session:
+            with unit.step() as session:
                 rows = session.execute(
                     select(Attachment.id, Attachment.storage_key)
                     .where(

@@ -27,7 +27,7 @@ from email_service.mail.pop3 import Pop3Session
 from email_service.mailstore.messages import MessageStore, delete_blobs
 from email_service.oauth2 import OAuth2Error, OAuth2Unavailable
 from email_service.runtime import Runtime
-from email_service.scope import Scope
+from email_service.scope import JobUnit, Scope
 from email_service.services import events, tasks
 from email_service.services.accounts import account_endpoint, load_account
 from email_service.services.sync.base import SyncCounts, SyncJob
@@ -92,43 +92,49 @@ def run_sync(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Atte
 
     Raises ``RetryLater`` when the failure is transient and retries remain (the task is
     then in ``retry`` with the reason); otherwise records ``success`` or ``failure``.
+    The run owns one unit of work: every write is a step of it, the task's status
+    changes folded into the steps that change the account.
     """
-    report = tasks.TaskReport(runtime, tenant_id, task_id)
-    with runtime.db.transaction(tenant_id) as session:
+    unit = JobUnit(runtime, tenant_id)
+    report = tasks.TaskReport(unit, task_id)
+    with unit.step() as session:
         task = session.get(Task, task_id)
         if task is None or task.status in tasks.FINISHED:
             return
         account = session.get(Account, task.account_id) if task.account_id else None
-    if account is None or account.deleted_at is not None:
-        report.failed("The account no longer exists")
-        return
+        if account is None or account.deleted_at is not None:
+            report.failed("The account no longer exists")
+            return
 
     with locks.try_lock(runtime.db, f"sync:{account.id}") as locked:
         if not locked:
             message = "Another sync of this account is running"
             if attempt.last:
                 # The running sync owns is_syncing; only this task's claim is dropped.
-                report.failed(message, also=_finish_account(account.id, task_id, None))
+                with unit.step() as session:
+                    report.failed(message)
+                    _finish_account(session, account.id, task_id, None)
                 return
             report.retrying(message)
             raise RetryLater(message)
-        _run_locked(runtime, tenant_id, account, task, report, attempt)
+        _run_locked(unit, account, task, report, attempt)
 
 
 def _run_locked(
-    runtime: Runtime,
-    tenant_id: uuid.UUID,
+    unit: JobUnit,
     account: Account,
     task: Task,
     report: tasks.TaskReport,
     attempt: Attempt,
 ) -> None:
-    report.started(attempt.number, also=_syncing(account.id))
+    runtime = unit.runtime
+    with unit.step() as session:
+        report.started(attempt.number)
+        _syncing(session, account.id)
     folders = task.payload.get("folders")
     store = MessageStore(runtime.blobs)
     job = SyncJob(
-        db=runtime.db,
-        tenant_id=tenant_id,
+        unit=unit,
         account_id=account.id,
         store=store,
         force=bool(task.payload.get("force")),
@@ -160,24 +166,31 @@ def _run_locked(
         else:
             log.warning("sync of account %s failed: %s", account.id, reason)
         transient = (isinstance(exc, MailError) and exc.transient) or outage is not None
-        # The server refused us or could not be reached (not our own bug): account.error,
-        # told once until a sync succeeds again.
-        failing = _failing(account.id, reason) if _server_problem(exc) else None
-        if transient and not attempt.last:
-            also = _both(_syncing(account.id, False), failing)
-            report.retrying(reason, job.counts.result(), also=also)
+        retry = transient and not attempt.last
+        with unit.step() as session:
+            if retry:
+                report.retrying(reason, job.counts.result())
+                _syncing(session, account.id, False)
+            else:
+                report.failed(reason, job.counts.result())
+                _finish_account(session, account.id, task.id, False)
+            if _server_problem(exc):
+                # The server refused us or could not be reached (not our own bug):
+                # account.error, told once until a sync succeeds again.
+                events.account_failing(session, account.id, reason)
+        if retry:
             raise RetryLater(reason) from exc
-        also = _both(_finish_account(account.id, task.id, False), failing)
-        report.failed(reason, job.counts.result(), also=also)
     except BaseException:
         # The worker is going away (shutdown, time limit): the task stays "started" for
         # the redelivered message to resume; the account is not syncing meanwhile.
-        with runtime.db.transaction(tenant_id) as session:
-            _syncing(account.id, False)(session)
+        with unit.step() as session:
+            _syncing(session, account.id, False)
         raise
     else:
-        also = _both(_finish_account(account.id, task.id, True), _recovered(account.id))
-        report.succeeded(job.counts.result(), also=also)
+        with unit.step() as session:
+            report.succeeded(job.counts.result())
+            _finish_account(session, account.id, task.id, True)
+            events.account_recovered(session, account.id)
         took = time.monotonic() - began
         metrics.observe_sync(took, job.counts.added + job.counts.updated)
         noticed = task.payload.get("noticedAt")
@@ -204,55 +217,23 @@ def _server_problem(exc: BaseException) -> bool:
     return isinstance(exc, (MailError, PermissionError, ServiceError))
 
 
-def _failing(account_id: str, reason: str) -> tasks.Also:
-    def apply(session: Session) -> None:
-        events.account_failing(session, account_id, reason)
-
-    return apply
+def _syncing(session: Session, account_id: str, value: bool = True) -> None:
+    session.execute(update(Account).where(Account.id == account_id).values(is_syncing=value))
 
 
-def _recovered(account_id: str) -> tasks.Also:
-    def apply(session: Session) -> None:
-        events.account_recovered(session, account_id)
-
-    return apply
-
-
-def _both(first: tasks.Also, second: tasks.Also | None) -> tasks.Also:
-    if second is None:
-        return first
-
-    def apply(session: Session) -> None:
-        first(session)
-        second(session)
-
-    return apply
-
-
-def _syncing(account_id: str, value: bool = True) -> tasks.Also:
-    def apply(session: Session) -> None:
-        session.execute(update(Account).where(Account.id == account_id).values(is_syncing=value))
-
-    return apply
-
-
-def _finish_account(account_id: str, task_id: str, success: bool | None) -> tasks.Also:
+def _finish_account(session: Session, account_id: str, task_id: str, success: bool | None) -> None:
     """The task is over: the account is free for the next sync.
 
     ``success`` True or False: this task ran the sync, which has stopped (and, when
     True, succeeded). None: this task never ran one.
     """
-
-    def apply(session: Session) -> None:
-        if success is not None:
-            values: dict[str, Any] = {"is_syncing": False}
-            if success:
-                values["last_sync_at"] = now_ms()
-            session.execute(update(Account).where(Account.id == account_id).values(**values))
-        session.execute(
-            update(Account)
-            .where(Account.id == account_id, Account.sync_task_id == task_id)
-            .values(sync_task_id=None)
-        )
-
-    return apply
+    if success is not None:
+        values: dict[str, Any] = {"is_syncing": False}
+        if success:
+            values["last_sync_at"] = now_ms()
+        session.execute(update(Account).where(Account.id == account_id).values(**values))
+    session.execute(
+        update(Account)
+        .where(Account.id == account_id, Account.sync_task_id == task_id)
+        .values(sync_task_id=None)
+    )

@@ -2,26 +2,23 @@
 
 A task row is created in the request's transaction together with the job that will run
 it; the job is sent after commit. Workers then move the row through
-``pending → started → (retry →)* success | failure``, each step in a short transaction
-of its own so the API sees progress while the job runs.
+``pending → started → (retry →)* success | failure``, each change in a step of the
+job's unit of work (``scope.JobUnit``), committed before the job talks to a mail server
+again, so the API sees progress while the job runs.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from db.models import Task, new_id, now_ms
 from email_service import metrics, present
 from email_service.errors import TaskNotFound
-from email_service.runtime import Runtime
-from email_service.scope import Scope
+from email_service.scope import JobUnit, Scope
 from email_service.services import events
 
 log = logging.getLogger(__name__)
@@ -99,48 +96,41 @@ def get_task(scope: Scope, task_id: str) -> dict[str, Any]:
     return present.task(row)
 
 
-#: More to write in the same transaction as a status change (the job's own rows).
-Also = Callable[[Session], None]
-
-
 class TaskReport:
     """How a running job writes its progress and outcome into its task row.
 
-    Every method commits at once, in a transaction of its own, so that a failure of
-    the job's own work can never roll back what it reported; ``also`` adds the job's
-    own bookkeeping to that transaction.
+    Each method writes in a step of the job's unit of work: on its own, it commits at
+    once (so the API sees progress while the job runs, and a failure of the job's own
+    work later can never roll back what was reported); called inside a step the job has
+    open, it joins that step, so the status change commits together with the job's own
+    state (the account, a message) in one transaction.
     """
 
-    def __init__(self, runtime: Runtime, tenant_id: uuid.UUID, task_id: str) -> None:
-        self.runtime = runtime
-        self.tenant_id = tenant_id
+    def __init__(self, unit: JobUnit, task_id: str) -> None:
+        self.unit = unit
         self.task_id = task_id
         self._progress = -1
         self._written = 0.0
 
     def load(self) -> Task | None:
-        with self.runtime.db.transaction(self.tenant_id) as session:
+        with self.unit.step() as session:
             return session.get(Task, self.task_id)
 
-    def _update(self, also: Also | None = None, **values: Any) -> None:
-        with self.runtime.db.transaction(self.tenant_id) as session:
+    def _update(self, **values: Any) -> None:
+        with self.unit.step() as session:
             row = session.get(Task, self.task_id, with_for_update=True)
             if row is None:
                 return
             for name, value in values.items():
                 setattr(row, name, value)
             row.updated_at = now_ms()
-            kind = row.kind
             if "status" in values:
                 events.task_updated(session, row)
-            if also is not None:
-                also(session)
-        if "status" in values:
-            metrics.observe_task(kind, values["status"])
+                kind, status = row.kind, values["status"]
+                self.unit.after_commit(lambda: metrics.observe_task(kind, status))
 
-    def started(self, attempt: int, also: Also | None = None) -> None:
+    def started(self, attempt: int) -> None:
         self._update(
-            also,
             status="started",
             attempts=attempt + 1,
             started_at=now_ms(),
@@ -170,22 +160,18 @@ class TaskReport:
             values["result"] = result
         self._update(**values)
 
-    def succeeded(self, result: dict[str, Any] | None, also: Also | None = None) -> None:
-        self._update(also, status="success", progress=100, result=result, finished_at=now_ms())
+    def succeeded(self, result: dict[str, Any] | None) -> None:
+        self._update(status="success", progress=100, result=result, finished_at=now_ms())
 
-    def retrying(
-        self, error: str, result: dict[str, Any] | None = None, also: Also | None = None
-    ) -> None:
+    def retrying(self, error: str, result: dict[str, Any] | None = None) -> None:
         """The job will run again; ``result`` keeps what this attempt achieved."""
         values: dict[str, Any] = {"status": "retry", "error": error}
         if result is not None:
             values["result"] = result
-        self._update(also, **values)
+        self._update(**values)
 
-    def failed(
-        self, error: str, result: dict[str, Any] | None = None, also: Also | None = None
-    ) -> None:
+    def failed(self, error: str, result: dict[str, Any] | None = None) -> None:
         values: dict[str, Any] = {"status": "failure", "error": error, "finished_at": now_ms()}
         if result is not None:
             values["result"] = result
-        self._update(also, **values)
+        self._update(**values)

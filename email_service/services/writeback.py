@@ -35,7 +35,7 @@ from email_service.mail.imap import ImapSession, RemoteFolder, is_valid_keyword
 from email_service.mailstore.edits import edit_message, move_message, settle_pending
 from email_service.mailstore.messages import delete_blobs
 from email_service.runtime import Runtime
-from email_service.scope import Scope
+from email_service.scope import JobUnit, Scope
 from email_service.services import tasks
 from email_service.services.accounts import account_endpoint, load_account
 from email_service.services.delivery import describe
@@ -181,44 +181,46 @@ def run_flags(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
     Raises ``RetryLater`` (after recording ``retry``) while the account is busy or the
     server cannot be reached and retries remain.
     """
-    report = tasks.TaskReport(runtime, tenant_id, task_id)
-    task = report.load()
-    if task is None or task.status in tasks.FINISHED:
-        return
-    if "writtenAt" in task.payload:  # done; only the report was lost
-        report.succeeded({"messageId": task.payload["messageId"]})
-        return
+    unit = JobUnit(runtime, tenant_id)
+    report = tasks.TaskReport(unit, task_id)
+    with unit.step():
+        task = report.load()
+        if task is None or task.status in tasks.FINISHED:
+            return
+        if "writtenAt" in task.payload:  # done; only the report was lost
+            report.succeeded({"messageId": task.payload["messageId"]})
+            return
     with locks.try_lock(runtime.db, f"sync:{task.account_id}") as locked:
         if not locked:
             reason = "The account is being synchronised; the change is written after that"
             if attempt.last:
-                _finish(runtime, tenant_id, task_id, task.payload["messageId"], None)
-                report.failed(reason)
+                with unit.step():
+                    _finish(unit, task_id, task.payload["messageId"], None)
+                    report.failed(reason)
                 return
             report.retrying(reason)
             raise RetryLater(reason)
-        _run_locked(runtime, tenant_id, task_id, task.payload, report, attempt)
+        _run_locked(unit, task_id, task.payload, report, attempt)
 
 
 def _run_locked(
-    runtime: Runtime,
-    tenant_id: uuid.UUID,
+    unit: JobUnit,
     task_id: str,
     payload: dict[str, Any],
     report: tasks.TaskReport,
     attempt: Attempt,
 ) -> None:
     message_id = payload["messageId"]
-    report.started(attempt.number)
-    with runtime.db.transaction(tenant_id) as session:
+    with unit.step() as session:
+        report.started(attempt.number)
         row = session.get(Message, message_id)
         folder = session.get(Folder, row.folder_id) if row is not None else None
         account = session.get(Account, row.account_id) if row is not None else None
-    if account is not None and account.deleted_at is not None:
-        account = None
-    if row is None or folder is None or account is None or row.uid is None:
-        report.succeeded({"messageId": message_id, "missing": True})
-        return
+        if account is not None and account.deleted_at is not None:
+            account = None
+        if row is None or folder is None or account is None or row.uid is None:
+            report.succeeded({"messageId": message_id, "missing": True})
+            return
     wanted = _Wanted(
         frozenset(payload.get("fields", ("isRead", "isStarred", "isSpam", "labels"))),
         folder.name,
@@ -230,7 +232,7 @@ def _run_locked(
         tuple(row.labels),
     )
     try:
-        with ImapSession(account_endpoint(runtime, account)) as imap:
+        with ImapSession(account_endpoint(unit.runtime, account)) as imap:
             written = _write(imap, wanted)
     except (MailError, ServiceError, DecryptionError) as exc:
         reason = describe(exc)
@@ -238,11 +240,13 @@ def _run_locked(
             report.retrying(reason)
             raise RetryLater(reason) from exc
         # The change stays in the service; the next sync shows the server's state again.
-        _finish(runtime, tenant_id, task_id, message_id, None)
-        report.failed(reason)
+        with unit.step():
+            _finish(unit, task_id, message_id, None)
+            report.failed(reason)
         return
-    result = _finish(runtime, tenant_id, task_id, message_id, written)
-    report.succeeded(result)
+    with unit.step():
+        result = _finish(unit, task_id, message_id, written)
+        report.succeeded(result)
 
 
 def _write(imap: ImapSession, wanted: _Wanted) -> _Written:
@@ -284,28 +288,28 @@ def _write(imap: ImapSession, wanted: _Wanted) -> _Written:
 
 
 def _finish(
-    runtime: Runtime,
-    tenant_id: uuid.UUID,
+    unit: JobUnit,
     task_id: str,
     message_id: str,
     written: _Written | None,
 ) -> dict[str, Any]:
-    """Record the outcome on the row and close its pending change, in one transaction.
+    """Record the outcome on the row and close its pending change, in one step.
 
     ``writtenAt`` in the task's payload, committed with the decrement, keeps a re-run from
-    decrementing twice. ``written`` is None when nothing could be written.
+    decrementing twice. ``written`` is None when nothing could be written. The blobs of
+    a message the move replaced are removed after the step commits.
     """
     result: dict[str, Any] = {"messageId": message_id}
-    blob_keys: list[str] = []
-    with runtime.db.transaction(tenant_id) as session:
+    with unit.step() as session:
         row = session.get(Message, message_id, with_for_update=True)
         if row is not None:
             settle_pending(row)
-            blob_keys = _apply(session, tenant_id, row, written, result)
+            blob_keys = _apply(session, unit.tenant_id, row, written, result)
+            if blob_keys:
+                unit.after_commit(lambda: delete_blobs(unit.runtime.blobs, blob_keys))
         task = session.get(Task, task_id, with_for_update=True)
         if task is not None:
             task.payload = {**task.payload, "writtenAt": now_ms()}
-    delete_blobs(runtime.blobs, blob_keys)
     return result
 
 

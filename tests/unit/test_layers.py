@@ -96,3 +96,48 @@ def test_mail_protocol_code_knows_no_database_nor_services() -> None:
     paths = sorted((PACKAGE / "mail").glob("*.py"))
     forbidden = ("db", "email_service.services", "email_service.mailstore", "sqlalchemy")
     assert _offending(paths, forbidden) == {}
+
+
+# The code jobs run: it writes through the unit of work its runner opened
+# (email_service.scope.JobUnit), never in a transaction of its own.
+JOB_CODE = sorted(
+    [
+        *(PACKAGE / "services" / name for name in (
+            "syncing.py", "delivery.py", "writeback.py", "purge.py", "tasks.py", "mailjobs.py",
+        )),
+        *(PACKAGE / "services" / "sync").glob("*.py"),
+        *(PACKAGE / "mailstore").glob("*.py"),
+    ]
+)  # fmt: skip
+
+
+def own_transactions(path: Path) -> list[int]:
+    """Lines of ``path`` that open a transaction on a database (``<x>.db.transaction(``,
+    ``db.transaction(``) or build sessions themselves (``Session(``, ``sessionmaker(``)."""
+    lines: list[int] = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr == "transaction":
+            owner = func.value
+            named = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if named in ("db", "database"):
+                lines.append(node.lineno)
+        elif isinstance(func, ast.Name) and func.id in ("Session", "sessionmaker"):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_the_transaction_finder_finds_them() -> None:
+    # The request scope and the job unit are where transactions are opened.
+    assert own_transactions(PACKAGE / "scope.py")
+    assert own_transactions(PACKAGE / "services" / "webhooks" / "dispatch.py")
+
+
+def test_job_code_opens_no_transaction_of_its_own() -> None:
+    assert len(JOB_CODE) > 10
+    found = {
+        str(path.relative_to(ROOT)): lines for path in JOB_CODE if (lines := own_transactions(path))
+    }
+    assert found == {}

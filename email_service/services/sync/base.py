@@ -1,4 +1,4 @@
-"""What every sync run shares: its counters and its handle on the database."""
+"""What every sync run shares: its counters and the run's unit of work."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from db.session import Database
 from email_service.mailstore.messages import MessageStore, Skipped
+from email_service.scope import JobUnit
 
 # A batch is also cut short at this many bytes of raw mail, which bounds a worker's memory
 # whatever the batch size (a few huge messages in a row).
@@ -59,8 +59,7 @@ class SyncCounts:
 class SyncJob:
     """What one sync run needs: where to write, what to sync, how to report."""
 
-    db: Database
-    tenant_id: uuid.UUID
+    unit: JobUnit
     account_id: str
     store: MessageStore
     force: bool
@@ -73,6 +72,11 @@ class SyncJob:
     unchanged: list[str] = field(default_factory=list)
     saved_counts: tuple[int, ...] = (0, 0, 0, 0)
 
+    @property
+    def tenant_id(self) -> uuid.UUID:
+        return self.unit.tenant_id
+
     def transaction(self) -> AbstractContextManager[Session]:
-        """A short unit of work of its own: each batch commits on its own."""
-        return self.db.transaction(self.tenant_id)
+        """A step of the run's unit of work: it commits at the end of the block (a
+        checkpoint the sync resumes from), and no IMAP or POP3 exchange happens in it."""
+        return self.unit.step()
