@@ -101,6 +101,43 @@ def test_new_mail_flag_changes_and_expunges_after_the_first_mirror_are_told_once
     assert _positions(changes) == sorted(_positions(changes))
 
 
+def test_a_pop3_inbox_is_one_sync_completed_then_a_change_per_message(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    # Given a POP3 account whose server holds two messages
+    uids = [dovecot.append(mail_user, "INBOX", _mail(f"pop {n}")) for n in range(2)]
+    box = account_for(
+        api, alice, dovecot, mail_user, protocol="pop3", port=dovecot.pop3s_port, encryption="tls"
+    )
+    cursor = start_cursor(api, alice)
+
+    # When it is mirrored, its INBOX is one sync.completed
+    assert sync(api, box)["status"] == "success"
+    changes, cursor = read_feed(api, alice, cursor)
+    assert of_type(changes, "message.created") == []
+    (completed,) = of_type(changes, "sync.completed")
+    assert completed["data"]["reason"] == "initial"
+    assert completed["data"]["messagesAdded"] == 2
+
+    # and after that, mail that arrives or goes is a change per message
+    dovecot.append(mail_user, "INBOX", _mail("pop new"))
+    client = dovecot.imap(mail_user)
+    try:
+        client.select_folder("INBOX")
+        client.delete_messages([uids[0]])
+        client.expunge()
+    finally:
+        with contextlib.suppress(Exception):
+            client.logout()
+    assert sync(api, box)["status"] == "success"
+    changes, _ = read_feed(api, alice, cursor)
+    messages = [c for c in changes if c["type"].startswith("message.")]
+    assert Counter(c["type"] for c in messages) == {"message.created": 1, "message.deleted": 1}
+    created = of_type(changes, "message.created")[0]
+    assert created["data"]["subject"] == "pop new" and created["data"]["origin"] == "sync"
+    assert of_type(changes, "sync.completed") == []
+
+
 def test_a_flag_change_through_the_api_is_told_at_once_and_its_task_after(
     api: Any,
     alice: Identity,

@@ -17,11 +17,13 @@ from email_service.services.sync.plan import (
     FolderPlan,
     LocalState,
     Mode,
+    Pop3Plan,
     Questions,
     RemoteState,
     StoredMessage,
     folder_mode,
     plan_folder,
+    plan_pop3,
     questions,
 )
 
@@ -339,3 +341,19 @@ def test_every_mode_asks_what_its_plan_needs_and_ends_in_the_server_state(
     again, _ = sync_plan(after, server)
     assert (again.remove, again.flags, again.fetch) == ((), (), ())
     assert again.unchanged == condstore
+
+
+def test_pop3_new_uidls_are_retrieved_oldest_first_and_vanished_ones_removed() -> None:
+    stored = {"a": "m1", "b": "m2", "c": "m3"}
+    listed = {"c": 1, "e": 3, "d": 2}
+    plan = plan_pop3(stored, listed, first=False)
+    assert plan.remove == ("m1", "m2")
+    assert plan.fetch == ((2, "d"), (3, "e"))
+    assert plan.announce and plan.completed_reason is None
+    assert plan_pop3({"c": "m3"}, {"c": 1}, first=False) == Pop3Plan((), (), False)
+
+
+def test_a_pop3_first_mirror_is_one_sync_completed() -> None:
+    plan = plan_pop3({}, {"x": 2, "y": 1}, first=True)
+    assert plan.fetch == ((1, "y"), (2, "x")) and plan.remove == ()
+    assert not plan.announce and plan.completed_reason == "initial"

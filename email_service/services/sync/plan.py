@@ -1,4 +1,5 @@
-"""What a folder's sync does, decided from the stored state and the server's answers.
+"""What a folder's sync does, decided from the stored state and the server's answers
+(IMAP folders; POP3's one INBOX at the end).
 
 Nothing here talks to a server or a database: ``imap_sync`` reads the stored state,
 asks the server what :func:`questions` says is needed, hands both to
@@ -245,4 +246,36 @@ def plan_folder(local: LocalState, remote: RemoteState, force: bool) -> FolderPl
         flags=tuple(updates),
         unread_delta=unread_delta,
         fetch=fetch,
+    )
+
+
+@dataclass(frozen=True)
+class Pop3Plan:
+    """What a POP3 sync of the one INBOX writes: UIDL is all that survives sessions."""
+
+    #: Message ids whose UIDL the server no longer lists.
+    remove: tuple[str, ...]
+    #: New mail as (message number in this session, UIDL), oldest first as the server
+    #: numbers them, so a cut-off sync resumes in order.
+    fetch: tuple[tuple[int, str], ...]
+    #: The INBOX was never mirrored whole: told as one ``sync.completed``.
+    first: bool
+
+    @property
+    def announce(self) -> bool:
+        return not self.first
+
+    @property
+    def completed_reason(self) -> str | None:
+        return "initial" if self.first else None
+
+
+def plan_pop3(stored: Mapping[str, str], listed: Mapping[str, int], first: bool) -> Pop3Plan:
+    """Decide a POP3 sync from the stored ``UIDL -> message id`` and the server's
+    ``UIDL -> message number``: vanished ids are removed, new ones retrieved."""
+    new = sorted((number, uidl) for uidl, number in listed.items() if uidl not in stored)
+    return Pop3Plan(
+        remove=tuple(message_id for uidl, message_id in stored.items() if uidl not in listed),
+        fetch=tuple(new),
+        first=first,
     )

@@ -29,16 +29,28 @@ from email_service.mailstore.messages import (
     remove_messages,
 )
 from email_service.services.sync.base import MAX_BATCH_BYTES, SyncJob
+from email_service.services.sync.plan import plan_pop3
 
 log = logging.getLogger(__name__)
 
 INBOX = POP3_INBOX
 
 
-def _inbox(job: SyncJob) -> tuple[str, bool]:
-    """The INBOX row's id, and whether it was never mirrored yet."""
+def _read_local(job: SyncJob) -> tuple[str, bool, dict[str, str]]:
+    """The INBOX row's id (made if missing), whether it was never mirrored yet, and its
+    stored messages as UIDL -> message id: one short transaction."""
     with job.transaction() as session:
-        return pop3_inbox(session, job.tenant_id, job.account_id)
+        folder_id, first = pop3_inbox(session, job.tenant_id, job.account_id)
+        stored = {
+            uidl: message_id
+            for uidl, message_id in session.execute(
+                select(Message.pop_uidl, Message.id).where(
+                    Message.folder_id == folder_id, Message.pop_uidl.is_not(None)
+                )
+            )
+            if uidl is not None
+        }
+    return folder_id, first, stored
 
 
 def _retrieve(pop: Pop3Session, number: int, uidl: str, listed_size: int) -> Incoming:
@@ -69,51 +81,42 @@ def _store(job: SyncJob, target: FolderTarget, items: list[Incoming]) -> int:
 
 
 def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
-    folder_id, first = _inbox(job)
+    """Read what is stored, list the server's UIDLs, plan (``plan.plan_pop3``), apply."""
+    folder_id, first, stored = _read_local(job)
+    plan = plan_pop3(stored, pop.uidl(), first)  # UIDL -> message number (this session)
     added_before, skipped_before = job.counts.added, len(job.counts.skipped)
-    server = pop.uidl()  # unique id -> message number (this session only)
-    with job.transaction() as session:
-        known = dict(
-            session.execute(
-                select(Message.pop_uidl, Message.id).where(
-                    Message.folder_id == folder_id, Message.pop_uidl.is_not(None)
-                )
-            ).all()
-        )
-    gone = [message_id for uidl, message_id in known.items() if uidl not in server]
-    if gone:
+    if plan.remove:
         with job.transaction() as session:
-            job.blob_keys.extend(remove_messages(session, gone, announce=not first))
+            keys = remove_messages(session, list(plan.remove), announce=plan.announce)
+            job.blob_keys.extend(keys)
             refresh_counts(session, folder_id)
-        job.counts.removed += len(gone)
+        job.counts.removed += len(plan.remove)
 
-    # Oldest first, as the server numbers them, so a cut-off sync resumes in order.
-    new = sorted((number, uidl) for uidl, number in server.items() if uidl not in known)
     # The first mirror is told as one sync.completed, not a message.created per message.
-    origin = None if first else ORIGIN_SYNC
+    origin = ORIGIN_SYNC if plan.announce else None
     target = FolderTarget(job.tenant_id, job.account_id, folder_id, INBOX, False, origin)
-    sizes = pop.sizes() if new else {}
+    sizes = pop.sizes() if plan.fetch else {}
     done = 0
     # Batches end at batch_size messages or MAX_BATCH_BYTES of mail, whichever comes first.
     items: list[Incoming] = []
     batch_bytes = 0
-    for number, uidl in new:
+    for number, uidl in plan.fetch:
         item = _retrieve(pop, number, uidl, sizes.get(number, 0))
         items.append(item)
         batch_bytes += item.size
         if len(items) >= job.batch_size or batch_bytes >= MAX_BATCH_BYTES:
             done += _store(job, target, items)
-            job.progress(100.0 * done / len(new))
+            job.progress(100.0 * done / len(plan.fetch))
             items, batch_bytes = [], 0
     if items:
         _store(job, target, items)
 
     completed = None
-    if first:
+    if plan.completed_reason is not None:
         completed = {
-            "reason": "initial",
+            "reason": plan.completed_reason,
             "added": job.counts.added - added_before,
-            "removed": len(gone),
+            "removed": len(plan.remove),
             "skipped": len(job.counts.skipped) - skipped_before,
         }
     with job.transaction() as session:
