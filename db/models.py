@@ -167,7 +167,10 @@ class Message(TenantMixin, Base):
     subject: Mapped[str] = mapped_column(Text, nullable=False, default="")
     preview: Mapped[str] = mapped_column(String(200), nullable=False, default="")
     body_text: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    # Sanitised HTML; a synced message keeps its HTML as sent in ``body_html_source``
+    # until it is first opened, which sanitises it into ``body_html`` (migration 0018).
     body_html: Mapped[str | None] = mapped_column(Text)
+    body_html_source: Mapped[str | None] = mapped_column(Text)
     headers: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False, default=dict)
     flags: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)
     labels: Mapped[list[Any]] = mapped_column(JsonType, nullable=False, default=list)

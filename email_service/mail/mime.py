@@ -34,7 +34,7 @@ from email.headerregistry import HeaderRegistry
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from urllib.parse import unquote
 
 import fast_mail_parser
@@ -79,6 +79,12 @@ class ParsedMessage:
     ``defects`` is empty for well-formed mail; otherwise it says in words what was
     wrong and what was done about it. ``parser`` names the parser that read the MIME
     structure: ``"fast"`` or ``"stdlib"``.
+
+    ``html_source`` is the HTML as the message carries it (decoded, not yet safe);
+    ``body_html`` is that HTML sanitised, computed on first use. Sanitising is most of
+    the parsing time, and a sync only needs the text, so the mail store keeps the
+    source and sanitises when the message is first opened (``sanitize_html`` of the
+    source is exactly ``body_html``).
     """
 
     message_id: str | None
@@ -94,11 +100,16 @@ class ParsedMessage:
     date: datetime | None
     headers: dict[str, str]
     body_text: str
-    body_html: str | None
+    html_source: str | None
     preview: str
     attachments: tuple[ParsedAttachment, ...]
     defects: tuple[str, ...]
     parser: str
+
+    @cached_property
+    def body_html(self) -> str | None:
+        """The HTML body made safe to display (``None`` when there is none)."""
+        return sanitize_html(self.html_source) if self.html_source is not None else None
 
 
 # ---------------------------------------------------------------------------------------
@@ -258,7 +269,7 @@ def _finish(draft: _Draft) -> ParsedMessage:
         date=date,
         headers=draft.headers,
         body_text=body_text,
-        body_html=sanitize_html(raw_html) if raw_html is not None else enclosed_html,
+        html_source=raw_html if raw_html is not None else enclosed_html,
         preview=_preview(body_text),
         attachments=attachments,
         defects=tuple(dict.fromkeys(defects)),
@@ -273,7 +284,7 @@ _MAX_ENCLOSED_DEPTH = 3
 
 
 def _enclosed_text(parts: list[_Part]) -> tuple[str, str | None]:
-    """The text (and sanitised HTML) of the first enclosed message, if any."""
+    """The text (and HTML source) of the first enclosed message, if any."""
     enclosed = next((part for part in parts if part.mime_type in _ENCLOSED_TYPES), None)
     depth = getattr(_ENCLOSED_DEPTH, "value", 0)
     if enclosed is None or not enclosed.data or depth >= _MAX_ENCLOSED_DEPTH:
@@ -283,7 +294,7 @@ def _enclosed_text(parts: list[_Part]) -> tuple[str, str | None]:
         inner = parse_message(enclosed.data)
     finally:
         _ENCLOSED_DEPTH.value = depth
-    return inner.body_text, inner.body_html
+    return inner.body_text, inner.html_source
 
 
 def _finish_attachment(part: _Part, position: int, referenced_cids: set[str]) -> ParsedAttachment:

@@ -21,10 +21,12 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from db.models import Attachment, Folder, Message, new_id, now_ms
 from db.textindex import SearchDocument, document_for_row, index_messages
 from email_service.blobstore import BlobStore
+from email_service.mail.html import sanitize_html
 from email_service.mail.mime import ParsedMessage
 from email_service.mailstore import changes
 
@@ -255,7 +257,8 @@ def message_row(target: FolderTarget, item: Incoming) -> dict[str, Any]:
         "subject": _clean(parsed.subject),
         "preview": _clean(parsed.preview)[:200],
         "body_text": _clean(parsed.body_text),
-        "body_html": _clean(parsed.body_html) if parsed.body_html is not None else None,
+        "body_html": None,
+        "body_html_source": None,
         "headers": {_clean(k): _clean(v) for k, v in parsed.headers.items()},
         "size": item.size,
         "attachment_count": len(parsed.attachments),
@@ -266,8 +269,37 @@ def message_row(target: FolderTarget, item: Incoming) -> dict[str, Any]:
         "updated_at": stamp,
         "_root": _clean(_thread_root(parsed, message_id)),
     }
+    html = parsed.html_source
+    if html is not None:
+        if "\x00" in html:
+            # Dropping NULs before sanitising is not always the same as after: such
+            # (rare) HTML is sanitised now, as it always was.
+            row["body_html"] = _clean(sanitize_html(html))
+        else:
+            # Sanitised when the message is first opened (``sanitized_html``).
+            row["body_html_source"] = html
     row.update(state.columns(in_spam_folder=target.is_spam))
     return row
+
+
+def sanitized_html(session: Session, message: Message) -> str | None:
+    """The message's HTML body, safe to display; sanitised and kept on first use.
+
+    A synced message keeps its HTML as sent until it is first opened; then it is
+    sanitised once and stored in its place (``updated_at`` stays: the message did not
+    change). Two readers racing both write the same text.
+    """
+    if message.body_html is not None or message.body_html_source is None:
+        return message.body_html
+    html = sanitize_html(message.body_html_source)
+    session.execute(
+        update(Message)
+        .where(Message.id == message.id)
+        .values(body_html=html, body_html_source=None, updated_at=Message.updated_at)
+    )
+    set_committed_value(message, "body_html", html)
+    set_committed_value(message, "body_html_source", None)
+    return html
 
 
 def attachment_key(tenant_id: uuid.UUID, account_id: str, attachment_id: str) -> str:

@@ -12,6 +12,7 @@ from db.models import Account, Attachment, Folder, Message
 from email_service import present
 from email_service.blobstore import BlobNotFound
 from email_service.errors import AttachmentNotFound, FolderNotFound, MessageNotFound
+from email_service.mailstore.messages import sanitized_html
 from email_service.scope import Scope
 from email_service.services.accounts import load_account
 
@@ -151,6 +152,7 @@ def message_detail(scope: Scope, row: Message) -> dict[str, Any]:
     ).all()
     ttl = scope.runtime.settings.presign_ttl_seconds
     blobs = scope.runtime.blobs
+    sanitized_html(scope.session, row)
     return present.message_detail(
         row,
         [

@@ -199,6 +199,39 @@ def test_attachments_download_byte_identical_through_api_and_presigned_url(
         )
 
 
+def test_html_is_sanitised_when_first_opened_once_and_as_at_parse_time(
+    api: Any, mailbox: Mailbox, dovecot: Dovecot, sync_runtime: Any
+) -> None:
+    from sqlalchemy import select
+
+    from db.models import Message
+    from email_service.mail.mime import parse_message
+
+    raw = corpus()["html_only_xss"]
+    dovecot.append(mailbox.user, "INBOX", raw)
+    assert sync(api, mailbox)["status"] == "success"
+    [message] = all_messages(api, mailbox, folders_by_name(api, mailbox)["INBOX"]["id"])
+
+    def stored() -> tuple[str | None, str | None, int]:
+        with sync_runtime.db.transaction(system=True) as session:
+            row = session.execute(
+                select(Message.body_html, Message.body_html_source, Message.updated_at).where(
+                    Message.id == message["id"]
+                )
+            ).one()
+        return row[0], row[1], row[2]
+
+    # The sync kept the HTML as sent (script and all), unsanitised and unserved.
+    html, source, updated_at = stored()
+    assert html is None and source is not None and "<script" in source.lower()
+    # The first open sanitises it, exactly as parsing the message does, and keeps that.
+    expected = parse_message(raw).body_html
+    assert expected and "<script" not in expected.lower()
+    assert detail(api, mailbox, message["id"])["bodyHtml"] == expected
+    assert stored() == (expected, None, updated_at)
+    assert detail(api, mailbox, message["id"])["bodyHtml"] == expected
+
+
 def test_named_inline_text_parts_are_listed_and_downloadable_with_the_body_unchanged(
     api: Any, mailbox: Mailbox, dovecot: Dovecot
 ) -> None:
