@@ -6,6 +6,9 @@ mail store records them as the ``data`` of the changes it writes (the feed's con
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from sqlalchemy import Row
@@ -80,6 +83,92 @@ def message_summary(row: Message | Row[Any]) -> dict[str, Any]:
         "createdAt": row.created_at,
         "updatedAt": row.updated_at,
     }
+
+
+# The list entry's keys in the order of ``message_summary``, and the same sorted (as the
+# API's JSON is written): ``message_page_json`` writes the sorted order from row tuples
+# in the order of ``email_service.services.mailbox.LIST_COLUMNS``.
+_SUMMARY_KEYS = (
+    "id", "accountId", "folderId", "from", "fromName", "to", "cc", "bcc", "subject",
+    "preview", "isRead", "isStarred", "isSpam", "isDeleted", "labels", "attachmentCount",
+    "receivedAt", "createdAt", "updatedAt",
+)  # fmt: skip
+_SORTED = sorted(range(len(_SUMMARY_KEYS)), key=lambda index: _SUMMARY_KEYS[index])
+_PREVIEW = _SUMMARY_KEYS.index("preview")
+_KEY_PREFIXES = tuple(f'      "{_SUMMARY_KEYS[index]}": ' for index in _SORTED)
+
+
+class _NotPlain(Exception):
+    """A value ``message_page_json`` does not write itself (the generic encoder does)."""
+
+
+def _value(value: Any) -> str:
+    # The JSON of one value exactly as ``json.dumps(..., indent=2, sort_keys=True)`` writes
+    # it inside a list entry (ensure_ascii, like the API's encoder).
+    if isinstance(value, str):
+        return encode_basestring_ascii(value)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value is None:
+        return "null"
+    if type(value) is int:
+        return int.__repr__(value)
+    if type(value) is list:
+        if not value:
+            return "[]"
+        if not all(type(item) is str for item in value):
+            raise _NotPlain
+        return "[\n        " + ",\n        ".join(map(encode_basestring_ascii, value)) + "\n      ]"
+    raise _NotPlain
+
+
+def message_page_json(rows: Sequence[Sequence[Any]], total: int, limit: int, offset: int) -> str:
+    """The listMessages body for ``rows`` (``LIST_COLUMNS`` tuples), already as JSON text.
+
+    The same text, byte for byte, as the API's encoder (Connexion's ``Jsonifier``: indent 2,
+    sorted keys, ASCII, a final newline) makes of ``{"messages": [message_summary(row)...],
+    "pagination": ...}``, written directly: the generic encoder's pure-Python indenting
+    walk cost more than the page's query. A value of another kind than the list columns
+    hold (str, bool, int, None, a list of str) falls back to that encoder.
+    """
+    try:
+        entries = []
+        for row in rows:
+            values = list(row[: len(_SUMMARY_KEYS)])
+            values[_PREVIEW] = values[_PREVIEW][:200]
+            entries.append(
+                "    {\n"
+                + ",\n".join(
+                    prefix + _value(values[index])
+                    for prefix, index in zip(_KEY_PREFIXES, _SORTED, strict=True)
+                )
+                + "\n    }"
+            )
+    except (_NotPlain, TypeError):
+        return _generic_json(
+            {
+                "messages": [dict(zip(_SUMMARY_KEYS, row, strict=False)) for row in rows],
+                "pagination": {"total": total, "limit": limit, "offset": offset},
+            }
+        )
+    messages = "[\n" + ",\n".join(entries) + "\n  ]" if entries else "[]"
+    return (
+        f'{{\n  "messages": {messages},\n  "pagination": {{\n'
+        f'    "limit": {_value(limit)},\n    "offset": {_value(offset)},\n'
+        f'    "total": {_value(total)}\n  }}\n}}\n'
+    )
+
+
+def _generic_json(body: dict[str, Any]) -> str:
+    from connexion.jsonifier import JSONEncoder
+
+    for entry in body["messages"]:
+        entry["preview"] = entry["preview"][:200]
+        for key in ("to", "cc", "bcc", "labels"):
+            entry[key] = list(entry[key])
+    return json.dumps(body, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
 
 
 def message_detail(row: Message, attachments: list[dict[str, Any]]) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import case, select
+from sqlalchemy import Row, case, select
 
 from db.models import Account, Attachment, Folder, Message
 from email_service import present
@@ -38,7 +38,6 @@ LIST_COLUMNS = (
     Message.created_at,
     Message.updated_at,
 )
-_SUMMARY_COLUMNS = (*LIST_COLUMNS, Message.tenant_id)
 
 
 def list_folders(scope: Scope, account_id: str) -> dict[str, Any]:
@@ -52,25 +51,57 @@ def list_folders(scope: Scope, account_id: str) -> dict[str, Any]:
     return {"folders": [present.folder(row) for row in rows], "total": len(rows)}
 
 
-def _load_folder(scope: Scope, account_id: str, folder_id: str) -> Folder:
+@dataclass(frozen=True)
+class FolderCounts:
+    id: str
+    message_count: int
+    unread_count: int
+
+
+def _load_folder(scope: Scope, account_id: str, folder_id: str) -> FolderCounts:
     caller = scope.caller
-    # The folder and the ownership of its account in one query: every page asks.
-    row = scope.session.scalars(
-        select(Folder)
-        .join(Account, Account.id == Folder.account_id)
-        .where(
-            Folder.id == folder_id,
-            Folder.account_id == account_id,
-            Folder.tenant_id == caller.tenant_id,
-            Account.tenant_id == caller.tenant_id,
-            Account.user_id == caller.user_id,
-            Account.deleted_at.is_(None),
+    # The folder and the ownership of its account in one query: every page asks. Plain
+    # columns on the session's connection (Core): a page reads, the ORM has nothing to do.
+    row = (
+        scope.session.connection()
+        .execute(
+            select(Folder.id, Folder.message_count, Folder.unread_count)
+            .join(Account, Account.id == Folder.account_id)
+            .where(
+                Folder.id == folder_id,
+                Folder.account_id == account_id,
+                Folder.tenant_id == caller.tenant_id,
+                Account.tenant_id == caller.tenant_id,
+                Account.user_id == caller.user_id,
+                Account.deleted_at.is_(None),
+            )
         )
-    ).one_or_none()
+        .one_or_none()
+    )
     if row is None:
         load_account(scope, account_id)  # an unknown or foreign account is that 404
         raise FolderNotFound(folder_id)
-    return row
+    return FolderCounts(row[0], row[1], row[2])
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    """A page of list entries: rows of ``LIST_COLUMNS``, and its pagination."""
+
+    rows: list[Row[Any]]
+    total: int
+    limit: int
+    offset: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "messages": [present.message_summary(row) for row in self.rows],
+            "pagination": {"total": self.total, "limit": self.limit, "offset": self.offset},
+        }
+
+    def as_json(self) -> str:
+        """The listMessages body, the same text the API's encoder makes of ``as_dict``."""
+        return present.message_page_json(self.rows, self.total, self.limit, self.offset)
 
 
 def list_messages(
@@ -83,6 +114,27 @@ def list_messages(
     sort: str,
     read_filter: str,
 ) -> dict[str, Any]:
+    return message_page(
+        scope,
+        account_id,
+        folder_id,
+        limit=limit,
+        offset=offset,
+        sort=sort,
+        read_filter=read_filter,
+    ).as_dict()
+
+
+def message_page(
+    scope: Scope,
+    account_id: str,
+    folder_id: str,
+    *,
+    limit: int,
+    offset: int,
+    sort: str,
+    read_filter: str,
+) -> MessagePage:
     folder = _load_folder(scope, account_id, folder_id)
     conditions = [Message.folder_id == folder.id, Message.tenant_id == scope.caller.tenant_id]
     # The folder's counts are kept exact by every write to its messages (sync batches,
@@ -114,20 +166,17 @@ def list_messages(
     page_ids = (
         select(Message.id).where(*conditions).order_by(*ordering).limit(take).offset(skip)
     ).subquery()
-    # Plain rows, not ORM objects: a page is read, never changed.
+    # Plain rows through Core, not the ORM: a page is read, never changed.
     rows = list(
-        scope.session.execute(
-            select(*_SUMMARY_COLUMNS)
-            .join(page_ids, page_ids.c.id == Message.id)
-            .order_by(*ordering)
-        ).all()
+        scope.session.connection()
+        .execute(
+            select(*LIST_COLUMNS).join(page_ids, page_ids.c.id == Message.id).order_by(*ordering)
+        )
+        .all()
     )
     if reverse:
         rows.reverse()
-    return {
-        "messages": [present.message_summary(row) for row in rows],
-        "pagination": {"total": total, "limit": limit, "offset": offset},
-    }
+    return MessagePage(rows, total, limit, offset)
 
 
 def load_message(scope: Scope, account_id: str, message_id: str) -> Message:
