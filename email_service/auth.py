@@ -9,8 +9,11 @@ credential that is present must be valid, and all of them must name the same cal
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -80,6 +83,56 @@ def issue_token(
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+class VerifiedTokens:
+    """Tokens that passed ``decode_token``, so that each is verified once, not per request.
+
+    Keyed by a digest of the token, the secret and the policy (a rotated secret or a
+    changed policy never finds an entry made under the old one). An entry is used only
+    before the token's ``exp`` - the full check then runs again and refuses it - and
+    only a token that passed every check is ever stored. Bounded: the oldest entries
+    make room.
+    """
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[bytes, tuple[Caller, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(token: str, secret: str, policy: TokenPolicy) -> bytes:
+        digest = hashlib.sha256()
+        for part in (token, secret, repr(policy)):
+            digest.update(part.encode())
+            digest.update(b"\x00")
+        return digest.digest()
+
+    def decode(self, token: str, secret: str, policy: TokenPolicy | None = None) -> Caller:
+        """``decode_token``, answered from the verified tokens while they are unexpired."""
+        policy = policy or TokenPolicy()
+        key = self._key(token, secret, policy)
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None:
+            caller, expires = entry
+            if time.time() < expires:
+                return caller
+            with self._lock:
+                self._entries.pop(key, None)
+        caller, expires = _decode(token, secret, policy)
+        with self._lock:
+            self._entries[key] = (caller, expires)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return caller
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+#: The process' verified tokens (``authenticate`` goes through them).
+verified_tokens = VerifiedTokens()
+
+
 def decode_token(token: str, secret: str, policy: TokenPolicy | None = None) -> Caller:
     """Verify ``token`` and return its caller. Raises ``AuthError`` with the reason.
 
@@ -88,7 +141,11 @@ def decode_token(token: str, secret: str, policy: TokenPolicy | None = None) -> 
     maximum - a token minted to last for years is refused even while "valid" - and
     ``iss``/``aud`` must match when the policy names them.
     """
-    policy = policy or TokenPolicy()
+    return _decode(token, secret, policy or TokenPolicy())[0]
+
+
+def _decode(token: str, secret: str, policy: TokenPolicy) -> tuple[Caller, float]:
+    """The caller of a verified ``token`` and its ``exp``."""
     if not token:
         raise AuthError("empty token")
     required = ["exp", "iat", "tenantId", "userId"]
@@ -128,7 +185,7 @@ def decode_token(token: str, secret: str, policy: TokenPolicy | None = None) -> 
     ):
         raise AuthError("token lifetime exceeds the allowed maximum")
     try:
-        return Caller(_uuid_claim(claims, "tenantId"), _uuid_claim(claims, "userId"))
+        return Caller(_uuid_claim(claims, "tenantId"), _uuid_claim(claims, "userId")), exp
     except ValueError as exc:
         raise AuthError(str(exc)) from exc
 
@@ -153,10 +210,10 @@ def authenticate(
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer":
             raise AuthError("the Authorization header must use the Bearer scheme")
-        callers.append(decode_token(token.strip(), secret, policy))
+        callers.append(verified_tokens.decode(token.strip(), secret, policy))
     header_token = headers.get("x-auth-token")
     if header_token is not None:
-        caller = decode_token(header_token.strip(), secret, policy)
+        caller = verified_tokens.decode(header_token.strip(), secret, policy)
         tenant, user = headers.get("x-tenant-id"), headers.get("x-user-id")
         if tenant is None or user is None:
             raise AuthError("X-Auth-Token needs X-Tenant-ID and X-User-ID headers")

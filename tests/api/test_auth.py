@@ -201,3 +201,70 @@ def test_a_short_jwt_secret_stops_the_start_outside_the_embedded_default(tmp_pat
     assert load_settings(data_dir=tmp_path, jwt_secret="s" * 32, redis_url="redis://r/0")
     # The embedded default (a try-out on one machine) only warns.
     assert load_settings(data_dir=tmp_path, jwt_secret="short-token")
+
+
+def test_a_verified_token_is_not_verified_again_until_it_expires(client, monkeypatch) -> None:
+    from email_service import auth
+
+    claims = _claims(exp=int(time.time()) + 60)
+    headers = {"Authorization": f"Bearer {_token(claims)}"}
+    decoded: list[str] = []
+    real_decode = auth._decode
+
+    def counting(token: str, secret: str, policy: auth.TokenPolicy) -> tuple[object, float]:
+        decoded.append(token)
+        return real_decode(token, secret, policy)
+
+    monkeypatch.setattr(auth, "_decode", counting)
+    for _ in range(3):
+        assert client.get("/api/accounts", headers=headers).status_code == 200
+    assert len(decoded) == 1
+    # Past its exp (and the leeway), the cached token is refused like any expired one.
+    later = time.time() + 60 + auth.LEEWAY_SECONDS + 1
+    monkeypatch.setattr(auth.time, "time", lambda: later)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", _clock_at(later))
+    response = client.get("/api/accounts", headers=headers)
+    assert response.status_code == 401
+    assert "expired" in response.json()["message"]
+
+
+def _clock_at(moment: float):  # type: ignore[no-untyped-def]
+    """PyJWT's view of ``now`` (it reads datetime.now(tz=timezone.utc)), moved to ``moment``."""
+    import datetime as real
+
+    class _Moved(real.datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def]
+            return real.datetime.fromtimestamp(moment, tz=tz)
+
+    return _Moved
+
+
+@pytest.mark.parametrize("case", ["bad signature", "expired", "lifetime over a day", "garbage"])
+def test_a_bad_token_is_never_remembered_as_good(client, case: str) -> None:
+    from email_service import auth
+
+    before = len(auth.verified_tokens)
+    for _ in range(2):
+        response = client.get(
+            "/api/accounts", headers={"Authorization": f"Bearer {BAD_BEARERS[case]}"}
+        )
+        assert response.status_code == 401
+    assert len(auth.verified_tokens) == before
+
+
+def test_a_verified_token_is_checked_again_under_another_secret_or_policy() -> None:
+    from email_service.auth import AuthError, TokenPolicy, VerifiedTokens
+
+    tokens = VerifiedTokens(max_entries=2)
+    token = _token(_claims())
+    tokens.decode(token, TEST_JWT_SECRET)
+    with pytest.raises(AuthError, match="signature"):
+        tokens.decode(token, "a-rotated-secret-" + "y" * 40)
+    with pytest.raises(AuthError, match="iss"):
+        tokens.decode(token, TEST_JWT_SECRET, TokenPolicy(issuer="https://id.example"))
+    with pytest.raises(AuthError, match="lifetime"):
+        tokens.decode(token, TEST_JWT_SECRET, TokenPolicy(max_ttl_seconds=60))
+    for _ in range(3):
+        tokens.decode(_token(_claims()), TEST_JWT_SECRET)
+    assert len(tokens) == 2  # bounded
