@@ -7,7 +7,7 @@ import pytest
 from connexion.frameworks.flask import FlaskJSONProvider
 from connexion.jsonifier import Jsonifier
 
-from email_service.services import present
+from email_service import present
 
 KEYS = (
     "id", "accountId", "folderId", "from", "fromName", "to", "cc", "bcc", "subject",
