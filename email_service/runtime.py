@@ -19,6 +19,7 @@ from email_service.changewake import ChangeWaker
 from email_service.config import Settings
 from email_service.crypto import KeyRing
 from email_service.jobs import JobQueue, NoJobQueue
+from email_service.mail.pool import MailPools
 from email_service.netguard import HostPolicy, install_connect_guard
 from email_service.oauth2 import Provider, parse_providers
 from email_service.ratelimit import MemoryRateLimiter, RateLimiter, build_rate_limiter
@@ -43,6 +44,8 @@ class Runtime:
     oauth2_providers: dict[str, Provider] = field(default_factory=dict)
     # Bounds the memory of concurrent message builds in this process.
     build_budget: BuildBudget = field(default_factory=lambda: BuildBudget(256 << 20, 20.0))
+    # Mail connections kept open across jobs (SMTP submissions, IMAP sessions).
+    mail_pools: MailPools = field(default_factory=MailPools)
     # Wakes this process's open change streams (made on first use).
     _waker: ChangeWaker | None = field(default=None, repr=False)
 
@@ -56,6 +59,7 @@ class Runtime:
         return self._waker
 
     def close(self) -> None:
+        self.mail_pools.close()
         if self._waker is not None:
             self._waker.close()
         self.db.dispose()

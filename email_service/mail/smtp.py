@@ -18,16 +18,13 @@ from server text is redacted.
 
 from __future__ import annotations
 
+import logging
 import re
 import smtplib
 from base64 import b64encode
 from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
 
 from .endpoint import MailEndpoint, PinnedSMTP, PinnedSMTP_SSL, resolve_target, tls_context
 from .errors import (
@@ -39,6 +36,7 @@ from .errors import (
     redact,
 )
 from .limits import MailLimitExceeded
+from .pool import ConnectionPool, pool_key
 from .sasl import (
     TokenRefused,
     describe_challenge,
@@ -47,7 +45,12 @@ from .sasl import (
     login_with_refresh,
 )
 
-__all__ = ["SmtpResult", "send"]
+__all__ = ["SmtpResult", "Submission", "close_connection", "send"]
+
+log = logging.getLogger(__name__)
+
+#: An open, authenticated submission connection (what the pool keeps).
+Submission = smtplib.SMTP
 
 _BARE_LINE_END_RE = re.compile(rb"\r\n|\r|\n")
 
@@ -73,12 +76,23 @@ def send(
     raw: bytes,
     *,
     local_hostname: str | None = None,
+    pool: ConnectionPool[Submission] | None = None,
+    owner: str = "",
 ) -> SmtpResult:
     """Send ``raw`` (a complete RFC 5322 message) from ``envelope_from`` to ``recipients``.
 
     ``envelope_from`` may be ``""`` (null reverse-path). Bare LF/CR line ends in ``raw``
     are converted to CRLF (SMTP requires it; bare LFs are also the stuff of SMTP
     smuggling). ``local_hostname`` is the EHLO name (default: smtplib's FQDN lookup).
+
+    With ``pool``, the connection is taken from it (filed under ``owner``, the account,
+    and the endpoint's settings: see :mod:`email_service.mail.pool`) and given back after
+    a transaction that ended with the server's 250. A pooled connection is checked with
+    RSET first; one that turns out dead before the server accepted any recipient (RSET,
+    MAIL FROM or the first RCPT fails on the wire, or the server says 421) is closed and
+    the message goes over a fresh connection instead. Nothing can have been delivered at
+    that point: a transaction without accepted recipients and data delivers nothing.
+    A failure after that is reported like any other (never retried here).
 
     Raises :class:`SmtpTransientError`, :class:`SmtpPermanentError`,
     :class:`MailAuthError`, ``ValueError`` (no recipients), or the connection guard's own
@@ -90,6 +104,14 @@ def send(
     recipients = list(dict.fromkeys(recipients))
     if not recipients:
         raise ValueError("at least one recipient is required")
+    key = pool_key(owner, endpoint, "smtp") if pool is not None else None
+    if pool is not None and key is not None:
+        pooled = pool.take(key)
+        if pooled is not None:
+            result = _send_pooled(pooled, endpoint, envelope_from, recipients, raw)
+            if result is not None:
+                pool.give(key, pooled)
+                return result
     # Resolved once and checked by the guard (its refusal is not wrapped); the socket
     # goes to exactly the checked addresses.
     target = resolve_target(endpoint.host, endpoint.port)
@@ -123,29 +145,93 @@ def send(
             stage = "authenticating"
             _authenticate(smtp, endpoint)
         stage = "sending"
-        return _transaction(smtp, endpoint, envelope_from, recipients, raw)
+        result = _transaction(smtp, endpoint, envelope_from, recipients, raw, _Progress())
+        if pool is not None and key is not None:
+            pool.give(key, smtp)
+            smtp = None
+        return result
     except MailError:
         raise
-    except smtplib.SMTPResponseException as exc:
-        raise _reply_error(exc.smtp_code, _text(exc.smtp_error), endpoint, stage) from exc
-    except smtplib.SMTPServerDisconnected as exc:
+    except Exception as exc:
+        mapped = _mapped(exc, endpoint, stage)
+        if mapped is None:
+            raise
+        raise mapped from exc
+    finally:
+        if smtp is not None:
+            _close(smtp)
+
+
+@dataclass
+class _Progress:
+    """How far a transaction got: whether a pooled connection may still be given up."""
+
+    recipient_accepted: bool = False
+    data_sent: bool = False
+
+
+def _send_pooled(
+    smtp: smtplib.SMTP,
+    endpoint: MailEndpoint,
+    envelope_from: str,
+    recipients: list[str],
+    raw: bytes,
+) -> SmtpResult | None:
+    """One transaction over a pooled connection; ``None`` when it proved dead in time.
+
+    Closes the connection unless the transaction ended with the server's 250.
+    """
+    progress = _Progress()
+    try:
+        code, _reply = smtp.rset()
+        if code != 250:
+            _close(smtp)
+            return None
+        return _transaction(smtp, endpoint, envelope_from, recipients, raw, progress)
+    except SmtpTransientError as exc:
+        _close(smtp)
+        if exc.code == 421 and not (progress.recipient_accepted or progress.data_sent):
+            return None  # the server is closing this connection (an idle timeout)
+        raise
+    except MailError:
+        _close(smtp)
+        raise
+    except Exception as exc:
+        _close(smtp)
+        on_the_wire = isinstance(exc, smtplib.SMTPServerDisconnected) or (
+            isinstance(exc, OSError | EOFError) and not isinstance(exc, smtplib.SMTPException)
+        )
+        if on_the_wire and not (progress.recipient_accepted or progress.data_sent):
+            log.info("a pooled SMTP connection to %s was dead; opening one", endpoint.address)
+            return None
+        mapped = _mapped(exc, endpoint, "sending")
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _mapped(exc: BaseException, endpoint: MailEndpoint, stage: str) -> MailError | None:
+    """The :class:`MailError` for an smtplib/socket failure while ``stage``, else ``None``."""
+    if isinstance(exc, smtplib.SMTPResponseException):
+        return _reply_error(exc.smtp_code, _text(exc.smtp_error), endpoint, stage)
+    if isinstance(exc, smtplib.SMTPServerDisconnected):
         if isinstance(exc.__context__, MailLimitExceeded):
             # smtplib turns our deadline or cap into "connection unexpectedly closed".
             reason = str(exc.__context__)
-            raise SmtpTransientError(
+            return SmtpTransientError(
                 None,
                 reason,
                 f"the SMTP connection to {endpoint.address} failed while {stage}: {reason}",
-            ) from exc
-        raise SmtpTransientError(
+            )
+        return SmtpTransientError(
             None,
             redact(str(exc) or "connection closed", endpoint.password),
             f"the SMTP server at {endpoint.address} closed the connection while {stage}",
-        ) from exc
-    except smtplib.SMTPNotSupportedError as exc:
+        )
+    if isinstance(exc, smtplib.SMTPNotSupportedError):
         text = redact(str(exc), endpoint.password)
-        raise SmtpPermanentError(554, text, message=f"SMTP {stage} failed: {text}") from exc
-    except (OSError, EOFError) as exc:
+        return SmtpPermanentError(554, text, message=f"SMTP {stage} failed: {text}")
+    if isinstance(exc, OSError | EOFError):
         description, _cert_error = describe_network_error(exc)
         description = redact(description, endpoint.password)
         if stage == "connecting":
@@ -154,10 +240,8 @@ def send(
             message = (
                 f"the SMTP connection to {endpoint.address} failed while {stage}: {description}"
             )
-        raise SmtpTransientError(None, description, message) from exc
-    finally:
-        if smtp is not None:
-            _close(smtp)
+        return SmtpTransientError(None, description, message)
+    return None
 
 
 def _authenticate(smtp: smtplib.SMTP, endpoint: MailEndpoint) -> None:
@@ -255,6 +339,7 @@ def _transaction(
     envelope_from: str,
     recipients: list[str],
     raw: bytes,
+    progress: _Progress,
 ) -> SmtpResult:
     password = endpoint.password
     data = raw
@@ -288,6 +373,7 @@ def _transaction(
         code, reply = smtp.rcpt(recipient)
         if code in (250, 251):
             accepted.append(recipient)
+            progress.recipient_accepted = True
         else:
             refused[recipient] = (code, redact(_text(reply), password))
     if not accepted:
@@ -309,6 +395,7 @@ def _transaction(
             f"the SMTP server refused every recipient, some temporarily: {summary}",
         )
 
+    progress.data_sent = True
     code, reply = smtp.data(data)  # raises SMTPDataError unless DATA got 354
     text = redact(_text(reply), password)
     if code != 250:
@@ -340,6 +427,11 @@ def _reply_error(
 def _reset(smtp: smtplib.SMTP) -> None:
     with suppress(Exception):  # the connection is closed right after anyway
         smtp.rset()
+
+
+def close_connection(smtp: Submission) -> None:
+    """Say QUIT and close (a pooled connection no longer wanted); never raises."""
+    _close(smtp)
 
 
 def _close(smtp: smtplib.SMTP) -> None:

@@ -205,7 +205,14 @@ def _deliver(
         In a round for deferred recipients a temporary failure of the whole transaction
         just leaves them deferred (others already have the message)."""
         try:
-            outcome = smtp.send(endpoint, payload["envelopeFrom"], batch, raw)
+            outcome = smtp.send(
+                endpoint,
+                payload["envelopeFrom"],
+                batch,
+                raw,
+                pool=runtime.mail_pools.smtp,
+                owner=account.id,
+            )
         except SmtpPermanentError as exc:
             metrics.observe_smtp(metrics.smtp_outcome(exc))
             refused = {address: f"{exc.code} {exc.reply}" for address in batch}

@@ -394,11 +394,13 @@ def test_recipients_go_in_batches_and_a_retry_resends_no_batch_already_taken(
     real_send = smtp.send
     calls: list[list[str]] = []
 
-    def second_batch_refused_once(endpoint: Any, sender_: str, batch: Any, raw: bytes) -> Any:
+    def second_batch_refused_once(
+        endpoint: Any, sender_: str, batch: Any, raw: bytes, **options: Any
+    ) -> Any:
         calls.append(list(batch))
         if len(calls) == 2:
             smtp_server.fail_next(1, 451, "4.3.0 not now")
-        return real_send(endpoint, sender_, batch, raw)
+        return real_send(endpoint, sender_, batch, raw, **options)
 
     monkeypatch.setattr(smtp, "send", second_batch_refused_once)
 
@@ -422,9 +424,9 @@ def _recording_send(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     real_send = smtp.send
     calls: list[list[str]] = []
 
-    def recording(endpoint: Any, sender_: str, batch: Any, raw: bytes) -> Any:
+    def recording(endpoint: Any, sender_: str, batch: Any, raw: bytes, **options: Any) -> Any:
         calls.append(list(batch))
-        return real_send(endpoint, sender_, batch, raw)
+        return real_send(endpoint, sender_, batch, raw, **options)
 
     monkeypatch.setattr(smtp, "send", recording)
     return calls
@@ -484,10 +486,10 @@ def test_a_final_failure_after_a_batch_went_out_says_who_received_it(
     calls = _recording_send(monkeypatch)
     real_send = smtp.send
 
-    def first_only(endpoint: Any, sender_: str, batch: Any, raw: bytes) -> Any:
+    def first_only(endpoint: Any, sender_: str, batch: Any, raw: bytes, **options: Any) -> Any:
         if len(calls) >= 1:
             smtp_server.fail_next(1, 451, "4.3.0 not now", stage="mail")
-        return real_send(endpoint, sender_, batch, raw)
+        return real_send(endpoint, sender_, batch, raw, **options)
 
     monkeypatch.setattr(smtp, "send", first_only)
     queued = send(api, sender, to=[u.email for u in users])
@@ -497,3 +499,30 @@ def test_a_final_failure_after_a_batch_went_out_says_who_received_it(
     went = [u.email for u in users[:2]]
     assert f"after 2 recipient(s) had received the message: {', '.join(went)}" in task["error"]
     assert task["result"]["accepted"] == went
+
+
+def test_sends_of_an_account_share_a_connection_until_its_password_changes(
+    api: Any, sync_runtime: Runtime, alice: Identity, sender: Mailbox, dovecot: Dovecot,
+    smtp_server: SmtpServer,
+) -> None:  # fmt: skip
+    # Given an account that sent two messages, one after the other
+    recipient = dovecot.new_user("to")
+    for _ in range(2):
+        queued = send(api, sender, to=[recipient.email])
+        assert finished(api, sync_runtime, sender, alice, queued["taskId"])["status"] == "success"
+    # Then both went over one SMTP connection (one client port)
+    first, second = [t.peer for t in smtp_server.transactions]
+    assert first is not None and first == second
+
+    # When the account's password changes (to a wrong one, which shows it is used)
+    response = api.put(
+        f"/api/accounts/{sender.id}", json={"password": "not-the-password"}, headers=sender.headers
+    )
+    assert response.status_code == 200, response.text
+    queued = send(api, sender, to=[recipient.email])
+    task = finished(api, sync_runtime, sender, alice, queued["taskId"])
+
+    # Then the open connection, logged in with the old password, did not carry it
+    assert task["status"] == "failure", task
+    assert "rejected the username or password" in task["error"]
+    assert len(smtp_server.received) == 2

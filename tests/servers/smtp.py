@@ -65,6 +65,8 @@ class SmtpTransaction:
     tls: bool
     delivery_errors: dict[str, str] = field(default_factory=dict)
     at: float = field(default_factory=time.time)
+    #: The client's (address, port): transactions over one connection share it.
+    peer: Any = None
 
     @property
     def accepted(self) -> bool:
@@ -393,6 +395,7 @@ class SmtpServer:
             auth_user=auth_user,
             tls=session.ssl is not None or _transport_is_tls(server),
             delivery_errors=delivery_errors or {},
+            peer=session.peer,
         )
         with self._lock:
             self.transactions.append(transaction)
