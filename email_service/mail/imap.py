@@ -53,6 +53,7 @@ from .errors import (
 )
 from .imap_bounds import UidRanges, copyuid_target
 from .limits import MAX_FOLDER_UIDS, BoundedReader
+from .pool import ConnectionPool, pool_key
 from .sasl import (
     TokenRefused,
     describe_challenge,
@@ -314,6 +315,17 @@ class ImapSession:
     def _shutdown(self) -> None:
         self._broken = True
         self.close()
+
+    @property
+    def reusable(self) -> bool:
+        """Whether the session is open and no command broke it (it may serve another job)."""
+        return self._imap is not None and not self._broken
+
+    def noop(self) -> None:
+        """NOOP: proves the connection still answers (a pooled session, before reuse)."""
+        self._require_open()
+        with self._errors("checking the connection"):
+            self._command_ok("checking the connection", "NOOP")
 
     def _starttls(self, context: ssl.SSLContext | None) -> None:
         if "STARTTLS" not in {c.upper() for c in self._imap.capabilities}:
@@ -589,17 +601,21 @@ class ImapSession:
                 )
             return folders
 
-    def find_special_folder(self, use: str) -> str | None:
+    def find_special_folder(
+        self, use: str, folders: Sequence[RemoteFolder] | None = None
+    ) -> str | None:
         """Name of the folder with special use ``use`` (``"\\\\Sent"``, ``"Junk"``, ...).
 
         Prefers the server's special-use attribute; falls back to well-known names
         (``Sent Items``, ``Spam``, ``Deleted Items``, ...) compared case-insensitively with
         the last path component of selectable folders. ``None`` if nothing matches.
+        ``folders``: what :meth:`list_folders` just returned (listed here when not given).
         """
         canonical = _SPECIAL_BY_LOWER.get((use if use.startswith("\\") else "\\" + use).lower())
         if canonical is None:
             raise ValueError(f"unknown special use {use!r}; expected one of {SPECIAL_USES}")
-        folders = self.list_folders()
+        if folders is None:
+            folders = self.list_folders()
         for folder in folders:
             if folder.special_use == canonical and folder.selectable:
                 return folder.name
@@ -1412,3 +1428,43 @@ def _uid_sets(uids: Iterable[int], max_count: int) -> list[str]:
         if runs:
             sets.append(",".join(runs))
     return sets
+
+
+@contextmanager
+def pooled_session(
+    endpoint: MailEndpoint, pool: ConnectionPool[ImapSession] | None, owner: str
+) -> Iterator[ImapSession]:
+    """An open session for ``endpoint``: a pooled one of ``owner`` that answers NOOP, or a
+    new one; given back to ``pool`` after the block unless the block failed or broke it.
+
+    Without ``pool`` it is ``with ImapSession(endpoint)``. A session from the pool was
+    opened with exactly these settings (see :mod:`email_service.mail.pool`); one that
+    does not answer its NOOP is closed and replaced before the block runs.
+    """
+    if pool is None:
+        with ImapSession(endpoint) as session:
+            yield session
+        return
+    key = pool_key(owner, endpoint, "imap")
+    pooled = pool.take(key)
+    if pooled is not None:
+        try:
+            pooled.noop()
+        except MailError:
+            log.info("a pooled IMAP session to %s was dead; opening one", endpoint.address)
+            pooled.close()
+            pooled = None
+    if pooled is None:
+        session = ImapSession(endpoint)
+        session.open()
+    else:
+        session = pooled
+    try:
+        yield session
+    except BaseException:
+        session.close()
+        raise
+    if session.reusable:
+        pool.give(key, session)
+    else:
+        session.close()

@@ -44,7 +44,7 @@ from email_service.mail.errors import (
     SmtpPermanentError,
     SmtpTransientError,
 )
-from email_service.mail.imap import ImapSession, RemoteFolder
+from email_service.mail.imap import RemoteFolder, pooled_session
 from email_service.mailstore import changes
 from email_service.mailstore.copies import store_own_copy
 from email_service.mailstore.messages import delete_blobs
@@ -406,7 +406,8 @@ def _file_sent_copy(
     try:
         copy = _blob(runtime, payload["copyKey"])
         if "sentUid" not in payload:
-            with ImapSession(account_endpoint(runtime, account)) as imap:
+            endpoint = account_endpoint(runtime, account)
+            with pooled_session(endpoint, runtime.mail_pools.imap, account.id) as imap:
                 folder = special_folder(imap, "\\Sent", "Sent")
                 uid = append_once(imap, folder.name, copy, payload["messageId"], SENT_FLAGS)
             payload = mark(
@@ -490,7 +491,8 @@ def run_draft(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Att
     report.started(attempt.number)
     try:
         raw = _blob(runtime, payload["rawKey"])
-        with ImapSession(account_endpoint(runtime, account)) as imap:
+        endpoint = account_endpoint(runtime, account)
+        with pooled_session(endpoint, runtime.mail_pools.imap, account.id) as imap:
             folder = special_folder(imap, "\\Drafts", "Drafts")
             uid = append_once(imap, folder.name, raw, payload["messageId"], DRAFT_FLAGS)
     except (MailError, ServiceError, DecryptionError, BlobNotFound) as exc:

@@ -37,12 +37,14 @@ def special_folder(imap: ImapSession, use: str, default_name: str) -> RemoteFold
 
     The server's SPECIAL-USE marks decide, then well-known names (``Sent Items``...).
     """
-    name = imap.find_special_folder(use)
+    folders = imap.list_folders()
+    name = imap.find_special_folder(use, folders)
     if name is None:
         log.info("the account has no %s folder; creating %r", use, default_name)
         imap.create_folder(default_name)
         name = default_name
-    for folder in imap.list_folders():
+        folders = imap.list_folders()
+    for folder in folders:
         if folder.name == name:
             return folder
     return RemoteFolder(name, None, (), use, True)

@@ -506,13 +506,22 @@ def test_sends_of_an_account_share_a_connection_until_its_password_changes(
     smtp_server: SmtpServer,
 ) -> None:  # fmt: skip
     # Given an account that sent two messages, one after the other
+    sync_now(api, sync_runtime, sender, alice)
     recipient = dovecot.new_user("to")
+    imap_reused = sync_runtime.mail_pools.imap.reused
     for _ in range(2):
         queued = send(api, sender, to=[recipient.email])
         assert finished(api, sync_runtime, sender, alice, queued["taskId"])["status"] == "success"
-    # Then both went over one SMTP connection (one client port)
+    # Then both went over one SMTP connection (one client port), and the second Sent
+    # copy over the IMAP session of the first
     first, second = [t.peer for t in smtp_server.transactions]
     assert first is not None and first == second
+    assert sync_runtime.mail_pools.imap.reused == imap_reused + 1
+    assert (
+        len(with_message_id(server_messages(dovecot, sender.user, "Sent"), queued["messageId"]))
+        == 1
+    )
+    assert len(listed(api, sender, "Sent")) == 2
 
     # When the account's password changes (to a wrong one, which shows it is used)
     response = api.put(

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from email_service.mail.endpoint import MailEndpoint
-from email_service.mail.errors import MailAuthError, SmtpTransientError
+from email_service.mail.errors import MailAuthError, MailProtocolError, SmtpTransientError
+from email_service.mail.imap import ImapSession, pooled_session
 from email_service.mail.pool import ConnectionPool, PoolKey, pool_key
 from email_service.mail.smtp import Submission, close_connection, send
 from tests.servers.dovecot import Dovecot, MailUser
@@ -165,6 +166,73 @@ def test_a_failure_after_the_data_on_a_pooled_connection_is_not_tried_again(
     first, second = _peers(smtp)
     assert first == second
     assert pool.idle_count() == 0 and len(smtp.received) == 1
+
+
+# ----------------------------------------------------------------------------- IMAP
+
+
+@pytest.fixture
+def imap_pool() -> Iterator[ConnectionPool[ImapSession]]:
+    made: ConnectionPool[ImapSession] = ConnectionPool("imap", ImapSession.close)
+    yield made
+    made.close()
+
+
+def _imap_endpoint(dovecot: Dovecot, user: MailUser, **overrides: object) -> MailEndpoint:
+    values: dict[str, object] = {
+        "host": dovecot.host,
+        "port": dovecot.imap_port,
+        "encryption": "none",
+        "username": user.email,
+        "password": user.password,
+        "timeout": 10.0,
+    }
+    values.update(overrides)
+    return MailEndpoint(**values)  # type: ignore[arg-type]
+
+
+def test_an_imap_session_serves_the_next_job_of_the_account(
+    dovecot: Dovecot, mail_user: MailUser, imap_pool: ConnectionPool[ImapSession]
+) -> None:
+    endpoint = _imap_endpoint(dovecot, mail_user)
+    with pooled_session(endpoint, imap_pool, OWNER) as first:
+        first.select("INBOX")
+        trips = first.round_trips
+    with pooled_session(endpoint, imap_pool, OWNER) as second:
+        assert second is first and second.round_trips == trips + 1  # the NOOP only
+        second.select("INBOX")
+    assert imap_pool.reused == 1 and imap_pool.idle_count(OWNER) == 1
+
+
+def test_a_dead_or_failed_imap_session_is_not_used_again(
+    dovecot: Dovecot, mail_user: MailUser, imap_pool: ConnectionPool[ImapSession]
+) -> None:
+    endpoint = _imap_endpoint(dovecot, mail_user)
+    with pooled_session(endpoint, imap_pool, OWNER) as first:
+        pass
+    # Given the pooled session's connection died meanwhile
+    first._imap.sock.shutdown(2)  # the socket under the session
+    with pooled_session(endpoint, imap_pool, OWNER) as second:
+        # Then its NOOP failed and a new session took its place
+        assert second is not first
+        second.select("INBOX")
+    # When a job fails inside the block, its session is closed, not kept
+    with pytest.raises(MailProtocolError), pooled_session(endpoint, imap_pool, OWNER) as third:
+        assert third is second
+        third.select("No such folder")
+    assert imap_pool.idle_count() == 0
+
+
+def test_an_imap_session_opened_with_an_old_password_is_not_used(
+    dovecot: Dovecot, mail_user: MailUser, imap_pool: ConnectionPool[ImapSession]
+) -> None:
+    with pooled_session(_imap_endpoint(dovecot, mail_user), imap_pool, OWNER):
+        pass
+    changed = _imap_endpoint(dovecot, mail_user, password="not-the-password")
+    with pytest.raises(MailAuthError), pooled_session(changed, imap_pool, OWNER):
+        pass
+    assert imap_pool.reused == 0 and imap_pool.closed_stale == 1
+    assert imap_pool.idle_count() == 0
 
 
 # ----------------------------------------------------------------------------- bounds
