@@ -8,12 +8,13 @@ migrations filter every query a second time, behind the service layer's own filt
 
 from __future__ import annotations
 
+import select
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import create_engine, event, text
+from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -42,14 +43,38 @@ def make_engine(url: str, *, pool_size: int = 12, echo: bool = False) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(
+    # No pre-ping (a round trip on every checkout): a connection is recycled after a
+    # while, one the server has closed is noticed at checkout without a round trip
+    # (``_closed_by_server``), and a transaction whose first statement finds its
+    # connection dead starts again once on a fresh one (``Database.transaction``).
+    engine = create_engine(
         url,
         echo=echo,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
-        pool_recycle=1800,
+        pool_recycle=600,
     )
+    event.listen(engine, "checkout", _closed_by_server)
+    return engine
+
+
+def _closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """Refuse a pooled connection the server has ended; the pool then opens another.
+
+    An idle connection has nothing to read: when its socket is readable, the server has
+    closed it (a restart, ``pg_terminate_backend``, an idle timeout - it sends its FATAL
+    and hangs up) or sent something unasked. Either way it is not handed out.
+    """
+    if getattr(dbapi_conn, "closed", False) or getattr(dbapi_conn, "broken", False):
+        raise exc.DisconnectionError("the connection is closed")
+    try:
+        fd = dbapi_conn.pgconn.socket
+    except Exception as error:  # psycopg raises when the connection is already gone
+        raise exc.DisconnectionError("the connection has no socket") from error
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+    if poller.poll(0):
+        raise exc.DisconnectionError("the server ended the connection")
 
 
 class Database:
@@ -77,9 +102,7 @@ class Database:
         Only the scheduler and maintenance commands use ``system``; request and job
         code always names its tenant.
         """
-        session = self._sessions()
-        session.info["tenant_id"] = tenant_id
-        session.info["system"] = system
+        session = self._begin(tenant_id, system)
         try:
             yield session
             session.commit()
@@ -88,6 +111,29 @@ class Database:
             raise
         finally:
             session.close()
+
+    def _begin(self, tenant_id: uuid.UUID | None, system: bool) -> Session:
+        """A session for the unit of work, its transaction begun on PostgreSQL.
+
+        Beginning runs the first statement (the tenant's ``set_config``). If that finds
+        the connection dead - one the checkout could not tell had gone - nothing of the
+        unit of work has run yet: it starts once more, on a fresh connection.
+        """
+        for attempt in (1, 2):
+            session = self._sessions()
+            session.info["tenant_id"] = tenant_id
+            session.info["system"] = system
+            if not self.is_postgres:
+                return session
+            try:
+                session.connection()
+            except exc.DBAPIError as error:
+                session.close()
+                if attempt == 2 or not error.connection_invalidated:
+                    raise
+                continue
+            return session
+        raise AssertionError("unreachable")
 
     def ping(self) -> None:
         with self.engine.connect() as conn:
