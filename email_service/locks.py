@@ -35,16 +35,16 @@ def try_lock(db: Database, name: str) -> Iterator[bool]:
     """
     if db.is_postgres:
         key = _advisory_key(name)
-        with db.engine.connect() as conn:
+        # Autocommit: a session lock needs no transaction, so taking and releasing it
+        # is one round trip each (no BEGIN, no COMMIT).
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             taken = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
-            conn.commit()
             try:
                 yield taken
             finally:
                 if taken:
                     try:
                         conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-                        conn.commit()
                     except DBAPIError as exc:
                         # The session is gone (a database restart), and the lock with it;
                         # the work done under it is not undone by that.

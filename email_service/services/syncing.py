@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from contextlib import ExitStack
 from typing import Any
 
 from sqlalchemy import update
@@ -97,26 +98,31 @@ def run_sync(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Atte
     """
     unit = JobUnit(runtime, tenant_id)
     report = tasks.TaskReport(unit, task_id)
-    with unit.step() as session:
-        task = session.get(Task, task_id)
-        if task is None or task.status in tasks.FINISHED:
-            return
-        account = session.get(Account, task.account_id) if task.account_id else None
-        if account is None or account.deleted_at is not None:
-            report.failed("The account no longer exists")
-            return
-
-    with locks.try_lock(runtime.db, f"sync:{account.id}") as locked:
-        if not locked:
-            message = "Another sync of this account is running"
-            if attempt.last:
-                # The running sync owns is_syncing; only this task's claim is dropped.
-                with unit.step() as session:
-                    report.failed(message)
-                    _finish_account(session, account.id, task_id, None)
+    with ExitStack() as held:
+        # One step starts the run: the task read, the account's lock taken (it outlives
+        # the step, on a connection of its own), and the outcome of that written.
+        with unit.step() as session:
+            task = session.get(Task, task_id)
+            if task is None or task.status in tasks.FINISHED:
                 return
-            report.retrying(message)
-            raise RetryLater(message)
+            account = session.get(Account, task.account_id) if task.account_id else None
+            if account is None or account.deleted_at is not None:
+                report.failed("The account no longer exists")
+                return
+            locked = held.enter_context(locks.try_lock(runtime.db, f"sync:{account.id}"))
+            busy = "Another sync of this account is running"
+            if not locked and attempt.last:
+                # The running sync owns is_syncing; only this task's claim is dropped.
+                report.failed(busy)
+                _finish_account(session, account.id, task_id, None)
+                return
+            if not locked:
+                report.retrying(busy)
+            else:
+                report.started(attempt.number)
+                _syncing(session, account.id)
+        if not locked:
+            raise RetryLater(busy)
         _run_locked(unit, account, task, report, attempt)
 
 
@@ -128,9 +134,6 @@ def _run_locked(
     attempt: Attempt,
 ) -> None:
     runtime = unit.runtime
-    with unit.step() as session:
-        report.started(attempt.number)
-        _syncing(session, account.id)
     folders = task.payload.get("folders")
     store = MessageStore(runtime.blobs)
     job = SyncJob(
@@ -188,6 +191,7 @@ def _run_locked(
         raise
     else:
         with unit.step() as session:
+            job.finish(session)
             report.succeeded(job.counts.result())
             _finish_account(session, account.id, task.id, True)
             events.account_recovered(session, account.id)

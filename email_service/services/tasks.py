@@ -137,7 +137,9 @@ class TaskReport:
             error=None,
             progress=0,
         )
+        # The start wrote progress 0: progress alone waits its half second from here.
         self._progress = 0
+        self._written = time.monotonic()
 
     def progress(
         self, percent: float, result: dict[str, Any] | None = None, *, save: bool = False

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from email_service.mailstore.folders import mark_synced
 from email_service.mailstore.messages import MessageStore, Skipped
 from email_service.scope import JobUnit
 
@@ -68,9 +69,16 @@ class SyncJob:
     progress: Callable[[float], None]
     counts: SyncCounts = field(default_factory=SyncCounts)
     blob_keys: list[str] = field(default_factory=list)
-    # Folders found unchanged: their "synced at" is written once, at the end.
+    # Folders found unchanged: their "synced at" is written once, by ``finish``.
     unchanged: list[str] = field(default_factory=list)
     saved_counts: tuple[int, ...] = (0, 0, 0, 0)
+
+    def finish(self, session: Session) -> None:
+        """What a completed sync writes last, in its runner's final step (with the
+        task's success): the folders found unchanged were synced now."""
+        if self.unchanged:
+            # Same state as last time, so the same counts: only the time is new.
+            mark_synced(session, self.unchanged)
 
     @property
     def tenant_id(self) -> uuid.UUID:

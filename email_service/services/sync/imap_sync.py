@@ -45,7 +45,6 @@ from email_service.mailstore.folders import (
     advance_last_seen,
     empty_folder,
     finish_folder,
-    mark_synced,
     reconcile_folders,
 )
 from email_service.mailstore.messages import (
@@ -93,10 +92,6 @@ def sync_imap(job: SyncJob, imap: ImapSession) -> None:
         sync_folder(job, imap, folder, folder_progress, statuses.get(folder.name))
         job.counts.folders += 1
         folder_progress(1.0)
-    if job.unchanged:
-        # Same state as last time, so the same counts: only the time is new.
-        with job.transaction() as session:
-            mark_synced(session, job.unchanged)
 
 
 def sync_folder(
