@@ -132,20 +132,24 @@ def _run_send(unit: JobUnit, task_id: str, attempt: Attempt) -> None:
         if "acceptedAt" not in payload:
             if account is None:
                 raise _Failed("The account no longer exists")
-            payload = _deliver(unit, task_id, account, payload, report, attempt)
+            # A note in the blob store can exist only if a run started before this one.
+            resumed = task.started_at is not None
+            payload = _deliver(unit, task_id, account, payload, report, attempt, resumed)
         result: dict[str, Any] = {
             "messageId": payload["messageId"],
             "accepted": payload["accepted"],
             "refused": payload["refused"],
             "sentFolder": None,
         }
+        reported = False
         if account is not None and account.protocol == "imap":
-            _file_sent_copy(unit, task_id, account, payload, result, attempt, report)
+            reported = _file_sent_copy(unit, task_id, account, payload, result, attempt, report)
     except _Failed as failure:
         report.failed(failure.reason, failure.result)
         delete_blobs(runtime.blobs, keys)
         return
-    report.succeeded(result)
+    if not reported:
+        report.succeeded(result)
     delete_blobs(runtime.blobs, keys)
     log.info("sent message %s (task %s)", payload["messageId"], task_id)
 
@@ -157,6 +161,7 @@ def _deliver(
     payload: dict[str, Any],
     report: tasks.TaskReport,
     attempt: Attempt,
+    resumed: bool = True,
 ) -> dict[str, Any]:
     """Hand the message to the account's SMTP server; returns the payload with the outcome.
 
@@ -177,16 +182,17 @@ def _deliver(
     done: list[dict[str, Any]] = list(payload.get("batches", []))
     retries: list[dict[str, Any]] = list(payload.get("retries", []))
     step = int(payload.get("noteStep", 0))
-    noted = _accepted_note(runtime, payload["rawKey"])
+    # A first run has no note to read (one is written only after the task started).
+    noted = _accepted_note(runtime, payload["rawKey"]) if resumed else None
     if noted is not None and int(noted.get("step", 0)) > step:
         # An earlier run had the server accept more than it could record in the task.
         done, retries, step = list(noted["batches"]), list(noted["retries"]), int(noted["step"])
         mark(unit, task_id, batches=done, retries=retries, noteStep=step)
 
-    def record() -> None:
+    def record(**outcome: Any) -> dict[str, Any]:
         nonlocal step
         step += 1
-        _record_progress(unit, task_id, payload["rawKey"], step, done, retries)
+        return _record_progress(unit, task_id, payload["rawKey"], step, done, retries, **outcome)
 
     try:
         raw = _blob(runtime, payload["rawKey"])
@@ -248,7 +254,11 @@ def _deliver(
     tried_now = False  # whether this attempt already sent to someone still deferred
     for batch in batches[len(done) :]:
         done.append(send_batch(batch))
-        # The server has this batch now: say so before anything else can go wrong.
+        # The server has this batch now: say so before anything else can go wrong. When
+        # it was the last one and nobody was deferred, the task's outcome is written in
+        # that same record (one write instead of two).
+        if len(done) == len(batches) and not retries and not _deferred_in(done):
+            return record(**_outcome(payload, done, retries))
         record()
         tried_now = True
     while True:
@@ -289,14 +299,19 @@ def _deliver(
         )
         report.retrying(reason, _partial(payload, done, retries))
         raise RetryLater(reason)
-    outcome = _partial(payload, done, retries)
-    return mark(
-        unit,
-        task_id,
-        acceptedAt=now_ms(),
-        accepted=outcome["accepted"],
-        refused=outcome["refused"],
-    )
+    return mark(unit, task_id, **_outcome(payload, done, retries))
+
+
+def _outcome(
+    payload: dict[str, Any], done: list[dict[str, Any]], retries: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """What the task records once the SMTP server has had its last say."""
+    partial = _partial(payload, done, retries)
+    return {"acceptedAt": now_ms(), "accepted": partial["accepted"], "refused": partial["refused"]}
+
+
+def _deferred_in(entries: list[dict[str, Any]]) -> bool:
+    return any(entry.get("deferred") for entry in entries)
 
 
 def _accepted_key(raw_key: str) -> str:
@@ -319,7 +334,8 @@ def _record_progress(
     step: int,
     done: list[dict[str, Any]],
     retries: list[dict[str, Any]],
-) -> None:
+    **outcome: Any,
+) -> dict[str, Any]:
     """Record what the SMTP server took, patiently: a lost record means a second send.
 
     A note goes to the blob store first (a second, independent store: a run that finds
@@ -327,7 +343,8 @@ def _record_progress(
     row is written, retried with backoff for up to ``_RECORD_PATIENCE_S`` while the
     database is away. If it is still away, the error goes up: the job is retried (the
     note then says what was sent), and the task stays readable as ``started``
-    meanwhile, never ``failure``, since the mail went out.
+    meanwhile, never ``failure``, since the mail went out. ``outcome`` (the final
+    ``acceptedAt``, ``accepted``, ``refused``) goes into the same write; returns the payload.
     """
     note = {"step": step, "batches": done, "retries": retries}
     try:
@@ -340,8 +357,7 @@ def _record_progress(
     pause = 0.2
     while True:
         try:
-            mark(unit, task_id, batches=done, retries=retries, noteStep=step)
-            return
+            return mark(unit, task_id, batches=done, retries=retries, noteStep=step, **outcome)
         except Exception as exc:
             if infrastructure_trouble(exc) is None or time.monotonic() + pause > deadline:
                 raise
@@ -400,9 +416,16 @@ def _file_sent_copy(
     result: dict[str, Any],
     attempt: Attempt,
     report: tasks.TaskReport,
-) -> None:
-    """Steps 2 and 3; fills ``result`` (``sentFolder``, ``sentMessageId`` or ``sentCopyError``)."""
+) -> bool:
+    """Steps 2 and 3; fills ``result`` (``sentFolder``, ``sentMessageId`` or ``sentCopyError``).
+
+    Returns whether the task's success was reported here: the Sent UID, the stored
+    message and the success commit together, in one transaction. Nothing of that needs
+    its own checkpoint: a run cut off before it commits appends nothing again (the copy's
+    Message-ID is found in Sent) and stores the same row.
+    """
     runtime = unit.runtime
+    appended: dict[str, Any] = {}
     try:
         copy = _blob(runtime, payload["copyKey"])
         if "sentUid" not in payload:
@@ -410,56 +433,55 @@ def _file_sent_copy(
             with pooled_session(endpoint, runtime.mail_pools.imap, account.id) as imap:
                 folder = special_folder(imap, "\\Sent", "Sent")
                 uid = append_once(imap, folder.name, copy, payload["messageId"], SENT_FLAGS)
-            payload = mark(
-                unit,
-                task_id,
-                sentUid=uid,
-                sentFolder=folder.name,
-                sentDelimiter=folder.delimiter,
-                sentSpecialUse=folder.special_use,
-            )
+            appended = {
+                "sentUid": uid,
+                "sentFolder": folder.name,
+                "sentDelimiter": folder.delimiter,
+                "sentSpecialUse": folder.special_use,
+            }
+            payload = {**payload, **appended}
     except MailError as exc:
         reason = f"Delivered, but keeping a copy in the Sent folder failed: {exc}"
         if exc.transient and not attempt.last:
             report.retrying(reason)
             raise RetryLater(reason) from exc
         result["sentCopyError"] = reason
-        return
+        return False
     except (ServiceError, DecryptionError, BlobNotFound) as exc:
         result["sentCopyError"] = f"Delivered, but no copy was kept in Sent: {describe(exc)}"
-        return
+        return False
     folder = RemoteFolder(
         payload["sentFolder"], payload["sentDelimiter"], (), payload["sentSpecialUse"], True
     )
     result["sentFolder"] = folder.name
     if payload["sentUid"] is not None:
-        result["sentMessageId"] = _store_copy(unit, account, folder, payload, copy)
-
-
-def _store_copy(
-    unit: JobUnit,
-    account: Account,
-    folder: RemoteFolder,
-    payload: dict[str, Any],
-    copy: bytes,
-) -> str | None:
-    try:
-        with unit.step() as session:
-            return store_own_copy(
-                session,
-                unit.runtime.blobs,
-                unit.tenant_id,
-                account.id,
-                folder,
-                int(payload["sentUid"]),
-                copy,
-                SENT_FLAGS,
-                changes.ORIGIN_SEND,
-            )
-    except Exception:
-        # The copy is on the server; the next sync stores it like any other message.
-        log.exception("could not store the Sent copy of %s", payload["messageId"])
-        return None
+        try:
+            with unit.step() as session:
+                if appended:
+                    mark(unit, task_id, **appended)
+                result["sentMessageId"] = store_own_copy(
+                    session,
+                    runtime.blobs,
+                    unit.tenant_id,
+                    account.id,
+                    folder,
+                    int(payload["sentUid"]),
+                    copy,
+                    SENT_FLAGS,
+                    changes.ORIGIN_SEND,
+                )
+                report.succeeded(result)
+            return True
+        except Exception:
+            # The copy is on the server; the next sync stores it like any other message.
+            log.exception("could not store the Sent copy of %s", payload["messageId"])
+            result.pop("sentMessageId", None)
+    if appended:
+        with unit.step():
+            mark(unit, task_id, **appended)
+            report.succeeded(result)
+        return True
+    return False
 
 
 # ----------------------------------------------------------------------------- drafts
