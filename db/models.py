@@ -228,6 +228,15 @@ class Attachment(TenantMixin, Base):
     is_inline: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     storage_key: Mapped[str] = mapped_column(Text, nullable=False)
     sha256: Mapped[str | None] = mapped_column(String(64))
+    # Where an IMAP message's part is, to fetch it when first downloaded (migration 0019):
+    # its body section ("2", "1.2"; null when the MIME tree could not be read with
+    # certainty: the whole message is fetched then) and Content-Transfer-Encoding. The
+    # message's folder, UIDVALIDITY and UID are those of its message and folder rows.
+    imap_section: Mapped[str | None] = mapped_column(String(64))
+    transfer_encoding: Mapped[str | None] = mapped_column(String(32))
+    # When the blob was stored under ``storage_key``; null while the bytes are only on
+    # the mail server (IMAP attachments until their first download).
+    stored_at: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (Index("ix_attachments_message", "message_id"),)
 

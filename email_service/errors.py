@@ -59,6 +59,14 @@ class AttachmentNotFound(NotFound):
         super().__init__(f"No attachment with id '{attachment_id}' in this account")
 
 
+class NotOnMailServer(NotFound):
+    """What an attachment was fetched from is no longer on the mail server as it was synced
+    (the message was expunged or moved there, the folder is gone or its UIDVALIDITY
+    changed). The next sync brings the mailbox up to date."""
+
+    code = "NOT_ON_MAIL_SERVER"
+
+
 class TaskNotFound(NotFound):
     code = "TASK_NOT_FOUND"
 
@@ -102,6 +110,15 @@ class RateLimited(ServiceError):
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class MailServerFailed(ServiceError):
+    """The account's mail server could not be reached or refused what a request needed
+    from it at once (a first attachment download). ``code`` says which."""
+
+    status = 502
+    error = "Bad gateway"
+    code = "MAIL_SERVER_UNAVAILABLE"
 
 
 class DependencyUnavailable(ServiceError):

@@ -3,13 +3,18 @@ from __future__ import annotations
 import flask
 
 from email_service.blobstore import content_disposition
-from email_service.services import mailbox
+from email_service.runtime import get_runtime
+from email_service.services import attachments, mailbox
 from email_service.web.context import request_scope
 
 
 def download_attachment(account_id: str, attachment_id: str) -> flask.Response:
     with request_scope() as scope:
         content = mailbox.open_attachment(scope, account_id, attachment_id)
+    if isinstance(content, attachments.PartSource):
+        # First download of an IMAP attachment: fetched from the mail server now, with
+        # no transaction open meanwhile.
+        content = attachments.download(get_runtime(), content)
     return flask.Response(
         content.chunks,
         mimetype=content.mime_type,

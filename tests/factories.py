@@ -129,6 +129,7 @@ def seed_folder(
                     is_inline=part.is_inline,
                     storage_key=key,
                     sha256=digest,
+                    stored_at=now_ms(),  # its blob was put just above
                 )
                 scope.session.add(attachment)
                 scope.session.flush()

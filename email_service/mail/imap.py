@@ -112,6 +112,8 @@ _HEADER_ITEMS_MODSEQ = "(UID FLAGS INTERNALDATE RFC822.SIZE MODSEQ BODY.PEEK[HEA
 _DISCARDED = b"X-DISCARDED-LITERAL"
 # Marks a FETCH answer that could not be parsed; the value says why, in words.
 _UNREADABLE = b"X-UNREADABLE"
+# An IMAP body part number (RFC 3501 section 6.4.5): "2", "1.2.3".
+_SECTION_RE = re.compile(r"[1-9][0-9]{0,5}(?:\.[1-9][0-9]{0,5}){0,31}")
 
 # Commands that carry a UID set are kept well under servers' line limits (Dovecot's
 # imap_max_line_length is 64 KiB; some servers allow 8 KiB).
@@ -965,6 +967,43 @@ class ImapSession:
                     modseq=int(modseq[0]) if modseq else None,
                     too_large=too_large,
                 )
+
+    def fetch_part(self, uid: int, section: str) -> bytes | None:
+        """One body part of message ``uid``, still in its transfer encoding, or None.
+
+        ``UID FETCH <uid> (UID BODY.PEEK[<section>])``: ``section`` is an IMAP part number
+        (``"2"``, ``"1.2"``); ``\\Seen`` is left alone. None when the selected folder holds
+        no message ``uid`` (expunged). A part above ``max_message_bytes`` is read and
+        thrown away, and raises :class:`MailProtocolError`, like any other refusal;
+        ``ValueError`` for a section that is not a part number.
+        """
+        if not _SECTION_RE.fullmatch(section):
+            raise ValueError(f"{section!r} is not an IMAP part number")
+        if uid < 1:
+            raise ValueError("UIDs are positive integers")
+        self._require_selected()
+        key = f"BODY[{section}]".encode()
+        found: bytes | None = None
+        stream = self._uid_fetch(
+            [str(uid)], f"(UID BODY.PEEK[{section}])", action="fetching an attachment"
+        )
+        with self._errors("fetching an attachment"), closing(stream):
+            for answer_uid, data in stream:
+                if answer_uid != uid:
+                    continue  # an unsolicited FETCH (another client changed flags)
+                discarded = data.get(_DISCARDED)
+                if discarded is not None:
+                    raise MailProtocolError(
+                        f"the IMAP server sent a part of {discarded} bytes, more than "
+                        "MAX_MESSAGE_BYTES allows"
+                    )
+                unreadable = data.get(_UNREADABLE)
+                if unreadable is not None:
+                    raise MailProtocolError(str(unreadable))
+                if key in data:
+                    value = data[key]
+                    found = bytes(value) if isinstance(value, bytes | bytearray) else b""
+        return found
 
     def _sizes(self, wanted: set[int]) -> dict[int, int]:
         """``RFC822.SIZE`` of each of ``wanted`` that exists, by UID (one command)."""

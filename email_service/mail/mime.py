@@ -25,7 +25,7 @@ import logging
 import mimetypes
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.errors import MessageDefect, ObsoleteHeaderDefect
@@ -40,6 +40,7 @@ from urllib.parse import unquote
 import fast_mail_parser
 
 from email_service.mail.html import html_to_text, sanitize_html
+from email_service.mail.mimeparts import leaf_parts
 
 __all__ = [
     "ParsedAttachment",
@@ -61,7 +62,10 @@ class ParsedAttachment:
     ``filename`` is decoded (RFC 2231 / RFC 2047), reduced to a bare name (no directory,
     no control characters) and generated from the type when the message gives none.
     ``is_inline`` is true for ``Content-Disposition: inline`` and for parts the HTML
-    body refers to with a ``cid:`` URL.
+    body refers to with a ``cid:`` URL. ``section`` is the part's IMAP body section
+    (``"2"``, ``"1.2"``) and ``encoding`` its Content-Transfer-Encoding, for fetching it
+    again later; ``section`` is None where the MIME tree could not be read with
+    certainty (see ``mail.mimeparts``).
     """
 
     filename: str
@@ -70,6 +74,8 @@ class ParsedAttachment:
     content_id: str | None
     is_inline: bool
     data: bytes
+    section: str | None = None
+    encoding: str | None = None
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,45 @@ def parse_message(raw: bytes) -> ParsedMessage:
         # bug in this module or in the extension, and the stdlib can still do the job.
         _log.warning("fast MIME parse failed unexpectedly; using the stdlib", exc_info=True)
         parsed = None
-    return parsed if parsed is not None else parse_message_stdlib(raw)
+    parsed = parsed if parsed is not None else parse_message_stdlib(raw)
+    return _with_sections(raw, parsed) if parsed.attachments else parsed
+
+
+def _with_sections(raw: bytes, parsed: ParsedMessage) -> ParsedMessage:
+    """``parsed`` with each attachment's IMAP section, when the tree is read with certainty.
+
+    The parts that ``_collect_part`` lists as attachments, in the same order: enclosed
+    messages, text bodies that have a name, and every other non-text part. Unless they
+    match the parsed attachments one for one (count and type), no section is given.
+    """
+    try:
+        leaves = leaf_parts(raw)
+    except Exception:
+        _log.warning("reading the MIME tree for part numbers failed", exc_info=True)
+        return parsed
+    if leaves is None:
+        return parsed
+    listed = [
+        leaf
+        for leaf in leaves
+        if leaf.content_type.startswith("message/")
+        or leaf.content_type not in ("text/plain", "text/html")
+        or leaf.disposition == "attachment"
+        or leaf.named
+    ]
+    attachments = parsed.attachments
+    if len(listed) != len(attachments) or any(
+        leaf.content_type != attachment.mime_type.lower()
+        for leaf, attachment in zip(listed, attachments, strict=True)
+    ):
+        return parsed
+    return replace(
+        parsed,
+        attachments=tuple(
+            replace(attachment, section=leaf.section, encoding=leaf.encoding)
+            for leaf, attachment in zip(listed, attachments, strict=True)
+        ),
+    )
 
 
 def parse_message_fast(raw: bytes) -> ParsedMessage | None:

@@ -3,8 +3,11 @@
 A batch is parsed messages of one folder; it becomes message rows (one multi-row
 INSERT), their search index entries (one more statement, see ``db.textindex``),
 attachment blobs (uploaded in parallel, before the rows that point at them are
-committed) and attachment rows. A message the database refuses is retried alone and,
-if it still fails, skipped with the reason recorded: one bad message never stops a sync.
+committed) and attachment rows. A target with ``lazy_attachments`` (an IMAP folder)
+uploads no blobs: its attachment rows say where each part is on the server, and the
+first download fetches it (``services.attachments``). A message the database refuses
+is retried alone and, if it still fails, skipped with the reason recorded: one bad
+message never stops a sync.
 """
 
 from __future__ import annotations
@@ -126,6 +129,9 @@ class FolderTarget:
     # ``data.origin`` of the ``message.created`` changes; None while a folder is first
     # mirrored or rebuilt, which is told as one ``sync.completed`` instead.
     origin: str | None = changes.ORIGIN_SYNC
+    # Record attachments with their IMAP section instead of uploading their blobs (the
+    # first download fetches them from the server). Only for messages with a UID.
+    lazy_attachments: bool = False
 
 
 @dataclass
@@ -384,10 +390,13 @@ class MessageStore:
         uploads: list[tuple[str, bytes, str]] = []
         stamp = now_ms()
         for row, item in zip(rows, items, strict=True):
+            lazy = target.lazy_attachments and item.uid is not None
             for part in item.parsed.attachments:
                 attachment_id = new_id()
                 key = attachment_key(target.tenant_id, target.account_id, attachment_id)
-                uploads.append((key, part.data, part.mime_type))
+                if not lazy:
+                    uploads.append((key, part.data, part.mime_type))
+                section = part.section if lazy and len(part.section or "") <= 64 else None
                 attachments.append(
                     {
                         "id": attachment_id,
@@ -401,6 +410,9 @@ class MessageStore:
                         "is_inline": part.is_inline,
                         "storage_key": key,
                         "sha256": hashlib.sha256(part.data).hexdigest(),
+                        "imap_section": section,
+                        "transfer_encoding": part.encoding if section else None,
+                        "stored_at": None if lazy else stamp,
                         "created_at": stamp,
                         "updated_at": stamp,
                     }

@@ -36,6 +36,7 @@ from email_service.mailstore.messages import delete_blobs
 from email_service.scope import Scope
 from email_service.services import tasks
 from email_service.services.accounts import load_account
+from email_service.services.attachments import PartSource, fetch_bytes, part_source
 
 log = logging.getLogger(__name__)
 
@@ -295,12 +296,30 @@ def _estimated_size(body: dict[str, Any], rows: list[Attachment]) -> int:
 
 
 def _load_attachments(scope: Scope, rows: list[Attachment]) -> tuple[OutgoingAttachment, ...]:
-    """The attachments' bytes. Raises ``AttachmentNotFound`` when one's content is gone."""
+    """The attachments' bytes. Raises ``AttachmentNotFound`` when one's content is gone.
+
+    An IMAP attachment not downloaded yet is fetched from the mail server first, as its
+    download would (``services.attachments``): ``NotOnMailServer``, ``MailServerFailed``.
+    """
     attachments = []
     for row in rows:
-        try:
-            data = b"".join(scope.runtime.blobs.stream(row.storage_key))
-        except BlobNotFound as exc:
-            raise AttachmentNotFound(row.id) from exc
+        source = None
+        if row.stored_at is None:
+            source = _source(scope, row)
+        if source is None:
+            try:
+                data = b"".join(scope.runtime.blobs.stream(row.storage_key))
+            except BlobNotFound as exc:
+                source = _source(scope, row)
+                if source is None:
+                    raise AttachmentNotFound(row.id) from exc
+        if source is not None:
+            # Within the build budget this message already reserved.
+            data = fetch_bytes(scope.runtime, source)
         attachments.append(OutgoingAttachment(row.filename, row.mime_type, data))
     return tuple(attachments)
+
+
+def _source(scope: Scope, row: Attachment) -> PartSource | None:
+    account = scope.session.get(Account, row.account_id)
+    return part_source(scope, account, row) if account is not None else None

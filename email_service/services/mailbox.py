@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ from email_service.errors import AttachmentNotFound, FolderNotFound, MessageNotF
 from email_service.mailstore.messages import sanitized_html
 from email_service.scope import Scope
 from email_service.services.accounts import load_account
+from email_service.services.attachments import AttachmentContent, PartSource, part_source
 
 # The columns of a message's list item (``present.message_summary``); search selects the same.
 LIST_COLUMNS = (
@@ -206,7 +206,12 @@ def message_detail(scope: Scope, row: Message) -> dict[str, Any]:
         row,
         [
             present.attachment(
-                item, blobs.presigned_url(item.storage_key, ttl, item.filename, item.mime_type)
+                item,
+                # Not yet fetched from the mail server: no blob to sign a URL for; the
+                # client downloads through downloadAttachment.
+                blobs.presigned_url(item.storage_key, ttl, item.filename, item.mime_type)
+                if item.stored_at is not None
+                else None,
             )
             for item in attachments
         ],
@@ -217,16 +222,12 @@ def get_message(scope: Scope, account_id: str, message_id: str) -> dict[str, Any
     return message_detail(scope, load_message(scope, account_id, message_id))
 
 
-@dataclass(frozen=True)
-class AttachmentContent:
-    filename: str
-    mime_type: str
-    size: int
-    chunks: Iterator[bytes]
-
-
-def open_attachment(scope: Scope, account_id: str, attachment_id: str) -> AttachmentContent:
-    """The attachment's bytes as a stream. Raises ``AttachmentNotFound``."""
+def open_attachment(
+    scope: Scope, account_id: str, attachment_id: str
+) -> AttachmentContent | PartSource:
+    """The attachment's bytes as a stream, or, for an attachment not yet fetched from the
+    IMAP server, where it is there (``attachments.download`` fetches it, outside this
+    transaction). Raises ``AttachmentNotFound`` and ``attachments.part_source``'s errors."""
     account = load_account(scope, account_id)
     row = scope.session.scalars(
         select(Attachment).where(
@@ -237,8 +238,16 @@ def open_attachment(scope: Scope, account_id: str, attachment_id: str) -> Attach
     ).one_or_none()
     if row is None:
         raise AttachmentNotFound(attachment_id)
+    if row.stored_at is None:
+        source = part_source(scope, account, row)
+        if source is not None:
+            return source
     try:
         chunks = scope.runtime.blobs.stream(row.storage_key)
     except BlobNotFound as exc:
+        # A blob lost from the store is fetched again where the server still has it.
+        source = part_source(scope, account, row)
+        if source is not None:
+            return source
         raise AttachmentNotFound(attachment_id) from exc
     return AttachmentContent(row.filename, row.mime_type, row.size, chunks)

@@ -36,6 +36,7 @@ _BY_STATUS: dict[int, tuple[str, str]] = {
     429: ("Rate limit exceeded", "RATE_LIMITED"),
     500: ("Internal server error", "INTERNAL_ERROR"),
     501: ("Not implemented", "NOT_IMPLEMENTED"),
+    502: ("Bad gateway", "MAIL_SERVER_UNAVAILABLE"),
     503: ("Service unavailable", "DEPENDENCY_UNAVAILABLE"),
 }
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import imaplib
+import os
 import pickle
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
+from email.message import EmailMessage
 
 import pytest
 
@@ -20,6 +22,9 @@ from email_service.mail.imap import (
     _parse_message_fetch,
     _parse_or_unreadable,
 )
+from email_service.mail.limits import MailLimits
+from email_service.mail.mime import parse_message
+from email_service.mail.mimeparts import decode_part
 from tests.mail.conftest import nobody_connected, unused_port
 from tests.servers import mailgen
 from tests.servers.dovecot import Dovecot, MailUser
@@ -305,6 +310,50 @@ def test_fetch_skips_missing_and_survives_early_stop(
         assert imap.uids() == uids  # the connection is still in sync
         first = next(iter(imap.fetch(uids[-1:])))
         assert first.raw == _simple(9)
+
+
+def test_fetch_part_gives_each_attachment_as_the_parser_read_it_without_setting_seen(
+    imap_endpoint: Endpoint, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    samples = mailgen.corpus()
+    big = EmailMessage()
+    big["From"], big["To"], big["Subject"] = "a@example.test", "b@example.test", "big"
+    big.set_content("see attached")
+    big.add_attachment(os.urandom(120_000), maintype="application", subtype="octet-stream")
+    samples["big"] = big.as_bytes()
+    uids = {name: dovecot.append(mail_user, "INBOX", raw) for name, raw in samples.items()}
+    checked = set()
+    # A cap that keeps every corpus part (a literal may be 64 KiB over it) but not "big".
+    limits = MailLimits(max_message_bytes=50_000)
+    with ImapSession(imap_endpoint(limits=limits)) as imap:
+        imap.select("INBOX")
+        for name, raw in samples.items():
+            for attachment in parse_message(raw).attachments:
+                if attachment.section is None or name == "big":
+                    continue
+                body = imap.fetch_part(uids[name], attachment.section)
+                assert body is not None
+                data = decode_part(body, attachment.encoding)
+                if attachment.mime_type == "message/rfc822":
+                    data = data.removesuffix(b"\r\n")  # the fast parser drops the line break
+                assert data == attachment.data, (name, attachment.section)
+                checked.add(attachment.section)
+        assert {"2", "3", "1.2.2"} <= checked
+        # An expunged (or never used) UID is None; a part over the cap is refused.
+        assert imap.fetch_part(max(uids.values()) + 100, "2") is None
+        with pytest.raises(MailProtocolError, match="more than MAX_MESSAGE_BYTES"):
+            imap.fetch_part(uids["big"], "2")
+        assert imap.uids() == sorted(uids.values())  # still in step
+        for section in ("", "2]", "2.MIME", "0", "1..2"):
+            with pytest.raises(ValueError):
+                imap.fetch_part(1, section)
+    client = dovecot.imap(mail_user)
+    try:
+        client.select_folder("INBOX", readonly=True)
+        flags = client.get_flags(sorted(uids.values()))
+    finally:
+        client.logout()
+    assert all(b"\\Seen" not in f for f in flags.values())
 
 
 def test_fetch_parser_fast_path_agrees_with_general_parser() -> None:

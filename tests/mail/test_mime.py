@@ -1028,3 +1028,47 @@ def test_unnamed_text_parts_and_text_attachments_stay_on_the_fast_path() -> None
         raw = _with_text_part(part_headers)
         fast = assert_parsers_agree(raw)
         assert fast is not None, part_headers
+
+
+def test_attachments_carry_their_imap_section_and_transfer_encoding() -> None:
+    samples = mailgen.corpus()
+    nested = parse_message(samples["nested"])
+    assert [(a.section, a.encoding) for a in nested.attachments] == [
+        ("1.2.2", "base64"),
+        ("2", "base64"),
+    ]
+    # An enclosed message and inline text files: no encoding to undo (7bit or none).
+    assert [
+        (a.section, a.encoding) for a in parse_message(samples["forwarded_rfc822"]).attachments
+    ] == [("2", None)]
+    assert [a.section for a in parse_message(samples["inline_text_files"]).attachments] == [
+        "2",
+        "3",
+    ]
+    # Messages the stdlib reads are numbered the same way.
+    rfc2231 = parse_message(samples["rfc2231_filename"])
+    assert rfc2231.parser == "stdlib"
+    assert [(a.section, a.encoding) for a in rfc2231.attachments] == [
+        ("2", "base64"),
+        ("3", "base64"),
+    ]
+    # A message that is one attachment is part 1; a multipart/digest's parts default to
+    # message/rfc822.
+    single = (
+        b"From: a@example.test\r\nContent-Type: application/pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n"
+    )
+    assert [(a.section, a.encoding, a.data) for a in parse_message(single).attachments] == [
+        ("1", "base64", b"%PDF-1.4\n")
+    ]
+    digest = (
+        b"From: a@example.test\r\nContent-Type: multipart/digest; boundary=d\r\n\r\n"
+        b"--d\r\n\r\nFrom: b@example.test\r\nSubject: one\r\n\r\nfirst\r\n"
+        b"--d\r\n\r\nFrom: c@example.test\r\nSubject: two\r\n\r\nsecond\r\n--d--\r\n"
+    )
+    parsed = parse_message_stdlib(digest)
+    assert [a.mime_type for a in parsed.attachments] == ["message/rfc822"] * 2
+    assert [a.section for a in parse_message(digest).attachments] == ["1", "2"]
+    # A multipart that never closes is not numbered (its download reads the whole message).
+    broken = parse_message(samples["broken_missing_boundary"])
+    assert broken.attachments and all(a.section is None for a in broken.attachments)

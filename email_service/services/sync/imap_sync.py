@@ -222,6 +222,8 @@ def _fetch_new(
         folder_name=folder.name,
         is_spam=folder.type == "spam",
         origin=ORIGIN_SYNC if announce else None,
+        # Attachments are fetched from the server when first downloaded, not now.
+        lazy_attachments=True,
     )
     done = 0
 
