@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from sqlalchemy import insert
 
-from bench.env import BenchEnv
+from bench.env import REDIS_URL, BenchEnv
 from bench.memory import peak_rss_mib
 from db.models import Folder, Message, new_id
 from email_service.auth import issue_token
@@ -187,7 +187,13 @@ def p3_list_messages(env: BenchEnv, rows: int, seconds: int, reps: int) -> list[
             rps, p99 = wrk(f"http://127.0.0.1:{base_port}{path}", {}, seconds)
             results["b_rps"].append(rps)
             results["b_p99"].append(p99)
-    with server(ours_cmd, env.child_env(), our_port) as process:
+    # With a broker, as deployed: without one (the embedded default) ``serve`` runs a
+    # single process whatever --workers says, with the job worker, the scheduler and the
+    # watcher inside it, and the comparison would be one process against two.
+    ours_env = env.child_env(
+        REDIS_URL=REDIS_URL, QUEUE_NAMESPACE=f"email-bench-{uuid.uuid4().hex[:8]}"
+    )
+    with server(ours_cmd, ours_env, our_port) as process:
         url = f"http://127.0.0.1:{our_port}{path}"
         for _ in range(reps):
             rps, p99 = wrk(url, headers, seconds)
