@@ -218,6 +218,8 @@ def p1_initial_sync(env: BenchEnv, messages: int, reps: int) -> list[dict[str, A
     # the index's cost (issue 16: at most 10 %) is measured against the same conditions.
     unindexed: list[float] = []
     cpu: dict[bool, list[float]] = {True: [], False: []}  # ms per message
+    # The completion of long bodies' entries after the commits (in the figures above too).
+    completion: list[dict[str, float]] = []
     for local in (False, True):
         ours, rss = [], []
         for rep in range(reps):
@@ -234,9 +236,23 @@ def p1_initial_sync(env: BenchEnv, messages: int, reps: int) -> list[dict[str, A
                 print(
                     f"  P1 ({where}) rep {rep + 1}: {speed:.0f} msg/s, "
                     f"{figures['cpu_seconds'] / total * 1000:.2f} ms CPU/msg"
+                    + (
+                        f" (of which completing {figures['index_completed']} long bodies' "
+                        f"search entries after the commits: {figures['index_seconds']:.2f} s, "
+                        f"{figures['index_cpu_seconds']:.2f} s CPU)"
+                        if indexed
+                        else ""
+                    )
                 )
                 if local:
                     cpu[indexed].append(figures["cpu_seconds"] / total * 1000)
+                    if indexed:
+                        completion.append(
+                            {
+                                key: figures[key]
+                                for key in ("index_completed", "index_seconds", "index_cpu_seconds")
+                            }
+                        )
                 if not indexed:
                     unindexed.append(speed)
                     continue
@@ -264,7 +280,8 @@ def p1_initial_sync(env: BenchEnv, messages: int, reps: int) -> list[dict[str, A
     rows.append(
         {
             "id": "P1",
-            "what": "search index cost: the local-disk sync with the index against without",
+            "what": "search index cost: the local-disk sync with the index (the whole body, "
+            "completed after the commits, included) against without",
             "baseline": f"{without:.0f} msg/s without the index",
             "value": rows[-1]["value"],
             "ratio": value / without,
@@ -279,13 +296,18 @@ def p1_initial_sync(env: BenchEnv, messages: int, reps: int) -> list[dict[str, A
     rows.append(
         {
             "id": "P1",
-            "what": "search index cost in CPU: sync process + database backends, per message",
+            "what": "search index cost in CPU: sync process + database backends, per message, "
+            "completing the long bodies' entries included",
             "baseline": f"{without_cpu:.2f} ms without the index",
             "value": f"{with_cpu:.2f} ms",
             "ratio": without_cpu / with_cpu,
             "target": ">= 0.9",
             "met": without_cpu / with_cpu >= 0.9,
-            "raw": {"with_cpu_ms": cpu[True], "without_cpu_ms": cpu[False]},
+            "raw": {
+                "with_cpu_ms": cpu[True],
+                "without_cpu_ms": cpu[False],
+                "completion_after_commit": completion,
+            },
         }
     )
     return rows

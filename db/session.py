@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from db import changes
+from db import changes, textindex
 
 TENANT_SETTING = "app.tenant_id"
 SCOPE_SETTING = "app.scope"
@@ -88,6 +88,8 @@ class Database:
             event.listen(self._sessions, "after_begin", _apply_scope)
         # Recorded changes are written (and positioned) as each transaction commits.
         changes.install(self._sessions)
+        # Search entries left to complete are announced after the commit.
+        textindex.install(self._sessions)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:

@@ -20,32 +20,49 @@ language can name (``from:``, ``to:``, ``cc:``, ``subject:``, ``filename:``) als
 a field-marked copy of their tokens at the same positions: ``f:alice``. On SQLite each
 field is an FTS5 column instead.
 
-Only the first ``BODY_PREFIX_CHARS`` characters of the body are indexed: where a word
-occurs in a long body, it nearly always occurs in its first few kilobytes as well, and
-the cost of indexing (which sync pays for every message) grows with the length.
+The body is indexed in two steps. In the transaction that stores a message, only its
+first ``BODY_PREFIX_CHARS`` characters go in (the cost of indexing, which sync pays for
+every message, grows with the length), so new mail is findable at once by its fields
+and the start of its text. A message whose body is longer is marked ``pending`` in the
+same statement; after the commit, a background job (``complete_documents``, run by
+``email_service.services.search.fullindex``) replaces its entry with one over the
+first ``BODY_INDEX_CHARS`` characters and clears the mark, a batch per transaction.
+Rebuilding an entry from the message is idempotent, and the mark is committed with the
+message, so no body is left half-indexed for good: a sweep finds every marked row.
 
-This module also writes the index rows (``index_messages``; migration 0016 made the
-tables). Deleting a message removes its index row through the foreign key, and a message
-that moves keeps its row, since folders and flags are read from the message itself.
+This module also writes the index rows (``index_messages``; migrations 0016 and 0018
+made the tables). Deleting a message removes its index row through the foreign key, and
+a message that moves keeps its row, since folders and flags are read from the message.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import re
+import threading
 import unicodedata
-from collections.abc import Iterable, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import bindparam, event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
 
 BODY_PREFIX_CHARS = 600
+# How much of the body the completed entry covers: 100,000 characters, some 15,000
+# words; text past that (rare in mail that people write) is not searched.
+BODY_INDEX_CHARS = 100_000
 # tsvector limits: positions above 16,383 are not kept; a lexeme keeps 256 positions.
 _MAX_POSITION = 16383
 _MAX_POSITIONS_PER_LEXEME = 255
 _MAX_TOKEN_CHARS = 100
+# A lexeme that no text here is ever cut into (tokens hold no underscore).
+_GAP = "_"
 
 # Field markers (PostgreSQL lexeme prefixes); the query language's field names map here.
 FIELD_SUBJECT = "s"
@@ -115,6 +132,8 @@ class SearchDocument:
     copied: list[str]
     filenames: list[str]
     body: str  # tokens separated by whitespace
+    # The body went beyond what this document holds: a completed entry is owed.
+    pending: bool = False
 
     @classmethod
     def of(
@@ -128,6 +147,7 @@ class SearchDocument:
         cc: Iterable[str],
         filenames: Iterable[str],
         body_text: str,
+        body_chars: int = BODY_PREFIX_CHARS,
     ) -> SearchDocument:
         return cls(
             message_id=message_id,
@@ -136,15 +156,21 @@ class SearchDocument:
             recipients=tokens(" ".join(to)),
             copied=tokens(" ".join(cc)),
             filenames=tokens(" ".join(filenames)),
-            body=token_text(body_text[:BODY_PREFIX_CHARS]),
+            body=token_text(body_text[:body_chars]),
+            pending=len(body_text) > body_chars and body_chars < BODY_INDEX_CHARS,
         )
 
-    def field_tsvector(self) -> str:
+    def field_tsvector(self, *, gap_after: bool = False) -> str:
         """The fields' part of the PostgreSQL ``tsvector``, in its text form.
 
         Every token is there plainly and field-marked at the same position. Fields follow
-        each other with a gap of two positions, so no phrase spans two fields; the body's
-        ``to_tsvector`` goes before it (``||`` shifts these positions past the body's).
+        each other with a gap of two positions, so no phrase spans two fields. A body
+        prefix's ``to_tsvector`` goes before it (``||`` shifts these positions past the
+        body's). A completed entry puts the fields first instead, since a long body
+        reaches the largest position a ``tsvector`` keeps (16,383) and the fields would
+        all collapse onto it: ``gap_after`` then ends the fields with ``_`` (a lexeme no
+        tokenizer here makes), two positions on, which the writer deletes after ``||``
+        has shifted the body past it.
         """
         positions: dict[str, list[str]] = {}
         position = 3
@@ -167,6 +193,8 @@ class SearchDocument:
                         found.append(where)
                 position += 1
             position += 2
+        if gap_after and positions:
+            positions[_GAP] = [str(min(position - 1, _MAX_POSITION))]
         # Tokens hold neither quotes nor backslashes, so no escaping is needed.
         return " ".join(f"'{lexeme}':{','.join(at)}" for lexeme, at in positions.items())
 
@@ -199,38 +227,215 @@ def document_for_row(row: dict[str, Any], filenames: Sequence[str]) -> SearchDoc
 # The body is cut by PostgreSQL's parser, in C and in the database's own process, from
 # text that holds nothing but our tokens and spaces: it finds exactly those tokens.
 _PG_INSERT = text(
+    "INSERT INTO message_search (message_id, tenant_id, document, pending) "
+    "SELECT id, CAST(:tenant_id AS uuid), "
+    "to_tsvector('simple', body) || CAST(fields AS tsvector), pending "
+    "FROM unnest(CAST(:ids AS text[]), CAST(:bodies AS text[]), CAST(:fields AS text[]), "
+    "CAST(:pending AS boolean[])) AS d(id, body, fields, pending)"
+)
+_PG_INSERT_COMPLETE = text(
     "INSERT INTO message_search (message_id, tenant_id, document) "
     "SELECT id, CAST(:tenant_id AS uuid), "
     "to_tsvector('simple', body) || CAST(fields AS tsvector) "
     "FROM unnest(CAST(:ids AS text[]), CAST(:bodies AS text[]), CAST(:fields AS text[])) "
     "AS d(id, body, fields)"
 )
-_SQLITE_ROWID = text("INSERT INTO message_search_rows (message_id) VALUES (:message_id)")
+_SQLITE_ROWID = text(
+    "INSERT INTO message_search_rows (message_id, pending) VALUES (:message_id, :pending)"
+)
+_SQLITE_ROWID_COMPLETE = text("INSERT INTO message_search_rows (message_id) VALUES (:message_id)")
 _SQLITE_INSERT = text(
     "INSERT INTO message_search (rowid, subject, sender, recipients, copied, filenames, body) "
     "VALUES (:rowid, :subject, :sender, :recipients, :copied, :filenames, :body)"
 )
 
+#: ``session.info`` key: the tenants whose entries this transaction left pending.
+_PENDING_TENANTS = "search_pending_tenants"
+
+PendingListener = Callable[[Any, set[Any]], None]
+_listeners: list[PendingListener] = []
+_listeners_guard = threading.Lock()
+
 
 def index_messages(
-    session: Session | Connection, tenant_id: Any, documents: Sequence[SearchDocument]
+    session: Session | Connection,
+    tenant_id: Any,
+    documents: Sequence[SearchDocument],
+    *,
+    track_pending: bool = True,
 ) -> None:
     """Add the documents of newly inserted messages to the index, in the caller's
-    transaction (one statement for the batch on PostgreSQL)."""
+    transaction (one statement for the batch on PostgreSQL).
+
+    Documents that hold only a body prefix are marked ``pending``, and after the commit
+    the listeners (``add_pending_listener``) hear which tenants have entries to complete.
+    ``track_pending=False`` is for migration 0016, whose tables have no mark yet.
+    """
     if not documents:
         return
     bind = session.get_bind() if isinstance(session, Session) else session
+    if track_pending and isinstance(session, Session) and any(doc.pending for doc in documents):
+        session.info.setdefault(_PENDING_TENANTS, set()).add(tenant_id)
     if bind.dialect.name == "postgresql":
-        session.execute(
-            _PG_INSERT,
-            {
-                "tenant_id": str(tenant_id),
-                "ids": [doc.message_id for doc in documents],
-                "bodies": [doc.body for doc in documents],
-                "fields": [doc.field_tsvector() for doc in documents],
-            },
-        )
+        params: dict[str, Any] = {
+            "tenant_id": str(tenant_id),
+            "ids": [doc.message_id for doc in documents],
+            "bodies": [doc.body for doc in documents],
+            "fields": [doc.field_tsvector() for doc in documents],
+        }
+        if track_pending:
+            params["pending"] = [doc.pending for doc in documents]
+        session.execute(_PG_INSERT if track_pending else _PG_INSERT_COMPLETE, params)
         return
     for doc in documents:
-        rowid = session.execute(_SQLITE_ROWID, {"message_id": doc.message_id}).lastrowid  # type: ignore[attr-defined]
+        if track_pending:
+            rowid = session.execute(  # type: ignore[attr-defined]
+                _SQLITE_ROWID, {"message_id": doc.message_id, "pending": int(doc.pending)}
+            ).lastrowid
+        else:
+            rowid = session.execute(  # type: ignore[attr-defined]
+                _SQLITE_ROWID_COMPLETE, {"message_id": doc.message_id}
+            ).lastrowid
         session.execute(_SQLITE_INSERT, {"rowid": rowid, **doc.fts_columns()})
+
+
+# Completing entries. The pending rows are taken in message id order, locked (PostgreSQL:
+# rows another run holds are skipped, so two runs for one tenant share the work), read
+# with their messages, and replaced.
+_PG_TAKE_PENDING = text(
+    "SELECT m.id, m.subject, m.from_name, m.from_address, m.to_addresses, m.cc_addresses,"
+    " substr(m.body_text, 1, :chars) AS body"
+    " FROM message_search s JOIN messages m ON m.id = s.message_id"
+    " WHERE s.tenant_id = CAST(:tenant_id AS uuid) AND s.pending"
+    " ORDER BY s.message_id LIMIT :n FOR UPDATE OF s SKIP LOCKED"
+)
+_PG_COMPLETE = text(
+    "UPDATE message_search s SET pending = false,"
+    " document = ts_delete(CAST(d.fields AS tsvector) || to_tsvector('simple', d.body), '_')"
+    " FROM unnest(CAST(:ids AS text[]), CAST(:bodies AS text[]), CAST(:fields AS text[]))"
+    " AS d(id, body, fields)"
+    " WHERE s.message_id = d.id AND s.tenant_id = CAST(:tenant_id AS uuid)"
+)
+_SQLITE_TAKE_PENDING = text(
+    "SELECT r.id AS rowid, m.id, m.subject, m.from_name, m.from_address, m.to_addresses,"
+    " m.cc_addresses, substr(m.body_text, 1, :chars) AS body"
+    " FROM message_search_rows r JOIN messages m ON m.id = r.message_id"
+    " WHERE r.pending = 1 AND m.tenant_id = :tenant_id"
+    " ORDER BY r.message_id LIMIT :n"
+)
+_SQLITE_COMPLETE_BODY = text("UPDATE message_search SET body = :body WHERE rowid = :rowid")
+_SQLITE_COMPLETE_ROW = text("UPDATE message_search_rows SET pending = 0 WHERE id = :rowid")
+_FILENAMES = text(
+    "SELECT message_id, filename FROM attachments WHERE message_id IN :ids"
+).bindparams(bindparam("ids", expanding=True))
+
+
+def complete_documents(session: Session, tenant_id: Any, limit: int) -> int:
+    """Replace up to ``limit`` of the tenant's pending entries with entries over the
+    first ``BODY_INDEX_CHARS`` characters of their bodies; returns how many.
+
+    Idempotent: an entry is rebuilt from its message, whatever it held before.
+    """
+    postgres = session.get_bind().dialect.name == "postgresql"
+    tenant = str(tenant_id) if postgres else tenant_id_for_sqlite(tenant_id)
+    rows = session.execute(
+        _PG_TAKE_PENDING if postgres else _SQLITE_TAKE_PENDING,
+        {"tenant_id": tenant, "chars": BODY_INDEX_CHARS, "n": limit},
+    ).all()
+    if not rows:
+        return 0
+    names: dict[str, list[str]] = {}
+    for message_id, filename in session.execute(_FILENAMES, {"ids": [row.id for row in rows]}):
+        names.setdefault(message_id, []).append(filename)
+    documents = [
+        SearchDocument.of(
+            row.id,
+            subject=row.subject,
+            from_name=row.from_name,
+            from_address=row.from_address,
+            to=_strings(row.to_addresses),
+            cc=_strings(row.cc_addresses),
+            filenames=names.get(row.id, ()),
+            body_text=row.body or "",
+            body_chars=BODY_INDEX_CHARS,
+        )
+        for row in rows
+    ]
+    if postgres:
+        session.execute(
+            _PG_COMPLETE,
+            {
+                "tenant_id": tenant,
+                "ids": [doc.message_id for doc in documents],
+                "bodies": [doc.body for doc in documents],
+                "fields": [doc.field_tsvector(gap_after=True) for doc in documents],
+            },
+        )
+    else:
+        for row, doc in zip(rows, documents, strict=True):
+            session.execute(_SQLITE_COMPLETE_BODY, {"rowid": row.rowid, "body": doc.body})
+            session.execute(_SQLITE_COMPLETE_ROW, {"rowid": row.rowid})
+    return len(rows)
+
+
+_PG_PENDING_TENANTS = text("SELECT DISTINCT tenant_id FROM message_search WHERE pending")
+_SQLITE_PENDING_TENANTS = text(
+    "SELECT DISTINCT m.tenant_id FROM message_search_rows r"
+    " JOIN messages m ON m.id = r.message_id WHERE r.pending = 1"
+)
+
+
+def tenants_with_pending(session: Session) -> list[uuid.UUID]:
+    """Every tenant with entries still to complete (a system-scope session)."""
+    postgres = session.get_bind().dialect.name == "postgresql"
+    found = session.scalars(_PG_PENDING_TENANTS if postgres else _SQLITE_PENDING_TENANTS)
+    return [value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)) for value in found]
+
+
+def tenant_id_for_sqlite(tenant_id: Any) -> str:
+    """A tenant id as the SQLite store keeps it (32 hex digits, SQLAlchemy's Uuid)."""
+    return uuid.UUID(str(tenant_id)).hex
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):  # SQLite returns JSON as text here
+        value = json.loads(value)
+    return [str(item) for item in value or []]
+
+
+def add_pending_listener(listener: PendingListener) -> None:
+    """Call ``listener(engine, tenant_ids)`` in this process after every commit that left
+    entries pending (``tenant_ids``: the tenants they belong to)."""
+    with _listeners_guard:
+        if listener not in _listeners:
+            _listeners.append(listener)
+
+
+def remove_pending_listener(listener: PendingListener) -> None:
+    with _listeners_guard:
+        if listener in _listeners:
+            _listeners.remove(listener)
+
+
+def _after_commit(session: Session) -> None:
+    tenants: set[Any] | None = session.info.pop(_PENDING_TENANTS, None)
+    if not tenants:
+        return
+    with _listeners_guard:
+        listeners = list(_listeners)
+    engine = session.get_bind()
+    for listener in listeners:
+        try:
+            listener(engine, tenants)
+        except Exception:
+            log.exception("a search index listener failed")
+
+
+def _after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING_TENANTS, None)
+
+
+def install(sessions: sessionmaker[Session]) -> None:
+    """Tell the pending listeners after every commit of ``sessions`` that left some."""
+    event.listen(sessions, "after_commit", _after_commit)
+    event.listen(sessions, "after_rollback", _after_rollback)

@@ -12,6 +12,7 @@ import dramatiq
 
 from email_service.runtime import Runtime
 from email_service.services import webhooks
+from email_service.services.search import fullindex
 from workers.actors import declare_actors
 from workers.broker import DramatiqJobs, build_broker
 
@@ -23,6 +24,8 @@ def install(runtime: Runtime) -> DramatiqJobs:
     runtime.jobs = jobs
     # Changes committed by this process are handed to webhooks through these jobs.
     webhooks.install_fanout(runtime)
+    # So are the search entries that a commit left to complete.
+    fullindex.install(runtime)
     return jobs
 
 

@@ -11,6 +11,7 @@ from dramatiq.middleware import CurrentMessage
 from email_service.jobs import Attempt, RetryLater, infrastructure_trouble
 from email_service.runtime import Runtime
 from email_service.services import compose, delivery, purge, syncing, webhooks, writeback
+from email_service.services.search import fullindex
 
 
 def _attempt(max_retries: int) -> Attempt:
@@ -61,6 +62,9 @@ def declare_actors(
     def fan_out_changes(task_id: str, tenant_id: str, user_id: str) -> None:
         webhooks.fan_out(runtime, uuid.UUID(tenant_id), uuid.UUID(user_id))
 
+    def complete_search_index(task_id: str, tenant_id: str) -> None:
+        fullindex.complete_pending(runtime, uuid.UUID(tenant_id))
+
     declare = dramatiq.actor
     return {
         # Webhook jobs keep their own schedule (dispatch queues the next run with the
@@ -86,6 +90,15 @@ def declare_actors(
             time_limit=settings.sync_time_limit_ms,
             **options,
         )(sync_account),
+        # Search entries completed after a sync's commits: on the sync queue, behind the
+        # syncs that made them; a failed run is left to the scheduler's sweep.
+        fullindex.INDEX_ACTOR: declare(
+            actor_name=fullindex.INDEX_ACTOR,
+            queue_name="sync",
+            broker=broker,
+            max_retries=0,
+            time_limit=300_000,
+        )(complete_search_index),
         # Sends get a queue of their own: a backlog of syncs must not hold up mail.
         compose.SEND_ACTOR: declare(actor_name=compose.SEND_ACTOR, queue_name="send", **options)(
             send_email

@@ -1,6 +1,7 @@
 """The scheduler loop: every tick, queue the syncs whose interval has passed, re-queue
 webhook fan-outs and deliveries whose jobs were lost, and send again the task jobs that
-never reached the queue (``workers/outbox.py``); every few minutes, prune the change feed
+never reached the queue (``workers/outbox.py``); every minute, queue the completion of
+search index entries still marked pending; every few minutes, prune the change feed
 past its retention."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import time
 from email_service.runtime import Runtime
 from email_service.services import webhooks
 from email_service.services.changes import prune
+from email_service.services.search import fullindex
 from email_service.services.sync_schedule import enqueue_due_syncs
 from workers import outbox
 from workers.broker import DramatiqJobs
@@ -27,6 +29,7 @@ def run_scheduler(runtime: Runtime, stop: threading.Event) -> None:
     interval = runtime.settings.scheduler_tick_seconds
     log.info("scheduler running, checking every %.0fs", interval)
     pruned_at = float("-inf")
+    swept_search_at = float("-inf")
     while not stop.is_set():
         try:
             enqueue_due_syncs(runtime)
@@ -41,6 +44,12 @@ def run_scheduler(runtime: Runtime, stop: threading.Event) -> None:
             webhooks.sweep(runtime)
         except Exception:
             log.exception("webhook sweep failed")
+        if time.monotonic() - swept_search_at >= fullindex.SWEEP_EVERY_SECONDS:
+            try:
+                swept_search_at = time.monotonic()
+                fullindex.sweep(runtime)
+            except Exception:
+                log.exception("search index sweep failed")
         if isinstance(runtime.jobs, DramatiqJobs):
             try:
                 outbox.sweep(runtime, runtime.jobs)

@@ -8,9 +8,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
+from db import textindex
 from db.models import Message
 from email_service.mailstore.messages import remove_messages
 from email_service.scope import open_scope
+from email_service.services.search import fullindex
 from tests.conftest import Identity, new_identity
 from tests.factories import create_account
 from tests.search.conftest import Mail, Store
@@ -186,10 +188,96 @@ def test_scoped_to_account_and_folder(
     assert subjects(store, alice, "report", folderId=mailbox["sent"]) == ["Re: Quarterly report"]
 
 
-def test_the_body_beyond_the_indexed_prefix_is_not_searched(
-    store: Store, alice: Identity, mailbox: dict[str, Any]
+def test_the_body_beyond_the_prefix_is_found_once_the_index_is_completed(
+    store: Store, alice: Identity
 ) -> None:
-    assert subjects(store, alice, "tailword") == []
+    account = create_account(store.client, alice.bearer)["id"]
+    inbox = store.folder(alice.caller, account)
+    archive = store.folder(alice.caller, account, "Archive", "custom")
+    filler = "lorem ipsum dolor " * 800  # 14,400 characters
+    letter, note, _short = store.deliver(
+        alice.caller,
+        account,
+        inbox,
+        Mail(
+            subject="Long letter",
+            body="Dear team. "
+            + "x " * 400
+            + "midword "
+            + filler
+            + "deepword yonder "
+            + "y " * 50_000
+            + "beyondcap",
+        ),
+        Mail(subject="Long note", body="Note. " + filler + "deepword"),
+        Mail(subject="Short", body="A short deepword."),
+    )
+    # At once: the fields and the start of every body; the rest not yet.
+    assert subjects(store, alice, "dear team") == ["Long letter"]
+    assert subjects(store, alice, "midword") == []
+    assert subjects(store, alice, "deepword") == ["Short"]
+
+    # When the completion job runs (as the worker runs it after the commit)
+    assert fullindex.complete_pending(store.runtime, alice.caller.tenant_id, seconds=None) == 2
+    assert fullindex.complete_pending(store.runtime, alice.caller.tenant_id) == 0
+
+    # Then words after the first 600 characters and after 14 KB are found, to the cap
+    assert subjects(store, alice, "midword") == ["Long letter"]
+    assert sorted(subjects(store, alice, "deepword")) == ["Long letter", "Long note", "Short"]
+    assert subjects(store, alice, '"deepword yonder"') == ["Long letter"]
+    assert subjects(store, alice, "beyondcap") == []
+    # with the snippet around the match, and the fields as before (no phrase across them)
+    assert "<mark>midword</mark>" in search(store, alice, "midword")["messages"][0]["snippet"]
+    assert subjects(store, alice, 'subject:"long letter" dear') == ["Long letter"]
+    assert subjects(store, alice, '"test dear"') == []
+    assert subjects(store, alice, "to:owner midword") == ["Long letter"]
+
+    # And deleted and moved messages leave or move in the completed index at once
+    with open_scope(store.runtime, alice.caller) as scope:
+        remove_messages(scope.session, [note])
+        scope.session.execute(update(Message).where(Message.id == letter).values(folder_id=archive))
+    assert sorted(subjects(store, alice, "deepword")) == ["Long letter", "Short"]
+    assert subjects(store, alice, "deepword in:archive") == ["Long letter"]
+    assert subjects(store, alice, "midword in:inbox") == []
+
+
+def test_completion_is_tenant_scoped_and_the_sweep_finds_what_was_never_queued(
+    store: Store, alice: Identity
+) -> None:
+    bob = new_identity()
+    owners = []
+    for who in (alice, bob):
+        account = create_account(store.client, who.bearer)["id"]
+        folder = store.folder(who.caller, account)
+        store.deliver(
+            who.caller, account, folder, Mail(subject="Tail", body="z " * 400 + "tailword")
+        )
+        owners.append(who)
+    queued: list[str] = []
+
+    class Recording:
+        def prepare(self, actor: str, task_id: str, **kwargs: Any) -> Any:
+            queued.append(kwargs["tenant_id"])
+            return type("Job", (), {"job_id": task_id, "send": lambda self: None})()
+
+    # The commits above queued nothing (no queue here): the sweep finds both tenants
+    # (and those of other tests' mail, on the shared database).
+    jobs, store.runtime.jobs = store.runtime.jobs, Recording()  # type: ignore[assignment]
+    try:
+        assert fullindex.sweep(store.runtime) == len(queued) >= 2
+    finally:
+        store.runtime.jobs = jobs
+    assert {str(who.caller.tenant_id) for who in owners} <= set(queued)
+
+    # A run for alice's tenant completes alice's entry only.
+    assert fullindex.complete_pending(store.runtime, alice.caller.tenant_id) == 1
+    assert subjects(store, alice, "tailword") == ["Tail"]
+    assert subjects(store, bob, "tailword") == []
+    assert fullindex.complete_pending(store.runtime, bob.caller.tenant_id) == 1
+    assert subjects(store, bob, "tailword") == ["Tail"]
+    with store.runtime.db.transaction(system=True) as session:
+        left = textindex.tenants_with_pending(session)
+    assert alice.caller.tenant_id not in left and bob.caller.tenant_id not in left
 
 
 def test_snippet_marks_matches_html_escaped(store: Store, alice: Identity) -> None:

@@ -17,6 +17,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,13 @@ def test_embedded_default_syncs_a_local_dovecot_by_request_and_by_schedule(
     for name in ("plain_ascii", "mixed_attachments", "thread_1", "thread_3"):
         dovecot.append(mail_user, "INBOX", samples[name])
     dovecot.append(mail_user, "Sent", samples["thread_2"], flags=["\\Seen"])
+    # A long body: its words past the first 600 characters (and past 10 KB) are indexed
+    # by the in-process worker after the sync's commit.
+    long_body = EmailMessage()
+    long_body["Subject"] = "Field notes"
+    long_body["From"] = "notes@example.test"
+    long_body.set_content("Start. " + "a " * 400 + "kestrel " + "b " * 6000 + "osprey")
+    dovecot.append(mail_user, "Sent", long_body.as_bytes(), flags=["\\Seen"])
     created = httpx.post(
         f"{base}/api/accounts",
         headers=headers,
@@ -119,7 +127,16 @@ def test_embedded_default_syncs_a_local_dovecot_by_request_and_by_schedule(
         )
     )
     assert task["status"] == "success", task
-    assert task["result"]["messagesAdded"] == 5
+    assert task["result"]["messagesAdded"] == 6
+
+    def found(q: str) -> list[str] | None:
+        hits = httpx.get(f"{base}/api/messages/search", params={"q": q}, headers=headers)
+        assert hits.status_code == 200, hits.text
+        subjects = [hit["subject"] for hit in hits.json()["messages"]]
+        return subjects or None
+
+    assert _until(lambda: found("kestrel")) == ["Field notes"]
+    assert found("osprey in:sent") == ["Field notes"]
 
     folders = {
         f["name"]: f

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from email.message import EmailMessage
 from typing import Any
 
@@ -61,3 +62,34 @@ def test_synced_mail_is_searchable_and_leaves_the_index_with_the_server(
     assert _subjects(api, mailbox, "kayak in:trips") == ["Kayak trip"]
     assert _subjects(api, mailbox, "kayak in:inbox") == []
     assert _subjects(api, mailbox, "filename:route") == []
+
+
+def test_words_deep_in_a_synced_body_are_found_once_the_index_is_completed(
+    api: Any, mailbox: Mailbox, dovecot: Dovecot
+) -> None:
+    # Given a message whose body has words after its first 600 characters and after 10 KB
+    body = "Opening words. " + "a " * 400 + "kestrel " + "b " * 6000 + "osprey falcon"
+    dovecot.append(mailbox.user, "INBOX", _mail("Bird survey", body))
+    dovecot.append(mailbox.user, "INBOX", _mail("Short note", "An osprey flew by."))
+    # When it is synced (the worker then completes its index entry, after the commit)
+    assert sync(api, mailbox)["status"] == "success"
+
+    # Then both words are found, through the whole body
+    deadline = time.monotonic() + 30
+    while _subjects(api, mailbox, "kestrel") == [] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _subjects(api, mailbox, "kestrel") == ["Bird survey"]
+    assert sorted(_subjects(api, mailbox, "osprey")) == ["Bird survey", "Short note"]
+    assert _subjects(api, mailbox, '"osprey falcon" from:zoe') == ["Bird survey"]
+
+    # And an expunged message leaves the completed index with the next sync
+    client = dovecot.imap(mailbox.user)
+    try:
+        client.select_folder("INBOX")
+        client.delete_messages(client.search(["SUBJECT", "Bird survey"]))
+        client.expunge()
+    finally:
+        client.logout()
+    assert sync(api, mailbox)["status"] == "success"
+    assert _subjects(api, mailbox, "osprey") == ["Short note"]
+    assert _subjects(api, mailbox, "kestrel") == []

@@ -132,7 +132,8 @@ def _backfill(bind: Any) -> None:
                 )
             )
         for tenant_id, documents in by_tenant.items():
-            index_messages(bind, tenant_id, documents)
+            # The mark for entries to complete comes with migration 0018, which sets it.
+            index_messages(bind, tenant_id, documents, track_pending=False)
 
 
 def _strings(value: Any) -> list[str]:

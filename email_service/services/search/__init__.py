@@ -19,7 +19,9 @@ import base64
 import hashlib
 import html
 import json
+import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import TSQUERY
 
 from db.models import Account, Folder, Message
-from db.textindex import BODY_PREFIX_CHARS, FTS_COLUMNS, TOKEN, fold
+from db.textindex import BODY_INDEX_CHARS, BODY_PREFIX_CHARS, FTS_COLUMNS, TOKEN, fold
 from email_service import present
 from email_service.errors import AccountNotFound, FolderNotFound, InvalidRequest
 from email_service.scope import Scope
@@ -179,10 +181,27 @@ def search_messages(
     more = len(rows) > limit
     rows = rows[:limit]
     terms = _marked_terms(positives)
+    sources = {row.id: row.body_prefix or row.preview for row in rows}
+    # A match past the prefix (the index covers the body to BODY_INDEX_CHARS): the
+    # snippet comes from the text that holds it, read for those hits only.
+    further = [
+        row.id
+        for row in rows
+        if terms[0]
+        and len(row.body_prefix or "") >= BODY_PREFIX_CHARS
+        and not _matches_in(sources[row.id], terms)
+    ]
+    if further:
+        for message_id, text in session.execute(
+            select(Message.id, func.substr(Message.body_text, 1, BODY_INDEX_CHARS)).where(
+                Message.tenant_id == caller.tenant_id, Message.id.in_(further)
+            )
+        ):
+            sources[message_id] = text
     hits = []
     for row in rows:
         hit = present.message_summary(row)
-        hit["snippet"] = snippet(row.body_prefix or row.preview, terms)
+        hit["snippet"] = snippet(sources[row.id], terms)
         hits.append(hit)
     body: dict[str, Any] = {"messages": hits}
     if more and rows:
@@ -456,18 +475,28 @@ def _marked_terms(texts: list[Text]) -> tuple[set[str], tuple[str, ...]]:
     return whole, tuple(starts)
 
 
+def _matching(source: str, terms: tuple[set[str], tuple[str, ...]]) -> Iterator[re.Match[str]]:
+    """The words of ``source`` that match a term, in order."""
+    whole, starts = terms
+    for found in TOKEN.finditer(source):
+        for token in TOKEN.findall(fold(found.group())):
+            if token in whole or (starts and token.startswith(starts)):
+                yield found
+                break
+
+
+def _matches_in(source: str, terms: tuple[set[str], tuple[str, ...]]) -> bool:
+    return next(_matching(source, terms), None) is not None
+
+
 def snippet(source: str, terms: tuple[set[str], tuple[str, ...]]) -> str:
     """About ``SNIPPET_CHARS`` characters of ``source`` around its first matching word,
     HTML-escaped, with each matching word in ``<mark>``."""
-    whole, starts = terms
-
-    def matches(word: str) -> bool:
-        for token in TOKEN.findall(fold(word)):
-            if token in whole or (starts and token.startswith(starts)):
-                return True
-        return False
-
-    found = [(m.start(), m.end()) for m in TOKEN.finditer(source) if matches(m.group())]
+    found = []
+    for match in _matching(source, terms):
+        found.append((match.start(), match.end()))
+        if match.start() > found[0][0] + SNIPPET_CHARS:
+            break  # past the snippet: the rest of a long body need not be read
     begin = 0
     if found:
         begin = max(found[0][0] - _SNIPPET_LEAD, 0)
