@@ -30,7 +30,7 @@ first ``BODY_INDEX_CHARS`` characters and clears the mark, a batch per transacti
 Rebuilding an entry from the message is idempotent, and the mark is committed with the
 message, so no body is left half-indexed for good: a sweep finds every marked row.
 
-This module also writes the index rows (``index_messages``; migrations 0016 and 0018
+This module also writes the index rows (``index_messages``; migrations 0016 and 0018f
 made the tables). Deleting a message removes its index row through the foreign key, and
 a message that moves keeps its row, since folders and flags are read from the message.
 """

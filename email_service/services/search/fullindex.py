@@ -15,7 +15,7 @@ completes them:
    most its open batch, whose marks are still set; two runs for one tenant skip each
    other's locked rows on PostgreSQL and share the work.
 3. **Nothing lost.** A wake-up that is lost (broker outage, a process killed between
-   its commit and the queueing, entries marked by migration 0018) is made good by
+   its commit and the queueing, entries marked by migration 0018f) is made good by
    :func:`sweep`, which the scheduler runs every ``SWEEP_EVERY_SECONDS``: every tenant
    with marked entries is queued.
 

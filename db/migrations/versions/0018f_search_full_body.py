@@ -10,8 +10,8 @@ PostgreSQL: ``message_search.pending`` with a partial index (only marked rows ar
 so the sweep and the job find them without reading the table). SQLite: the same on
 ``message_search_rows``.
 
-Revision ID: 0018
-Revises: 0016s
+Revision ID: 0018f
+Revises: 0018
 Create Date: 2026-12-03
 """
 
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0018"
-down_revision = "0016s"
+revision = "0018f"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 
