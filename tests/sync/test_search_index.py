@@ -75,7 +75,7 @@ def test_words_deep_in_a_synced_body_are_found_once_the_index_is_completed(
     assert sync(api, mailbox)["status"] == "success"
 
     # Then both words are found, through the whole body
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while _subjects(api, mailbox, "kestrel") == [] and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _subjects(api, mailbox, "kestrel") == ["Bird survey"]
