@@ -11,7 +11,7 @@ so the sweep and the job find them without reading the table). SQLite: the same 
 ``message_search_rows``.
 
 Revision ID: 0018f
-Revises: 0018
+Revises: 0019
 Create Date: 2026-12-03
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0018f"
-down_revision = "0018"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 
