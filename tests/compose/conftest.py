@@ -38,6 +38,7 @@ sync_runtime = sync_fixtures.sync_runtime
 sync_app = sync_fixtures.sync_app
 worker = sync_fixtures.worker
 api = sync_fixtures.api
+private_redis = sync_fixtures.private_redis
 custom_app = sync_fixtures.custom_app
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import OperationalError
@@ -56,35 +55,32 @@ def test_redis_down_at_commit_the_send_goes_out_once_redis_is_back(
     dovecot: Dovecot,
     smtp_server: SmtpServer,
     mail_user: MailUser,
-    tmp_path: Path,
+    private_redis: PrivateRedis,
 ) -> None:
-    redis = PrivateRedis(tmp_path)
+    redis = private_redis  # stopped after custom_app's worker: the fixtures' order
     redis.start()
-    try:
-        client, rt = custom_app(redis_url=redis.url, outbox_grace_seconds=0.2)
-        box = sender_for(client, alice, dovecot, smtp_server, mail_user)
-        to = dovecot.new_user("to")
+    client, rt = custom_app(redis_url=redis.url, outbox_grace_seconds=0.2)
+    box = sender_for(client, alice, dovecot, smtp_server, mail_user)
+    to = dovecot.new_user("to")
 
-        # Given Redis gone when the send commits
-        redis.stop()
-        first = send(client, box, to=[to.email], idempotency_key="lost-1")
-        # the client retries with the same key: the same task, still waiting
-        again = send(client, box, to=[to.email], idempotency_key="lost-1")
-        assert again["taskId"] == first["taskId"] and again["status"] == "pending"
+    # Given Redis gone when the send commits
+    redis.stop()
+    first = send(client, box, to=[to.email], idempotency_key="lost-1")
+    # the client retries with the same key: the same task, still waiting
+    again = send(client, box, to=[to.email], idempotency_key="lost-1")
+    assert again["taskId"] == first["taskId"] and again["status"] == "pending"
 
-        # When Redis is back and the outbox sweeps
-        redis.start()
-        time.sleep(0.3)
-        assert isinstance(rt.jobs, DramatiqJobs)
-        assert outbox.sweep(rt, rt.jobs) == [first["taskId"]]
+    # When Redis is back and the outbox sweeps
+    redis.start()
+    time.sleep(0.3)
+    assert isinstance(rt.jobs, DramatiqJobs)
+    assert outbox.sweep(rt, rt.jobs) == [first["taskId"]]
 
-        # Then the mail goes out once, and the idempotent retry shows it done
-        row = await_task(rt, alice, first["taskId"])
-        assert row.status == "success", row.error
-        assert delivered(smtp_server, first["messageId"]) == 1
-        assert send(client, box, to=[to.email], idempotency_key="lost-1")["status"] == "success"
-    finally:
-        redis.stop()
+    # Then the mail goes out once, and the idempotent retry shows it done
+    row = await_task(rt, alice, first["taskId"])
+    assert row.status == "success", row.error
+    assert delivered(smtp_server, first["messageId"]) == 1
+    assert send(client, box, to=[to.email], idempotency_key="lost-1")["status"] == "success"
 
 
 def test_database_lost_when_smtp_accepts_is_recorded_and_not_sent_twice(

@@ -24,6 +24,7 @@ from email_service.config import Settings
 from email_service.runtime import Runtime, build_runtime, set_runtime
 from tests.conftest import Identity, make_settings
 from tests.servers.dovecot import Dovecot, MailUser
+from tests.servers.faults import PrivateRedis
 from tests.servers.s3 import S3Server
 
 SERVERS_PLUGIN = "tests.servers.plugin"
@@ -168,10 +169,22 @@ def sync(client: Any, box: Mailbox, **body: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A ``redis-server`` of the test's own, not yet started; stopped at teardown."""
+    redis = PrivateRedis(tmp_path)
+    yield redis
+    redis.stop()
+
+
+@pytest.fixture
 def custom_app(
-    sync_settings: Settings, runtime: Runtime, tmp_path: Path
+    sync_settings: Settings, runtime: Runtime, tmp_path: Path, private_redis: PrivateRedis
 ) -> Iterator[Callable[..., tuple[Any, Runtime]]]:
-    """An API client and worker on a runtime of their own, for settings a case changes."""
+    """An API client and worker on a runtime of their own, for settings a case changes.
+
+    It depends on ``private_redis`` so that its workers stop before that Redis does: a
+    stopping worker hands the messages it holds in memory back to its broker.
+    """
     made: list[tuple[Runtime, Any]] = []
 
     def make(*, worker: bool = True, **overrides: Any) -> tuple[Any, Runtime]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -106,41 +105,38 @@ def test_s3_answering_500_for_a_while_delays_the_sync_but_loses_nothing(
 
 def test_redis_down_at_commit_time_the_outbox_sends_the_job_once_it_is_back(
     custom_app: Callable[..., tuple[Any, Runtime]],
+    private_redis: PrivateRedis,
     alice: Identity,
     dovecot: Dovecot,
     mail_user: MailUser,
-    tmp_path: Path,
 ) -> None:
-    redis = PrivateRedis(tmp_path)
+    redis = private_redis  # stopped after custom_app's worker: the fixtures' order
     redis.start()
-    try:
-        client, rt = custom_app(redis_url=redis.url, outbox_grace_seconds=0.5)
-        fill(dovecot, mail_user, 3)
-        box = account_for(client, alice, dovecot, mail_user)
+    client, rt = custom_app(redis_url=redis.url, outbox_grace_seconds=0.5)
+    fill(dovecot, mail_user, 3)
+    box = account_for(client, alice, dovecot, mail_user)
 
-        # Given Redis going away just before a sync is requested
-        redis.stop()
-        response = client.post(f"/api/sync/{box.id}", json={}, headers=box.headers)
+    # Given Redis going away just before a sync is requested
+    redis.stop()
+    response = client.post(f"/api/sync/{box.id}", json={}, headers=box.headers)
 
-        # Then the request is still accepted; its task waits with no job behind it
-        assert response.status_code == 202, response.text
-        task_id = response.json()["taskId"]
-        again = client.post(f"/api/sync/{box.id}", json={}, headers=box.headers)
-        assert again.json()["taskId"] == task_id
+    # Then the request is still accepted; its task waits with no job behind it
+    assert response.status_code == 202, response.text
+    task_id = response.json()["taskId"]
+    again = client.post(f"/api/sync/{box.id}", json={}, headers=box.headers)
+    assert again.json()["taskId"] == task_id
 
-        # When Redis is back and the scheduler's outbox sweep runs
-        redis.start()
-        time.sleep(0.6)
-        assert isinstance(rt.jobs, workers.DramatiqJobs)
-        assert outbox.sweep(rt, rt.jobs) == [task_id]
-        assert outbox.sweep(rt, rt.jobs) == []  # queued now: not sent twice
+    # When Redis is back and the scheduler's outbox sweep runs
+    redis.start()
+    time.sleep(0.6)
+    assert isinstance(rt.jobs, workers.DramatiqJobs)
+    assert outbox.sweep(rt, rt.jobs) == [task_id]
+    assert outbox.sweep(rt, rt.jobs) == []  # queued now: not sent twice
 
-        # Then the same task runs and completes
-        task = wait_for_task(client, box.headers, task_id, timeout=30)
-        assert task["status"] == "success", task
-        assert sorted(inbox_subjects(client, box)) == [f"message {n:04d}" for n in range(3)]
-    finally:
-        redis.stop()
+    # Then the same task runs and completes
+    task = wait_for_task(client, box.headers, task_id, timeout=30)
+    assert task["status"] == "success", task
+    assert sorted(inbox_subjects(client, box)) == [f"message {n:04d}" for n in range(3)]
 
 
 def test_a_dead_workers_job_is_taken_up_again_within_the_heartbeat_timeout(
@@ -148,43 +144,40 @@ def test_a_dead_workers_job_is_taken_up_again_within_the_heartbeat_timeout(
     alice: Identity,
     dovecot: Dovecot,
     mail_user: MailUser,
-    tmp_path: Path,
+    private_redis: PrivateRedis,
 ) -> None:
     # Given a job taken by a worker that then vanished without acknowledging it (what
     # a SIGKILL leaves behind: the message sits in the dead worker's ack set)
-    redis = PrivateRedis(tmp_path)
+    redis = private_redis  # stopped after custom_app's worker: the fixtures' order
     redis.start()
+    client, rt = custom_app(
+        redis_url=redis.url,
+        queue_namespace="dead",
+        queue_heartbeat_timeout_ms=1000,
+        worker=False,
+    )
+    fill(dovecot, mail_user, 3)
+    box = account_for(client, alice, dovecot, mail_user)
+    task_id = client.post(f"/api/sync/{box.id}", json={}, headers=box.headers).json()["taskId"]
+    broker: Any = rt.jobs.broker  # type: ignore[attr-defined]
+    consumer = broker.consume("sync", prefetch=1, timeout=1000)
+    taken = next(message for message in consumer if message is not None)
+    assert taken.message_id == task_id
+    broker.broker_id = "a-fresh-process"  # the consumer above is the dead one now
+
+    # When a live worker runs, past the dead one's heartbeat timeout
+    started = time.monotonic()
+    jobs = rt.jobs
+    assert isinstance(jobs, workers.DramatiqJobs)
+    live = workers.start_worker(jobs, threads=1)
     try:
-        client, rt = custom_app(
-            redis_url=redis.url,
-            queue_namespace="dead",
-            queue_heartbeat_timeout_ms=1000,
-            worker=False,
-        )
-        fill(dovecot, mail_user, 3)
-        box = account_for(client, alice, dovecot, mail_user)
-        task_id = client.post(f"/api/sync/{box.id}", json={}, headers=box.headers).json()["taskId"]
-        broker: Any = rt.jobs.broker  # type: ignore[attr-defined]
-        consumer = broker.consume("sync", prefetch=1, timeout=1000)
-        taken = next(message for message in consumer if message is not None)
-        assert taken.message_id == task_id
-        broker.broker_id = "a-fresh-process"  # the consumer above is the dead one now
-
-        # When a live worker runs, past the dead one's heartbeat timeout
-        started = time.monotonic()
-        jobs = rt.jobs
-        assert isinstance(jobs, workers.DramatiqJobs)
-        live = workers.start_worker(jobs, threads=1)
-        try:
-            task = wait_for_task(client, box.headers, task_id, timeout=60)
-        finally:
-            live.stop()
-
-        # Then the job was delivered again and ran, long before Dramatiq's old 5 minutes
-        assert task["status"] == "success", task
-        assert time.monotonic() - started < 30
+        task = wait_for_task(client, box.headers, task_id, timeout=60)
     finally:
-        redis.stop()
+        live.stop()
+
+    # Then the job was delivered again and ran, long before Dramatiq's old 5 minutes
+    assert task["status"] == "success", task
+    assert time.monotonic() - started < 30
 
 
 def test_embedded_restart_resumes_the_tasks_the_dead_process_left(
