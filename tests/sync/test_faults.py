@@ -83,12 +83,16 @@ def test_s3_answering_500_for_a_while_delays_the_sync_but_loses_nothing(
     sync_settings: Settings,
 ) -> None:
     # Given attachments to store, and an S3 that will answer 500 to the next 10 requests
-    # (more than the client's own retries of one request absorb)
+    # (more than the client's own retries of one request absorb). A POP3 account: an IMAP
+    # sync stores no attachment blobs (they are fetched on first download), POP3 still does.
     flaky = FlakyS3(s3_server.endpoint)
     try:
         client, _rt = custom_app(s3_endpoint=flaky.endpoint)
         fill(dovecot, mail_user, 12, attachment=True)
-        box = account_for(client, alice, dovecot, mail_user)
+        box = account_for(
+            client, alice, dovecot, mail_user, protocol="pop3", port=dovecot.pop3s_port,
+            encryption="tls",
+        )  # fmt: skip
         flaky.fail(10)
 
         # When the account is synced
