@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from db.models import Task
+from email_service import locks
 from email_service.jobs import Attempt
 from email_service.runtime import Runtime
 from email_service.services import delivery
@@ -107,6 +108,17 @@ def test_database_lost_when_smtp_accepts_is_recorded_and_not_sent_twice(
     assert delivered(smtp_server, queued["messageId"]) == 1
 
 
+def _wait_until_not_running(runtime: Runtime, task_id: str, timeout: float = 30.0) -> None:
+    """Wait until no run of the send task holds its lock (``delivery.run_send``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with locks.try_lock(runtime.db, f"send:{task_id}") as taken:
+            if taken:
+                return
+        assert time.monotonic() < deadline, f"send task {task_id} kept running"
+        time.sleep(0.05)
+
+
 def test_a_run_that_died_after_acceptance_never_sends_again(
     api: Any,
     sync_runtime: Runtime,
@@ -122,6 +134,9 @@ def test_a_run_that_died_after_acceptance_never_sends_again(
     queued = send(api, sender, to=[to.email])
     row = await_task(sync_runtime, alice, queued["taskId"])
     assert row.status == "success" and delivered(smtp_server, queued["messageId"]) == 1
+    # (the worker reports success before it deletes the task's blobs and lets go of the
+    # task's lock: wait for that, or the run below finds the task "running elsewhere")
+    _wait_until_not_running(sync_runtime, row.id)
     raw_key = row.payload["rawKey"]
     sync_runtime.blobs.put(raw_key, b"From: a@example.test\r\n\r\nx", "message/rfc822")
     batch = {"accepted": [to.email], "refused": {}, "deferred": {}}
