@@ -19,9 +19,9 @@ What the feed promises, and why it holds:
    (shared), so every position it returns for a user was committed or will never be
    that user's: a client starting from it misses nothing.
 4. **Wake-ups are hints, the table is the truth.** On PostgreSQL the hook also issues
-   ``pg_notify`` (delivered only if the transaction commits); in every process,
-   listeners registered with ``add_commit_listener`` run after the commit. A lost
-   wake-up only delays a reader until its next look.
+   ``pg_notify`` (delivered only if the transaction commits); in every process, the
+   listeners of ``LISTENERS`` run after the commit. A lost wake-up only delays a reader
+   until its next look.
 
 ``occurred_at`` is the commit time (taken in the hook), so it grows with the position
 for each user, which lets the retention cut-off and cursor expiry use time.
@@ -31,16 +31,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import insert, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from db.listeners import CommitListeners
 from db.models import Account, Change
 
 log = logging.getLogger(__name__)
@@ -66,26 +65,10 @@ class CommittedChanges:
     engine: Any = field(default=None, compare=False)
 
 
-CommitListener = Callable[[list[CommittedChanges]], None]
-_listeners: list[CommitListener] = []
-_listeners_guard = threading.Lock()
-
-
-def add_commit_listener(listener: CommitListener) -> None:
-    """Call ``listener`` in this process after every commit that recorded changes.
-
-    It runs on the committing thread, so it must be quick and must not raise
-    (webhook queuing, waking streams).
-    """
-    with _listeners_guard:
-        if listener not in _listeners:
-            _listeners.append(listener)
-
-
-def remove_commit_listener(listener: CommitListener) -> None:
-    with _listeners_guard:
-        if listener in _listeners:
-            _listeners.remove(listener)
+#: ``listener(engine, committed)`` after every commit that recorded changes, in this
+#: process. It runs on the committing thread, so it must be quick and must not raise
+#: (webhook queuing, waking streams).
+LISTENERS: CommitListeners[CommittedChanges] = CommitListeners("change")
 
 
 def owner_lock_key(tenant_id: uuid.UUID, user_id: uuid.UUID) -> int:
@@ -208,13 +191,7 @@ def _after_commit(session: Session) -> None:
     session.info.pop(_OWNERS, None)
     if not committed:
         return
-    with _listeners_guard:
-        listeners = list(_listeners)
-    for listener in listeners:
-        try:
-            listener(committed)
-        except Exception:
-            log.exception("a change listener failed")
+    LISTENERS.notify(committed[0].engine, committed)
 
 
 def _after_rollback(session: Session) -> None:

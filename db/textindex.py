@@ -40,16 +40,17 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
+
+from db.listeners import CommitListeners
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +253,9 @@ _SQLITE_INSERT = text(
 #: ``session.info`` key: the tenants whose entries this transaction left pending.
 _PENDING_TENANTS = "search_pending_tenants"
 
-PendingListener = Callable[[Any, set[Any]], None]
-_listeners: list[PendingListener] = []
-_listeners_guard = threading.Lock()
+#: ``listener(engine, tenant_ids)`` after every commit that left entries pending, in this
+#: process (``tenant_ids``: the tenants they belong to).
+LISTENERS: CommitListeners[Any] = CommitListeners("search index")
 
 
 def index_messages(
@@ -268,7 +269,7 @@ def index_messages(
     transaction (one statement for the batch on PostgreSQL).
 
     Documents that hold only a body prefix are marked ``pending``, and after the commit
-    the listeners (``add_pending_listener``) hear which tenants have entries to complete.
+    the ``LISTENERS`` hear which tenants have entries to complete.
     ``track_pending=False`` is for migration 0016, whose tables have no mark yet.
     """
     if not documents:
@@ -403,32 +404,10 @@ def _strings(value: Any) -> list[str]:
     return [str(item) for item in value or []]
 
 
-def add_pending_listener(listener: PendingListener) -> None:
-    """Call ``listener(engine, tenant_ids)`` in this process after every commit that left
-    entries pending (``tenant_ids``: the tenants they belong to)."""
-    with _listeners_guard:
-        if listener not in _listeners:
-            _listeners.append(listener)
-
-
-def remove_pending_listener(listener: PendingListener) -> None:
-    with _listeners_guard:
-        if listener in _listeners:
-            _listeners.remove(listener)
-
-
 def _after_commit(session: Session) -> None:
     tenants: set[Any] | None = session.info.pop(_PENDING_TENANTS, None)
-    if not tenants:
-        return
-    with _listeners_guard:
-        listeners = list(_listeners)
-    engine = session.get_bind()
-    for listener in listeners:
-        try:
-            listener(engine, tenants)
-        except Exception:
-            log.exception("a search index listener failed")
+    if tenants:
+        LISTENERS.notify(session.get_bind(), tenants)
 
 
 def _after_rollback(session: Session) -> None:

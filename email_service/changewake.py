@@ -19,6 +19,7 @@ import logging
 import threading
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from db import changes
 
@@ -51,7 +52,7 @@ class ChangeWaker:
         self._listener: threading.Thread | None = None
         # Set once the LISTEN is in place (tests and the bench wait for it).
         self.listening = threading.Event()
-        changes.add_commit_listener(self._committed)
+        changes.LISTENERS.add(self._committed)
 
     def subscribe(self, tenant_id: uuid.UUID, user_id: uuid.UUID) -> Waiter:
         """Register the calling coroutine's stream; call from the event loop."""
@@ -88,12 +89,12 @@ class ChangeWaker:
                 self.unsubscribe(waiter)
 
     def close(self) -> None:
-        changes.remove_commit_listener(self._committed)
+        changes.LISTENERS.remove(self._committed)
         self._stop.set()
         if self._listener is not None:
             self._listener.join(timeout=5)
 
-    def _committed(self, committed: list[changes.CommittedChanges]) -> None:
+    def _committed(self, _engine: Any, committed: list[changes.CommittedChanges]) -> None:
         for entry in committed:
             self.wake(entry.tenant_id, entry.user_id)
 

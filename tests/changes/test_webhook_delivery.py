@@ -112,14 +112,14 @@ def test_a_lost_fan_out_is_made_good_by_the_sweep(
     )
     assert response.status_code == 201, response.text
     # Every process "dies" between its commit and queueing the fan-out.
-    listeners = list(fanout._installed.values())
+    listeners = feed.LISTENERS.installed()
     for listener in listeners:
-        feed.remove_commit_listener(listener)
+        feed.LISTENERS.remove(listener)
     try:
         sync(api, mailbox)
     finally:
         for listener in listeners:
-            feed.add_commit_listener(listener)
+            feed.LISTENERS.add(listener)
     assert receiver.requests == []
 
     assert fanout.sweep(deliverable, now=now_ms() + 60_000) >= 1

@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
 
 from db import textindex
 from db.models import new_id
@@ -80,29 +79,16 @@ def sweep(runtime: Runtime) -> int:
     return len(tenants)
 
 
-_installed: dict[int, textindex.PendingListener] = {}
-
-
 def install(runtime: Runtime) -> None:
     """Queue a completion after every commit of this process that left entries pending."""
-
-    def committed(engine: Any, tenants: set[Any]) -> None:
-        if engine is not runtime.db.engine:
-            return  # another runtime's commit (tests run several in one process)
-        for tenant_id in tenants:
-            try:
-                queue_completion(runtime, tenant_id)
-            except Exception:
-                # The sweep queues it later; the commit itself has happened.
-                log.warning("could not queue a search index completion", exc_info=True)
-
-    uninstall(runtime)
-    _installed[id(runtime)] = committed
-    textindex.add_pending_listener(committed)
+    textindex.LISTENERS.install(
+        runtime,
+        runtime.db.engine,
+        lambda tenant_id: queue_completion(runtime, tenant_id),
+        job="search index completion",
+    )
 
 
 def uninstall(runtime: Runtime) -> None:
     """Stop queueing completions for ``runtime`` (a runtime being closed, or a test)."""
-    listener = _installed.pop(id(runtime), None)
-    if listener is not None:
-        textindex.remove_pending_listener(listener)
+    textindex.LISTENERS.uninstall(runtime)

@@ -81,31 +81,20 @@ def queue_fanout(runtime: Runtime, tenant_id: uuid.UUID, user_id: uuid.UUID) -> 
     ).send()
 
 
-_installed: dict[int, feed.CommitListener] = {}
-
-
 def install(runtime: Runtime) -> None:
     """Queue a fan-out after every commit of this process that recorded changes."""
-
-    def committed(batch: list[feed.CommittedChanges]) -> None:
-        own = [c for c in batch if c.engine is None or c.engine is runtime.db.engine]
-        for entry in {(c.tenant_id, c.user_id) for c in own}:
-            try:
-                queue_fanout(runtime, *entry)
-            except Exception:
-                # The sweep queues it later; the commit itself has happened.
-                log.warning("could not queue a webhook fan-out", exc_info=True)
-
-    uninstall(runtime)
-    _installed[id(runtime)] = committed
-    feed.add_commit_listener(committed)
+    feed.LISTENERS.install(
+        runtime,
+        runtime.db.engine,
+        lambda owner: queue_fanout(runtime, *owner),
+        job="webhook fan-out",
+        key=lambda change: (change.tenant_id, change.user_id),
+    )
 
 
 def uninstall(runtime: Runtime) -> None:
     """Stop queueing fan-outs for ``runtime`` (a runtime being closed, or a test)."""
-    listener = _installed.pop(id(runtime), None)
-    if listener is not None:
-        feed.remove_commit_listener(listener)
+    feed.LISTENERS.uninstall(runtime)
 
 
 def fan_out(runtime: Runtime, tenant_id: uuid.UUID, user_id: uuid.UUID) -> int:
