@@ -17,6 +17,7 @@ import time
 import uuid
 
 from bench.memory import peak_rss_mib
+from db import textindex
 from email_service.config import load_settings
 from email_service.identity import Caller
 from email_service.jobs import Attempt
@@ -108,6 +109,46 @@ def _cpu_seconds(runtime: object) -> float:
     return total
 
 
+class _SqlCounter:
+    """Statements, transactions and database round trips of one process's engine.
+
+    Unlike elapsed time these do not move with the machine's load. A round trip is a
+    statement, a transaction's BEGIN (psycopg sends it before the first statement) or
+    its COMMIT/ROLLBACK; statements on autocommit connections (the account's lock)
+    have no BEGIN or COMMIT.
+    """
+
+    def __init__(self, engine: object) -> None:
+        from sqlalchemy import event
+
+        self.statements = self.transactions = self.round_trips = 0
+        event.listen(engine, "before_cursor_execute", self._statement)
+        event.listen(engine, "begin", self._begin)
+        event.listen(engine, "commit", self._end)
+        event.listen(engine, "rollback", self._end)
+
+    def _statement(self, *_args: object) -> None:
+        self.statements += 1
+        self.round_trips += 1
+
+    def _begin(self, connection: object) -> None:
+        if not _autocommit(connection):
+            self.transactions += 1
+            self.round_trips += 1
+
+    def _end(self, connection: object) -> None:
+        if not _autocommit(connection):
+            self.round_trips += 1
+
+    def snapshot(self) -> tuple[int, int, int]:
+        return self.statements, self.transactions, self.round_trips
+
+
+def _autocommit(connection: object) -> bool:
+    options = connection.get_execution_options()  # type: ignore[attr-defined]
+    return bool(options.get("isolation_level") == "AUTOCOMMIT")
+
+
 def _without_search_index() -> None:
     """P1's comparison run: the mail store writes no search index (nor builds its text)."""
     from email_service.mailstore import messages as store
@@ -128,7 +169,8 @@ def main() -> None:
     runtime = build_runtime(load_settings())
     runtime.jobs = _Unsent()
 
-    # Count IMAP commands: every ImapSession this process opens adds its round trips.
+    # Count IMAP commands: every ImapSession this process opens adds its round trips
+    # (a session kept open by the worker's pool counts in every sync that uses it).
     sessions: list[imap_module.ImapSession] = []
     original_init = imap_module.ImapSession.__init__
 
@@ -142,12 +184,18 @@ def main() -> None:
         _without_search_index()
     if os.environ.get("BENCH_TRACEMALLOC"):
         _watch_memory()
+    sql = _SqlCounter(runtime.db.engine)
+    # A worker completes search entries only after a commit that left some pending (the
+    # listener ``fullindex.install`` registers queues the job); so does this process.
+    left_pending: set[object] = set()
+    textindex.add_pending_listener(lambda _engine, tenants: left_pending.update(tenants))
     for _ in range(args.repeat):
-        sessions.clear()
         with open_scope(runtime, Caller(args.tenant, args.user)) as scope:
             account = load_account(scope, args.account, for_update=True)
             task_id = sync.request_sync(scope, account, force=args.force)["taskId"]
         cpu_before = _cpu_seconds(runtime)
+        trips_before = sum(s.round_trips for s in sessions)
+        sql_before = sql.snapshot()
         began = time.perf_counter()
         profile_to = os.environ.get("BENCH_PROFILE")
         if profile_to:
@@ -162,11 +210,19 @@ def main() -> None:
         else:
             sync.run_sync(runtime, args.tenant, task_id, Attempt(0, last=True))
         sync_seconds = time.perf_counter() - began
+        trips = sum(s.round_trips for s in sessions) - trips_before
+        statements, transactions, db_trips = (
+            after - before for after, before in zip(sql.snapshot(), sql_before, strict=True)
+        )
         sync_cpu = _cpu_seconds(runtime) - cpu_before
         # The search entries the sync left to complete, as the worker completes them after
         # its commits: part of the sync's cost, so counted in its figures (and shown apart).
-        completed = fullindex.complete_pending(runtime, args.tenant, seconds=None)
-        seconds = time.perf_counter() - began
+        # (Timed apart: the CPU reading above is the bench's own, not the sync's.)
+        completed, index_began = 0, time.perf_counter()
+        if left_pending:
+            left_pending.clear()
+            completed = fullindex.complete_pending(runtime, args.tenant, seconds=None)
+        seconds = sync_seconds + time.perf_counter() - index_began
         cpu = _cpu_seconds(runtime) - cpu_before
         task = TaskReport(JobUnit(runtime, args.tenant), task_id).load()
         assert task is not None
@@ -182,7 +238,11 @@ def main() -> None:
                     "status": task.status,
                     "error": task.error,
                     "result": task.result,
-                    "round_trips": sum(s.round_trips for s in sessions),
+                    "round_trips": trips,
+                    # The sync's own database work (not the search completion after it).
+                    "statements": statements,
+                    "transactions": transactions,
+                    "db_round_trips": db_trips,
                 }
             ),
             flush=True,
