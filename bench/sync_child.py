@@ -188,7 +188,7 @@ def main() -> None:
     # A worker completes search entries only after a commit that left some pending (the
     # listener ``fullindex.install`` registers queues the job); so does this process.
     left_pending: set[object] = set()
-    textindex.add_pending_listener(lambda _engine, tenants: left_pending.update(tenants))
+    textindex.LISTENERS.add(lambda _engine, tenants: left_pending.update(tenants))
     for _ in range(args.repeat):
         with open_scope(runtime, Caller(args.tenant, args.user)) as scope:
             account = load_account(scope, args.account, for_update=True)
