@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from connexion import FlaskApp
 from connexion.middleware import MiddlewarePosition
+from connexion.middleware.lifespan import Lifespan
 from connexion.options import SwaggerUIOptions
 
 import workers
@@ -18,6 +19,7 @@ from email_service.ratelimit import RateLimitPolicy, RateLimits
 from email_service.runtime import Runtime, build_runtime, set_runtime
 from email_service.web import errors
 from email_service.web.bodylimit import BodyLimitMiddleware
+from email_service.web.heap import settled_heap
 from email_service.web.middleware import ObservabilityMiddleware, operation_names
 from email_service.web.probes import ProbeMiddleware
 from email_service.web.ratelimit import RateLimitHeadersMiddleware, RateLimitMiddleware
@@ -45,11 +47,13 @@ def create_app(
     *,
     runtime: Runtime | None = None,
     validate_responses: bool = False,
+    lifespan: Lifespan | None = None,
 ) -> FlaskApp:
     """Build the Connexion app for ``settings`` (read from the environment when None).
 
     ``validate_responses`` is for tests: a body that does not match the spec becomes
-    a 500, so a drift between code and contract cannot pass unnoticed.
+    a 500, so a drift between code and contract cannot pass unnoticed. ``lifespan`` runs
+    at the ASGI lifespan's startup, once Connexion has built its middleware stack.
     """
     if runtime is None:
         runtime = build_runtime(settings or load_settings())
@@ -59,7 +63,7 @@ def create_app(
     spec = load_spec()
 
     # pythonic_params: accountId arrives as account_id, filter as filter_.
-    app = FlaskApp(__name__, specification_dir=SPEC_DIR, pythonic_params=True)
+    app = FlaskApp(__name__, specification_dir=SPEC_DIR, pythonic_params=True, lifespan=lifespan)
     app.add_api(
         SPEC_FILE,
         resolver=OperationResolver(),
@@ -110,7 +114,8 @@ def create_app_from_env() -> FlaskApp:
     configure(settings)
     runtime = build_runtime(settings)
     jobs = workers.install(runtime)
-    app = create_app(runtime=runtime)
+    # The server's heap, once built, is frozen out of the collector's scans (web/heap.py).
+    app = create_app(runtime=runtime, lifespan=settled_heap)
     if settings.embedded:
         # Nothing else will run the jobs or the scheduler: this process does. Its queue
         # lives in memory, so work that was pending or running when the last process
