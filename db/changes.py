@@ -5,9 +5,9 @@ What the feed promises, and why it holds:
 1. **No change without its state, no state without its change.** ``record_change`` only
    queues the change on the session; the row is inserted by the session's
    ``before_commit`` hook, inside the same transaction as the writes it describes. If
-   the transaction rolls back, the queued changes are dropped with it (``after_rollback``).
-   Writers call ``record_change`` after the write succeeded and outside any savepoint
-   that may still roll back.
+   the transaction rolls back, the queued changes are dropped with it (``after_rollback``);
+   if a savepoint rolls back, only the changes recorded inside it are. Writers call
+   ``record_change`` after the write succeeded.
 2. **Positions grow in commit order, per user.** A reader that has seen position N must
    never later find a committed N' < N of the same user. So positions are taken as
    late as possible and under a lock: on PostgreSQL the hook takes a transaction-level
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import insert, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
 from db.listeners import CommitListeners
 from db.models import Account, Change
@@ -50,6 +50,7 @@ NOTIFY_CHANNEL = "email_service_changes"
 _PENDING = "changes.pending"
 _COMMITTED = "changes.committed"
 _OWNERS = "changes.owners"
+_SAVEPOINTS = "changes.savepoints"
 
 
 @dataclass(frozen=True)
@@ -194,10 +195,27 @@ def _after_commit(session: Session) -> None:
     LISTENERS.notify(committed[0].engine, committed)
 
 
+def _after_transaction_create(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.nested:
+        # How many changes the savepoint starts after: its rollback drops only its own.
+        recorded = session.info.get(_PENDING)
+        session.info.setdefault(_SAVEPOINTS, {})[transaction] = len(recorded or ())
+
+
 def _after_rollback(session: Session) -> None:
+    session.info.pop(_OWNERS, None)
+    if session.in_nested_transaction():
+        # A savepoint rolled back (SQLAlchemy tells that as a rollback too): the changes
+        # recorded before it describe writes that are still to commit, and are kept.
+        savepoint = session.get_nested_transaction()
+        start = session.info.get(_SAVEPOINTS, {}).pop(savepoint, None)
+        recorded = session.info.get(_PENDING)
+        if start is not None and recorded:
+            del recorded[start:]
+        return
     session.info.pop(_PENDING, None)
     session.info.pop(_COMMITTED, None)
-    session.info.pop(_OWNERS, None)
+    session.info.pop(_SAVEPOINTS, None)
 
 
 def install(sessions: sessionmaker[Session]) -> None:
@@ -206,4 +224,5 @@ def install(sessions: sessionmaker[Session]) -> None:
 
     event.listen(sessions, "before_commit", _before_commit)
     event.listen(sessions, "after_commit", _after_commit)
+    event.listen(sessions, "after_transaction_create", _after_transaction_create)
     event.listen(sessions, "after_rollback", _after_rollback)

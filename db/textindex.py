@@ -405,12 +405,20 @@ def _strings(value: Any) -> list[str]:
 
 
 def _after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        # A savepoint released (SQLAlchemy calls that a commit too): nothing is committed
+        # yet, and a completion woken now would find no entry and end, leaving it pending.
+        return
     tenants: set[Any] | None = session.info.pop(_PENDING_TENANTS, None)
     if tenants:
         LISTENERS.notify(session.get_bind(), tenants)
 
 
 def _after_rollback(session: Session) -> None:
+    if session.in_nested_transaction():
+        # A savepoint rolled back: the entries written before it are still to commit. A
+        # tenant noted inside it costs at most a completion that finds nothing.
+        return
     session.info.pop(_PENDING_TENANTS, None)
 
 
