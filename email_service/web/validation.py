@@ -7,6 +7,7 @@ validators describe the problem by field name and rule only.
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 from collections.abc import Iterator
@@ -15,7 +16,10 @@ from typing import Any
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
 from connexion.json_schema import Draft4RequestValidator, Draft4Validator
+from connexion.utils import is_null, is_nullable
 from connexion.validators import VALIDATOR_MAP, JSONRequestBodyValidator, ParameterValidator
+from connexion.validators.parameter import Draft4Validator as _StockDraft4Validator
+from connexion.validators.parameter import draft4_format_checker as _draft4_format_checker
 from jsonschema import ValidationError
 from jsonschema.exceptions import best_match
 from jsonschema.validators import extend
@@ -127,13 +131,44 @@ class BodyValidator(JSONRequestBodyValidator):
 
 
 class ParamValidator(ParameterValidator):
-    @staticmethod
+    """Connexion's parameter checks, with each parameter's schema validator built once.
+
+    The stock ``validate_parameter`` deep-copies the parameter and builds a new
+    ``Draft4Validator`` for every parameter of every request (six per ``listMessages``);
+    the schemas never change, so each is built once per parameter and reused. The rules
+    and the verdicts are the stock ones (Draft 4 with its format checker), and a failure
+    is described by field name and rule only, never by the rejected value.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # id(param) -> (param, its validator); the params live in self.parameters.
+        self._checkers: dict[int, tuple[dict[str, Any], Any]] = {}
+
+    def _checker(self, param: dict[str, Any]) -> Any:
+        entry = self._checkers.get(id(param))
+        if entry is None or entry[0] is not param:
+            schema = copy.deepcopy(param)
+            schema = schema.get("schema", schema)
+            entry = (param, _StockDraft4Validator(schema, format_checker=_draft4_format_checker))
+            self._checkers[id(param)] = entry
+        return entry[1]
+
     def validate_parameter(
-        parameter_type: str, value: Any, param: dict[str, Any], param_name: str | None = None
+        self,
+        parameter_type: str,
+        value: Any,
+        param: dict[str, Any],
+        param_name: str | None = None,
     ) -> str | None:
-        message = ParameterValidator.validate_parameter(parameter_type, value, param, param_name)
-        if message is None or message.startswith("Missing"):
-            return message
+        if is_nullable(param) and is_null(value):
+            return None
+        if value is None:
+            if param.get("required"):
+                return f"Missing {parameter_type} parameter '{param['name']}'"
+            return None
+        if self._checker(param).is_valid(value):
+            return None
         schema = param.get("schema", param)
         error = best_match(Draft4Validator(schema).iter_errors(value))
         reason = describe(error) if error is not None else "is invalid"
