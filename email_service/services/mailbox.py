@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, case, select
+from sqlalchemy import Integer, Row, Select, bindparam, case, select
 
 from db.models import Account, Attachment, Folder, Message
 from email_service import present
@@ -58,23 +58,36 @@ class FolderCounts:
     unread_count: int
 
 
+# The folder and the ownership of its account in one query: every page asks. Built once
+# with bound parameters (a page's statements are the same each time: building them and
+# their cache keys cost more CPU than the page's query, README "Performance", P3).
+_FOLDER_COUNTS = (
+    select(Folder.id, Folder.message_count, Folder.unread_count)
+    .join(Account, Account.id == Folder.account_id)
+    .where(
+        Folder.id == bindparam("folder_id"),
+        Folder.account_id == bindparam("account_id"),
+        Folder.tenant_id == bindparam("tenant_id"),
+        Account.tenant_id == bindparam("tenant_id"),
+        Account.user_id == bindparam("user_id"),
+        Account.deleted_at.is_(None),
+    )
+)
+
+
 def _load_folder(scope: Scope, account_id: str, folder_id: str) -> FolderCounts:
     caller = scope.caller
-    # The folder and the ownership of its account in one query: every page asks. Plain
-    # columns on the session's connection (Core): a page reads, the ORM has nothing to do.
+    # Plain columns on the session's connection (Core): a page reads, the ORM has nothing to do.
     row = (
         scope.session.connection()
         .execute(
-            select(Folder.id, Folder.message_count, Folder.unread_count)
-            .join(Account, Account.id == Folder.account_id)
-            .where(
-                Folder.id == folder_id,
-                Folder.account_id == account_id,
-                Folder.tenant_id == caller.tenant_id,
-                Account.tenant_id == caller.tenant_id,
-                Account.user_id == caller.user_id,
-                Account.deleted_at.is_(None),
-            )
+            _FOLDER_COUNTS,
+            {
+                "folder_id": folder_id,
+                "account_id": account_id,
+                "tenant_id": caller.tenant_id,
+                "user_id": caller.user_id,
+            },
         )
         .one_or_none()
     )
@@ -125,6 +138,44 @@ def list_messages(
     ).as_dict()
 
 
+_PAGE_STATEMENTS: dict[tuple[str, bool, bool], Select[Any]] = {}
+
+
+def _page_statement(read_filter: str, by_sender: bool, descending: bool) -> Select[Any]:
+    """The page query for one filter and ordering, built once, with bound parameters
+    ``folder_id``, ``tenant_id``, ``take`` (LIMIT) and ``skip`` (OFFSET)."""
+    key = (read_filter, by_sender, descending)
+    statement = _PAGE_STATEMENTS.get(key)
+    if statement is not None:
+        return statement
+    conditions = [
+        Message.folder_id == bindparam("folder_id"),
+        Message.tenant_id == bindparam("tenant_id"),
+    ]
+    if read_filter == "read":
+        conditions.append(Message.is_read.is_(True))
+    elif read_filter == "unread":
+        conditions.append(Message.is_read.is_(False))
+    column = Message.from_address if by_sender else Message.received_at
+    ordering = (
+        (column.desc(), Message.id.desc()) if descending else (column.asc(), Message.id.asc())
+    )
+    # Deferred join: find the page's ids on the narrow index first, then load only those
+    # rows. A deep OFFSET then skips index entries instead of whole message rows.
+    page_ids = (
+        select(Message.id)
+        .where(*conditions)
+        .order_by(*ordering)
+        .limit(bindparam("take", type_=Integer))
+        .offset(bindparam("skip", type_=Integer))
+    ).subquery()
+    statement = (
+        select(*LIST_COLUMNS).join(page_ids, page_ids.c.id == Message.id).order_by(*ordering)
+    )
+    _PAGE_STATEMENTS[key] = statement
+    return statement
+
+
 def message_page(
     scope: Scope,
     account_id: str,
@@ -136,19 +187,15 @@ def message_page(
     read_filter: str,
 ) -> MessagePage:
     folder = _load_folder(scope, account_id, folder_id)
-    conditions = [Message.folder_id == folder.id, Message.tenant_id == scope.caller.tenant_id]
     # The folder's counts are kept exact by every write to its messages (sync batches,
     # sends, flag changes), so a page never pays for counting a large folder.
     total = folder.message_count
     if read_filter == "read":
-        conditions.append(Message.is_read.is_(True))
         total = folder.message_count - folder.unread_count
     elif read_filter == "unread":
-        conditions.append(Message.is_read.is_(False))
         total = folder.unread_count
 
     field, _, direction = sort.partition(":")
-    column = Message.from_address if field == "from" else Message.received_at
     descending = direction == "desc"
     # A page past the middle is read from the other end: OFFSET walks the index from
     # where it starts, so the last page costs what the first one does.
@@ -158,19 +205,18 @@ def message_page(
         skip = max(total - offset - limit, 0)
         descending = not descending
     take = min(limit, max(total - offset, 0)) if reverse else limit
-    ordering = (
-        (column.desc(), Message.id.desc()) if descending else (column.asc(), Message.id.asc())
-    )
-    # Deferred join: find the page's ids on the narrow index first, then load only those
-    # rows. A deep OFFSET then skips index entries instead of whole message rows.
-    page_ids = (
-        select(Message.id).where(*conditions).order_by(*ordering).limit(take).offset(skip)
-    ).subquery()
+    statement = _page_statement(read_filter, field == "from", descending)
     # Plain rows through Core, not the ORM: a page is read, never changed.
     rows = list(
         scope.session.connection()
         .execute(
-            select(*LIST_COLUMNS).join(page_ids, page_ids.c.id == Message.id).order_by(*ordering)
+            statement,
+            {
+                "folder_id": folder.id,
+                "tenant_id": scope.caller.tenant_id,
+                "take": take,
+                "skip": skip,
+            },
         )
         .all()
     )
