@@ -233,6 +233,10 @@ class ImapSession:
         # response internals, which typeshed does not describe.
         self._imap: Any = None
         self._broken = False
+        # What a hostile or broken server made the session put up with (a literal over
+        # the cap thrown away, an answer that could not be read, UIDs beyond the folder):
+        # the session did its work, but it is not kept for another job.
+        self._irregular: str | None = None
         self._selected: str | None = None
         self._readonly = True
         self._state: FolderState | None = None
@@ -320,8 +324,16 @@ class ImapSession:
 
     @property
     def reusable(self) -> bool:
-        """Whether the session is open and no command broke it (it may serve another job)."""
-        return self._imap is not None and not self._broken
+        """Whether the session may serve another job: open, no command broke it, and the
+        server kept within every bound (see :meth:`_mark_irregular`)."""
+        return self._imap is not None and not self._broken and self._irregular is None
+
+    def _mark_irregular(self, what: str) -> None:
+        """The server crossed a bound that the session survives (the answer was thrown
+        away or clipped): finish the job, but never hand the session to another."""
+        if self._irregular is None:
+            self._irregular = what
+            log.info("the IMAP session to %s will not be reused: %s", self._endpoint.address, what)
 
     def noop(self) -> None:
         """NOOP: proves the connection still answers (a pooled session, before reuse)."""
@@ -519,7 +531,10 @@ class ImapSession:
 
     def _take_discarded(self) -> int | None:
         reader = getattr(self._imap, "file", None)
-        return reader.take_discarded() if isinstance(reader, BoundedReader) else None
+        size = reader.take_discarded() if isinstance(reader, BoundedReader) else None
+        if size is not None:
+            self._mark_irregular("a literal over the size cap was thrown away")
+        return size
 
     def _command(self, name: str, *args: str | bytes | None) -> tuple[str, list[Any]]:
         """Send one command and wait for its completion; returns imaplib's (typ, data)."""
@@ -784,7 +799,10 @@ class ImapSession:
         """
         state = self._state
         if state is not None:
-            ranges = ranges.clip(1, max(state.uidnext - 1, 0))
+            clipped = ranges.clip(1, max(state.uidnext - 1, 0))
+            if len(clipped) != len(ranges):
+                self._mark_irregular("UIDs at or above UIDNEXT were reported")
+            ranges = clipped
             exists = state.exists
             for value in self._imap.untagged_responses.get("EXISTS", []):
                 with suppress(ValueError, TypeError):
@@ -1077,6 +1095,8 @@ class ImapSession:
                             else _discarded(parts, discarded)
                         )
                         for data in parsed:
+                            if _UNREADABLE in data:
+                                self._mark_irregular("an answer could not be read")
                             uid = data.get(b"UID")
                             if uid is not None:
                                 yield uid, data
@@ -1474,11 +1494,14 @@ def pooled_session(
     endpoint: MailEndpoint, pool: ConnectionPool[ImapSession] | None, owner: str
 ) -> Iterator[ImapSession]:
     """An open session for ``endpoint``: a pooled one of ``owner`` that answers NOOP, or a
-    new one; given back to ``pool`` after the block unless the block failed or broke it.
+    new one; given back to ``pool`` after the block unless the block failed, broke it, or
+    the server crossed a bound on the way (``ImapSession.reusable``).
 
     Without ``pool`` it is ``with ImapSession(endpoint)``. A session from the pool was
     opened with exactly these settings (see :mod:`email_service.mail.pool`); one that
-    does not answer its NOOP is closed and replaced before the block runs.
+    does not answer its NOOP is closed and replaced before the block runs. A session is
+    given back with no folder selected (UNSELECT, when the block left one), so the next
+    job starts where a new session would.
     """
     if pool is None:
         with ImapSession(endpoint) as session:
@@ -1504,6 +1527,11 @@ def pooled_session(
         session.close()
         raise
     if session.reusable:
+        try:
+            session.unselect()
+        except MailError:
+            session.close()
+            return
         pool.give(key, session)
     else:
         session.close()

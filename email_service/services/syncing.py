@@ -23,7 +23,7 @@ from email_service.crypto import DecryptionError
 from email_service.errors import ServiceError
 from email_service.jobs import Attempt, RetryLater, infrastructure_trouble
 from email_service.mail.errors import MailAuthError, MailError
-from email_service.mail.imap import ImapSession
+from email_service.mail.imap import pooled_session
 from email_service.mail.pop3 import Pop3Session
 from email_service.mailstore.messages import MessageStore, delete_blobs
 from email_service.oauth2 import OAuth2Error, OAuth2Unavailable
@@ -155,7 +155,9 @@ def _run_locked(
             with Pop3Session(endpoint) as pop:
                 sync_pop3(job, pop)
         else:
-            with ImapSession(endpoint) as imap:
+            # The worker keeps the account's session across jobs (mail/pool.py): one
+            # that ended cleanly serves the next sync or Sent copy after a NOOP.
+            with pooled_session(endpoint, runtime.mail_pools.imap, account.id) as imap:
                 sync_imap(job, imap)
     except Exception as exc:
         reason = _describe(exc)

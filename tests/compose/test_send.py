@@ -512,11 +512,11 @@ def test_sends_of_an_account_share_a_connection_until_its_password_changes(
     for _ in range(2):
         queued = send(api, sender, to=[recipient.email])
         assert finished(api, sync_runtime, sender, alice, queued["taskId"])["status"] == "success"
-    # Then both went over one SMTP connection (one client port), and the second Sent
-    # copy over the IMAP session of the first
+    # Then both went over one SMTP connection (one client port), and both Sent copies
+    # over the IMAP session the account's sync left
     first, second = [t.peer for t in smtp_server.transactions]
     assert first is not None and first == second
-    assert sync_runtime.mail_pools.imap.reused == imap_reused + 1
+    assert sync_runtime.mail_pools.imap.reused == imap_reused + 2
     assert (
         len(with_message_id(server_messages(dovecot, sender.user, "Sent"), queued["messageId"]))
         == 1

@@ -11,8 +11,10 @@ import pytest
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.errors import MailAuthError, MailProtocolError, SmtpTransientError
 from email_service.mail.imap import ImapSession, pooled_session
+from email_service.mail.limits import MailLimits
 from email_service.mail.pool import ConnectionPool, PoolKey, pool_key
 from email_service.mail.smtp import Submission, close_connection, send
+from tests.servers import hostile
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.smtp import SmtpServer
 
@@ -197,9 +199,13 @@ def test_an_imap_session_serves_the_next_job_of_the_account(
     endpoint = _imap_endpoint(dovecot, mail_user)
     with pooled_session(endpoint, imap_pool, OWNER) as first:
         first.select("INBOX")
-        trips = first.round_trips
+    trips = first.round_trips
     with pooled_session(endpoint, imap_pool, OWNER) as second:
         assert second is first and second.round_trips == trips + 1  # the NOOP only
+        # It came back with nothing selected (the first job's folder was left), so
+        # reading messages without choosing a folder is the error it is on a new session
+        with pytest.raises(RuntimeError, match="no folder is selected"):
+            second.uids()
         second.select("INBOX")
     assert imap_pool.reused == 1 and imap_pool.idle_count(OWNER) == 1
 
@@ -233,6 +239,46 @@ def test_an_imap_session_opened_with_an_old_password_is_not_used(
         pass
     assert imap_pool.reused == 0 and imap_pool.closed_stale == 1
     assert imap_pool.idle_count() == 0
+
+
+def test_an_imap_session_that_met_a_hostile_answer_is_not_kept(
+    dovecot: Dovecot, mail_user: MailUser, imap_pool: ConnectionPool[ImapSession]
+) -> None:
+    # Given a server (behind the rewriting proxy) that a pooled session already served
+    dovecot.append(mail_user, "INBOX", b"Subject: big\r\n\r\n" + b"x" * 300_000 + b"\r\n")
+    with hostile.HostileProxy(dovecot.imap_port) as proxy:
+        limits = MailLimits(max_message_bytes=20_000)
+        endpoint = _imap_endpoint(dovecot, mail_user, port=proxy.port, limits=limits)
+        with pooled_session(endpoint, imap_pool, OWNER) as first:
+            first.select("INBOX")
+        assert imap_pool.idle_count(OWNER) == 1
+
+        # When it turns hostile: a body far above its announced size, which the session
+        # reads and throws away, finishing the job
+        proxy.rules = [hostile.lying_size(100)]
+        with pooled_session(endpoint, imap_pool, OWNER) as second:
+            assert second is first
+            second.select("INBOX")
+            [fetched] = list(second.fetch(second.uids()))
+            assert fetched.too_large and fetched.raw == b""
+
+        # Then that session is closed, not kept for the next job
+        assert imap_pool.idle_count(OWNER) == 0
+
+        # And so is one that was told of UIDs the folder cannot hold
+        proxy.rules = [hostile.huge_esearch]
+        with pooled_session(endpoint, imap_pool, OWNER) as third:
+            assert third is not first
+            third.select("INBOX")
+            assert len(third.uids()) == 1
+        assert imap_pool.idle_count(OWNER) == 0
+
+        # While an honest exchange through the same proxy leaves its session kept
+        proxy.rules = []
+        with pooled_session(endpoint, imap_pool, OWNER) as fourth:
+            fourth.select("INBOX")
+            assert len(fourth.uids()) == 1
+        assert imap_pool.idle_count(OWNER) == 1
 
 
 # ----------------------------------------------------------------------------- bounds

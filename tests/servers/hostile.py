@@ -12,8 +12,10 @@ passed through untouched and never shown to rules) and returns
 * :data:`DRIP`: the line is sent one byte every ``drip_interval`` seconds.
 
 A rule can also change a literal's size: :func:`oversize_literal` makes the server
-announce and send a bigger body than the message has. Rules apply to every connection
-made while they are installed; ``proxy.rules = [...]`` replaces them.
+announce and send a bigger body than the message has. Rules apply to every line sent
+while they are installed, on every connection, those opened before included (a server
+can turn hostile on a session a worker keeps open across jobs); ``proxy.rules = [...]``
+replaces them.
 
 The habits of non-Dovecot servers that the tests need are rules too: ranges far beyond
 the folder in ESEARCH and VANISHED answers, ``INTERNALDATE NIL``, silence after login.
@@ -87,26 +89,15 @@ class HostileProxy:
             self.connections += 1
             upstream = socket.create_connection((self.host, self.upstream_port))
             self._sockets += [client, upstream]
-            rules = list(self.rules)
-            client_rules = list(self.client_rules)
-            threading.Thread(
-                target=self._pump_up, args=(client, upstream, client_rules), daemon=True
-            ).start()
-            threading.Thread(
-                target=self._pump_down, args=(upstream, client, rules), daemon=True
-            ).start()
+            threading.Thread(target=self._pump_up, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump_down, args=(upstream, client), daemon=True).start()
 
-    def _pump_up(
-        self,
-        client: socket.socket,
-        upstream: socket.socket,
-        rules: list[Callable[[bytes], bytes | Answer]],
-    ) -> None:
+    def _pump_up(self, client: socket.socket, upstream: socket.socket) -> None:
         reader = client.makefile("rb")
         with contextlib.suppress(OSError):
             while line := reader.readline():
                 out: bytes | Answer = line
-                for rule in rules:
+                for rule in list(self.client_rules):
                     out = rule(out)
                     if isinstance(out, Answer):
                         break
@@ -122,7 +113,7 @@ class HostileProxy:
         with contextlib.suppress(OSError):
             upstream.shutdown(socket.SHUT_WR)
 
-    def _pump_down(self, upstream: socket.socket, client: socket.socket, rules: list[Rule]) -> None:
+    def _pump_down(self, upstream: socket.socket, client: socket.socket) -> None:
         reader = upstream.makefile("rb")
         try:
             while True:
@@ -130,7 +121,7 @@ class HostileProxy:
                 if not line:
                     break
                 out: bytes | None = line
-                for rule in rules:
+                for rule in list(self.rules):
                     if out is None or out in (HANG, ENDLESS, DRIP):
                         break
                     out = rule(out)

@@ -198,6 +198,8 @@ def test_a_token_the_server_refuses_is_refreshed_once_and_the_login_retried(
     assert sync(api, box)["status"] == "success"
     # The stored expiry says the token is good; the server no longer takes it.
     oauth2_provider.expire_access_tokens(box.user.email)
+    # (The next sync logs in: the worker's session from the first one is gone.)
+    oauth_runtime.mail_pools.imap.forget(box.id)
     task = sync(api, box)
     assert task["status"] == "success", task
     assert [r.status for r in oauth2_provider.refreshes] == [200, 200]

@@ -195,6 +195,36 @@ def test_an_unreachable_server_is_retried_then_fails_with_the_reason(
     assert attempts == sync_runtime.settings.task_max_retries + 1
 
 
+def test_a_worker_keeps_an_accounts_imap_session_across_syncs_until_its_password_changes(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser, sync_runtime: Runtime
+) -> None:
+    pool = sync_runtime.mail_pools.imap
+    # Given an account synced once
+    box = account_for(api, alice, dovecot, mail_user)
+    assert sync(api, box)["status"] == "success"
+    assert pool.idle_count(box.id) == 1
+    reused = pool.reused
+
+    # When new mail arrives and it syncs again
+    dovecot.append(mail_user, "INBOX", corpus()["plain_ascii"])
+    task = sync(api, box)
+
+    # Then the second sync went over the first one's session (a NOOP, no login)
+    assert task["status"] == "success" and task["result"]["messagesAdded"] == 1, task
+    assert pool.reused == reused + 1 and pool.idle_count(box.id) == 1
+
+    # When the stored password is changed (here to a wrong one)
+    changed = api.put(
+        f"/api/accounts/{box.id}", json={"password": "not-the-password"}, headers=box.headers
+    )
+    assert changed.status_code == 200
+    task = sync(api, box)
+
+    # Then the session opened with the old one is closed, never used: the login is refused
+    assert task["status"] == "failure" and "refused the login" in task["error"], task
+    assert pool.reused == reused + 1 and pool.idle_count(box.id) == 0
+
+
 def test_pop3_account_end_to_end(
     api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser
 ) -> None:

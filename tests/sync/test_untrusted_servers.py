@@ -73,8 +73,18 @@ def assert_honest_account_syncs(api: Any, alice: Identity, dovecot: Dovecot) -> 
     assert inbox_subjects(api, box) == ["honest 0", "honest 1", "honest 2"]
 
 
+def not_kept(runtime: Runtime, box: Mailbox) -> bool:
+    """Whether the worker kept no IMAP session of the account for its next job."""
+    return runtime.mail_pools.imap.idle_count(box.id) == 0
+
+
 def test_esearch_naming_four_billion_uids_is_bounded_by_the_folder(
-    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser, proxy: hostile.HostileProxy
+    api: Any,
+    alice: Identity,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    proxy: hostile.HostileProxy,
+    sync_runtime: Runtime,
 ) -> None:
     # Given a server whose every ESEARCH ALL answer is "1:4294967295"
     for n in range(3):
@@ -95,6 +105,8 @@ def test_esearch_naming_four_billion_uids_is_bounded_by_the_folder(
     assert inbox_subjects(api, box) == ["hello 0", "hello 1", "hello 2"]
     assert second["result"]["messagesRemoved"] == 0
     assert peak_rss_mib() - rss_before < 100
+    # And the session that was told of them is not kept for another job
+    assert not_kept(sync_runtime, box)
     assert_honest_account_syncs(api, alice, dovecot)
 
 
@@ -186,6 +198,7 @@ def test_a_fetch_answer_that_cannot_be_parsed_is_skipped_and_never_asked_for_aga
             )
         )
     assert last_seen == uids[2]  # the resume point moved past it
+    assert not_kept(sync_runtime, box)  # nor is the session that read the garbled answer
 
     # And the next sync, with new mail, does not ask for the unreadable one again
     dovecot.append(mail_user, "INBOX", message("item 3"))
@@ -325,6 +338,7 @@ def test_a_body_bigger_than_its_announced_size_is_thrown_away_and_the_sync_goes_
     [skipped] = task["result"]["skipped"]
     assert "MAX_MESSAGE_BYTES" in skipped["reason"]
     assert "honest size" in inbox_subjects(api, box)
+    assert not_kept(sync_runtime, box)  # the session that threw the body away is closed
 
 
 def test_pop3_message_above_max_message_bytes_is_kept_with_headers_only(
