@@ -11,7 +11,7 @@ import copy
 import functools
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
@@ -130,28 +130,35 @@ class BodyValidator(JSONRequestBodyValidator):
         raise BadRequestProblem(detail=f"'{path}' {describe(error)}")
 
 
+_MAX_CHECKERS = 4096
+
+
 class ParamValidator(ParameterValidator):
     """Connexion's parameter checks, with each parameter's schema validator built once.
 
     The stock ``validate_parameter`` deep-copies the parameter and builds a new
     ``Draft4Validator`` for every parameter of every request (six per ``listMessages``);
-    the schemas never change, so each is built once per parameter and reused. The rules
+    the schemas never change, so each is built once per parameter of the spec and reused
+    (a dict entry per parameter object: as many as the spec has, whatever the traffic;
+    emptied when apps built again and again, as in tests, fill it). The rules
     and the verdicts are the stock ones (Draft 4 with its format checker), and a failure
     is described by field name and rule only, never by the rejected value.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # id(param) -> (param, its validator); the params live in self.parameters.
-        self._checkers: dict[int, tuple[dict[str, Any], Any]] = {}
+    # id(param) -> (param, its validator). Connexion makes a validator object per request,
+    # so the cache is the class's; the params are the spec's, alive as long as the app.
+    _checkers: ClassVar[dict[int, tuple[dict[str, Any], Any]]] = {}
 
-    def _checker(self, param: dict[str, Any]) -> Any:
-        entry = self._checkers.get(id(param))
+    @classmethod
+    def _checker(cls, param: dict[str, Any]) -> Any:
+        entry = cls._checkers.get(id(param))
         if entry is None or entry[0] is not param:
             schema = copy.deepcopy(param)
             schema = schema.get("schema", schema)
             entry = (param, _StockDraft4Validator(schema, format_checker=_draft4_format_checker))
-            self._checkers[id(param)] = entry
+            if len(cls._checkers) >= _MAX_CHECKERS:  # apps built again and again (tests)
+                cls._checkers.clear()
+            cls._checkers[id(param)] = entry
         return entry[1]
 
     def validate_parameter(
