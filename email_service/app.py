@@ -24,6 +24,7 @@ from email_service.web.middleware import ObservabilityMiddleware, operation_name
 from email_service.web.probes import ProbeMiddleware
 from email_service.web.ratelimit import RateLimitHeadersMiddleware, RateLimitMiddleware
 from email_service.web.resolver import OperationResolver
+from email_service.web.security import security_map
 from email_service.web.stream import ChangeStreamMiddleware
 from email_service.web.validation import validator_map
 from workers.outbox import resume_interrupted
@@ -69,6 +70,7 @@ def create_app(
         resolver=OperationResolver(),
         strict_validation=True,
         validator_map=validator_map(),
+        security_map=security_map(),
         validate_responses=validate_responses,
         swagger_ui_options=SwaggerUIOptions(swagger_ui=True, swagger_ui_path="/ui"),
     )
