@@ -145,10 +145,14 @@ class Database:
         self.engine.dispose()
 
 
+# Built once: every transaction begins with it (a text() parses its parameters when made).
+_SET_SCOPE = text("SELECT set_config(:name, :value, true), set_config(:scope, :system, true)")
+
+
 def _apply_scope(session: Session, _transaction: Any, connection: Any) -> None:
     tenant = session.info.get("tenant_id")
     connection.execute(
-        text("SELECT set_config(:name, :value, true), set_config(:scope, :system, true)"),
+        _SET_SCOPE,
         {
             "name": TENANT_SETTING,
             "value": str(tenant) if tenant else "",
