@@ -9,7 +9,10 @@ are meant instead:
 - the **owner** role owns the schema: ``email-service migrate`` runs as it;
 - the **runtime** role has only ``SELECT/INSERT/UPDATE/DELETE`` on the tables and use
   of the sequences, granted by the owner's *default privileges*, so tables a later
-  migration creates are granted without anyone writing a GRANT.
+  migration creates are granted without anyone writing a GRANT; of the search index
+  it reads no text (``message_search.document``), only the owner's function that
+  answers searches for the transaction's tenant (migration 0020r). A role that can
+  read that column is refused as well.
 
 :func:`runtime_grants` is that set of statements (``scripts/db-roles.sql`` holds the
 same for operators, and the test suite and the benchmarks use this function).
@@ -37,6 +40,9 @@ class RoleFacts:
     bypass_rls: bool
     # Tables of the schema the role owns, directly or as a member of the owning role.
     owned_tables: tuple[str, ...]
+    # It may read the search index's text, every tenant's (migration 0020r takes that
+    # away; a GRANT on all tables made after it gives it back).
+    reads_search_documents: bool = False
 
     @property
     def problems(self) -> list[str]:
@@ -49,6 +55,11 @@ class RoleFacts:
             shown = ", ".join(self.owned_tables[:5])
             more = f" and {len(self.owned_tables) - 5} more" if len(self.owned_tables) > 5 else ""
             found.append(f"owns the tables ({shown}{more})")
+        if self.reads_search_documents:
+            found.append(
+                "may read every tenant's search index text (SELECT on message_search.document;"
+                " db.roles.runtime_grants or scripts/db-roles.sql grant what it needs)"
+            )
         return found
 
 
@@ -75,7 +86,13 @@ def role_facts(engine: Engine) -> RoleFacts:
                 "ORDER BY c.relname"
             )
         ).scalars()
-        return RoleFacts(role, bool(superuser), bool(bypass), tuple(owned))
+        reads_documents = conn.execute(
+            text(
+                "SELECT to_regclass('message_search') IS NOT NULL"
+                " AND has_column_privilege('message_search', 'document', 'SELECT')"
+            )
+        ).scalar_one()
+        return RoleFacts(role, bool(superuser), bool(bypass), tuple(owned), bool(reads_documents))
 
 
 def refuse_privileged_role(engine: Engine) -> None:
@@ -96,6 +113,9 @@ def refuse_privileged_role(engine: Engine) -> None:
         )
 
 
+SEARCH_FUNCTION = "search_documents(text[], tsquery, tsquery[], tsquery, integer)"
+
+
 def runtime_grants(owner: str, runtime: str, *, schema: str = "public") -> list[str]:
     """Statements (run by ``owner`` or a superuser) giving ``runtime`` what the service needs.
 
@@ -112,6 +132,13 @@ def runtime_grants(owner: str, runtime: str, *, schema: str = "public") -> list[
         f"GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO {r}",
         f"ALTER DEFAULT PRIVILEGES FOR ROLE {o} IN SCHEMA {s} "
         f"GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO {r}",
+        # The search index's text is read through the owner's function only (migration
+        # 0020r, which does this for the roles that exist when it runs).
+        f"DO $grant$ BEGIN IF to_regprocedure('{s}.{SEARCH_FUNCTION}') IS NOT NULL THEN "  # noqa: S608
+        f"REVOKE SELECT ON {s}.message_search FROM {r}; "
+        f"GRANT SELECT (message_id, tenant_id, pending) ON {s}.message_search TO {r}; "
+        f"GRANT EXECUTE ON FUNCTION {s}.{SEARCH_FUNCTION} TO {r}; "
+        "END IF; END $grant$",
     ]
 
 

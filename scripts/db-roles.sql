@@ -36,3 +36,15 @@ ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA public
     GRANT SELECT, INSERT, UPDATE, DELETE ON TABLES TO :"runtime";
 ALTER DEFAULT PRIVILEGES FOR ROLE :"owner" IN SCHEMA public
     GRANT USAGE, SELECT, UPDATE ON SEQUENCES TO :"runtime";
+-- The search index's text (message_search.document) is read through the owner's
+-- function only (migration 0020r does this for the roles that exist when it runs; this
+-- does it for a runtime role created after it).
+SELECT format('REVOKE SELECT ON message_search FROM %I', :'runtime'),
+       format('GRANT SELECT (message_id, tenant_id, pending) ON message_search TO %I',
+              :'runtime'),
+       format('GRANT EXECUTE ON FUNCTION'
+              ' search_documents(text[], tsquery, tsquery[], tsquery, integer) TO %I',
+              :'runtime')
+ WHERE to_regprocedure('search_documents(text[], tsquery, tsquery[], tsquery, integer)')
+       IS NOT NULL
+\gexec

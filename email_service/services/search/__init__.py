@@ -1,10 +1,13 @@
 """searchMessages: one query across all of a user's accounts, on PostgreSQL and SQLite.
 
-The query (``query.parse_query``) becomes one SQL statement over ``messages``, scoped to
-the caller's live accounts (and, on PostgreSQL, to the tenant by row-level security as
-well). Its text terms are answered by the index of ``db.textindex``: a ``tsvector`` with
-a GIN index on PostgreSQL, FTS5 on SQLite. Both hold the same tokens, so both stores
-answer the same queries the same way; ``tests/search`` runs one set of cases on each.
+The query (``query.parse_query``) becomes SQL over ``messages``, scoped to the caller's
+live accounts (and, on PostgreSQL, to the tenant by row-level security as well). Its
+text terms are answered by the index of ``db.textindex``: a ``tsvector`` with a GIN index
+on PostgreSQL, FTS5 on SQLite. Both hold the same tokens, so both stores answer the same
+queries the same way; ``tests/search`` runs one set of cases on each. On PostgreSQL the
+runtime role cannot read the index's text: the owner's ``search_documents`` (migration
+0020r) answers which entries of the transaction's tenant match which tsqueries, and
+``_pg_rows`` decides which entries to ask it about.
 
 Pages are keyset pages: the cursor holds the last hit's sort key, so mail that arrives
 between two pages never shifts a hit into the next page twice or out of it. With
@@ -26,8 +29,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Float,
+    Integer,
     and_,
     bindparam,
     cast,
@@ -37,12 +42,15 @@ from sqlalchemy import (
     literal,
     literal_column,
     not_,
+    null,
     or_,
     select,
     table,
+    true,
     tuple_,
 )
-from sqlalchemy.dialects.postgresql import TSQUERY
+from sqlalchemy import Text as SqlText
+from sqlalchemy.dialects.postgresql import ARRAY, TSQUERY, aggregate_order_by
 
 from db.models import Account, Folder, Message
 from db.textindex import BODY_INDEX_CHARS, BODY_PREFIX_CHARS, FTS_COLUMNS, TOKEN, fold
@@ -69,7 +77,6 @@ SNIPPET_CHARS = 160
 RECENT_WINDOW = 500
 _SNIPPET_LEAD = 50
 
-_pg_search = table("message_search", column("message_id"), column("document"))
 _fts = table("message_search", column("rowid"))
 _fts_rows = table("message_search_rows", column("id"), column("message_id"))
 
@@ -79,12 +86,6 @@ class InvalidCursor(InvalidRequest):
 
     def __init__(self) -> None:
         super().__init__("The cursor is not one this query gave out")
-
-
-@dataclass
-class _Compiled:
-    where: ColumnElement[bool]
-    uses_pg_index: bool
 
 
 def search_messages(
@@ -129,55 +130,28 @@ def search_messages(
     if not account_ids:
         return {"messages": []}
 
-    compiler = _PgCompiler(scope, account_ids) if postgres else _SqliteCompiler(scope, account_ids)
-    compiled = compiler.compile(tree)
-    conditions: list[ColumnElement[bool]] = [
+    scoped: list[ColumnElement[bool]] = [
         Message.tenant_id == caller.tenant_id,
         Message.account_id.in_(account_ids),
-        compiled.where,
     ]
     if folder_id is not None:
-        conditions.append(Message.folder_id == folder_id)
+        scoped.append(Message.folder_id == folder_id)
 
     fingerprint = hashlib.sha256(f"{sort}\n{q}".encode()).hexdigest()[:16]
     after = _decode_cursor(cursor, fingerprint) if cursor else None
-    body_prefix = func.substr(Message.body_text, 1, BODY_PREFIX_CHARS).label("body_prefix")
-    statement = select(*LIST_COLUMNS, body_prefix)
-    if compiled.uses_pg_index:
-        statement = statement.join(_pg_search, _pg_search.c.message_id == Message.id)
     positives = positive_texts(tree)
-    score: ColumnElement[Any] | None = None
-    if sort == "relevance" and positives:
-        statement, score = compiler.ranked(statement, positives)
-    if score is not None:
-        # ts_rank: higher is better; bm25: lower is better. Both are ordered "best first"
-        # by comparing ``direction * score`` ascending.
-        key = (score * compiler.score_direction).label("score")
-        statement = statement.add_columns(key)
-        if after is not None:
-            best, received, last_id = after["k"]
-            conditions.append(
-                or_(
-                    key > bindparam("cursor_score", best, type_=Float),
-                    and_(
-                        key == bindparam("cursor_score_eq", best, type_=Float),
-                        tuple_(Message.received_at, Message.id) < tuple_(received, last_id),
-                    ),
-                )
-            )
-        ordering = [key.asc(), Message.received_at.desc(), Message.id.desc()]
+    ranked = sort == "relevance" and bool(positives)
+    page = _Page(scoped, after, ranked, limit)
+    if postgres:
+        rows, score_used = _pg_rows(session, _PgCompiler(scope, account_ids), tree, positives, page)
     else:
-        if after is not None:
-            received, last_id = after["k"][-2:]
-            conditions.append(tuple_(Message.received_at, Message.id) < tuple_(received, last_id))
-        ordering = [Message.received_at.desc(), Message.id.desc()]
-    required = compiler.required_tsquery(tree) if isinstance(compiler, _PgCompiler) else None
-    if required is None:
-        rows = session.execute(
-            statement.where(*conditions).order_by(*ordering).limit(limit + 1)
-        ).all()
-    else:
-        rows = _two_step(session, statement, conditions, ordering, limit, required, score)
+        compiler = _SqliteCompiler(scope, account_ids)
+        statement, score = page.select(), None
+        if ranked:
+            statement, score = compiler.ranked(statement, positives)
+        finished = page.finish(statement, compiler.node(tree), score, compiler.score_direction)
+        rows = list(session.execute(finished).all())
+        score_used = score is not None
     more = len(rows) > limit
     rows = rows[:limit]
     terms = _marked_terms(positives)
@@ -207,55 +181,157 @@ def search_messages(
     if more and rows:
         last = rows[-1]
         key_values: list[Any] = [last.received_at, last.id]
-        if score is not None:
+        if score_used:
             key_values.insert(0, float(last.score))
         body["nextCursor"] = _encode_cursor(fingerprint, key_values)
     return body
 
 
-def _two_step(
-    session: Any,
-    statement: Any,
-    conditions: list[ColumnElement[bool]],
-    ordering: list[Any],
-    limit: int,
-    required: str,
-    score: ColumnElement[Any] | None,
-) -> list[Any]:
-    """The page, on PostgreSQL, without trusting the planner's guess for a word.
+@dataclass
+class _Page:
+    """What every statement of one search shares: the caller's reach, the cursor, the
+    order and the page size."""
 
-    PostgreSQL estimates how many messages match a word from sampled statistics; for a
-    word outside them it guesses a fraction that makes "read the newest messages until
-    a page is full" look cheap, and for a rare word that reads every message. So:
-    first the newest ``RECENT_WINDOW`` messages in reach are tried (a common word fills
-    its page there, in milliseconds); only when they hold no full page is the page
-    taken from the GIN index's matches (few, since the recent window had so few).
-    Ranking by relevance needs every match anyway, so it starts from the index.
-    ``required`` (a word every match has) is what makes the index the right start.
-    """
-    if score is None:
-        recent = (
-            select(Message.id)
-            .where(*conditions[:2], *conditions[3:])  # scope and cursor, not the query
+    scoped: list[ColumnElement[bool]]  # tenant, accounts, folder
+    after: dict[str, Any] | None
+    ranked: bool
+    limit: int
+
+    @staticmethod
+    def select() -> Any:
+        body_prefix = func.substr(Message.body_text, 1, BODY_PREFIX_CHARS).label("body_prefix")
+        return select(*LIST_COLUMNS, body_prefix)
+
+    def date_cursor(self) -> list[ColumnElement[bool]]:
+        if self.after is None or self.ranked:
+            return []
+        received, last_id = self.after["k"][-2:]
+        return [tuple_(Message.received_at, Message.id) < tuple_(received, last_id)]
+
+    def newest(self, *columns: Any) -> Any:
+        """The caller's messages in reach past the cursor, newest first."""
+        return (
+            select(*columns)
+            .where(*self.scoped, *self.date_cursor())
             .order_by(Message.received_at.desc(), Message.id.desc())
+        )
+
+    def finish(
+        self,
+        statement: Any,
+        where: ColumnElement[bool],
+        score: ColumnElement[Any] | None,
+        direction: int,
+        *,
+        sorted_here: bool = False,
+    ) -> Any:
+        """``statement`` filtered by ``where``, the reach and the cursor, ordered, limited.
+
+        ``sorted_here``: order by an expression no index provides, so that PostgreSQL
+        sorts the few rows the index function gave instead of walking the newest
+        messages until a page is full (which, for a page that is not full, is all of
+        them)."""
+        conditions = [*self.scoped, where]
+        if score is not None:
+            # ts_rank: higher is better; bm25: lower is better. Both are ordered "best
+            # first" by comparing ``direction * score`` ascending.
+            key = (score * direction).label("score")
+            statement = statement.add_columns(key)
+            if self.after is not None:
+                best, received, last_id = self.after["k"]
+                conditions.append(
+                    or_(
+                        key > bindparam("cursor_score", best, type_=Float),
+                        and_(
+                            key == bindparam("cursor_score_eq", best, type_=Float),
+                            tuple_(Message.received_at, Message.id) < tuple_(received, last_id),
+                        ),
+                    )
+                )
+            ordering = [key.asc(), Message.received_at.desc(), Message.id.desc()]
+        else:
+            conditions.extend(self.date_cursor())
+            received_at = (Message.received_at + 0) if sorted_here else Message.received_at
+            ordering = [received_at.desc(), Message.id.desc()]
+        return statement.where(*conditions).order_by(*ordering).limit(self.limit + 1)
+
+
+def _pg_rows(
+    session: Any, compiler: _PgCompiler, tree: Node, positives: list[Text], page: _Page
+) -> tuple[list[Any], bool]:
+    """The page on PostgreSQL (and whether it is ranked).
+
+    The index's entries are read only through ``search_documents`` (migration 0020r),
+    which answers for the transaction's tenant which tsqueries each entry matches; the
+    runtime role cannot read their text. Which entries it is asked about decides the
+    cost, and PostgreSQL's guess for a word cannot be trusted (its statistics cannot
+    list every word; for one it has not sampled it guesses a fraction that makes
+    "read the newest messages until a page is full" look cheap, and for a rare word
+    that reads every message). So, in date order:
+
+    1. the newest ``RECENT_WINDOW`` messages in reach that meet the conditions without
+       text (``has:attachment``, ``in:``, dates: the conjuncts without text) are asked
+       about, in one call, in date order; a common word fills its page there. When the
+       rest of the query is one tsquery (``filtered``), the function returns only the
+       entries that match it and, if nothing else is left to test, stops once it has a
+       page's worth;
+    2. only when that holds no full page: the tenant's entries that match the words
+       every match has (``required``), from the GIN index (few, since the window had
+       so few); with no such word, all of the tenant's entries, tested one by one (what
+       a query like ``-word`` or ``word OR is:unread`` costs in any plan).
+
+    Relevance ranks every match, so it starts at step 2. No text term: ``messages``
+    alone.
+    """
+    required = compiler.required_tsquery(tree)
+    ranking = " | ".join(_tsquery(node) for node in positives) if page.ranked else None
+    # What every match satisfies: the words it must have, or a query of text alone.
+    filtered = required if required is not None else compiler.tsquery(tree)
+    compiler.start(None, filtered, None)
+    where = compiler.node(tree)
+    if not compiler.has_text:
+        return list(session.execute(page.finish(page.select(), where, None, 1)).all()), False
+    parts = tree.children if isinstance(tree, And) else (tree,)
+    # Nothing but ``filtered`` to test: each part with text is text alone, and ``filtered``
+    # covers them (it is what they compile to).
+    exact = not compiler.queries and all(
+        compiler.tsquery(part) is not None for part in parts if _has_text(part)
+    )
+
+    def rows(ids: Any, wanted: int | None = None) -> list[Any]:
+        documents = compiler.start(ids, filtered, ranking, wanted)
+        where = compiler.node(tree)
+        statement = page.select().join(documents, documents.c.message_id == Message.id)
+        score = documents.c.rank if ranking is not None else None
+        statement = page.finish(statement, where, score, -1, sorted_here=True)
+        return list(session.execute(statement, {"search_queries": compiler.queries}).all())
+
+    if ranking is None:
+        plain = [compiler.node(part) for part in parts if not _has_text(part)]
+        recent = (
+            page.newest(Message.id, Message.received_at)
+            .where(*plain)
             .limit(RECENT_WINDOW)
             .subquery("recent")
         )
-        rows = session.execute(
-            statement.join(recent, recent.c.id == Message.id)
-            .where(*conditions)
-            .order_by(*ordering)
-            .limit(limit + 1)
-        ).all()
-        if len(rows) > limit:
-            return list(rows)
-    if score is None:
-        # Ordered by an expression no index provides, the newest-first walk is not a
-        # plan any more: PostgreSQL takes the GIN index's matches and sorts those.
-        ordering = [(Message.received_at + 0).desc(), Message.id.desc()]
-    return list(
-        session.execute(statement.where(*conditions).order_by(*ordering).limit(limit + 1)).all()
-    )
+        newest_first = aggregate_order_by(
+            recent.c.id, recent.c.received_at.desc(), recent.c.id.desc()
+        )
+        ids = select(func.array_agg(newest_first)).scalar_subquery()
+        found = rows(ids, page.limit + 1 if exact else None)
+        if len(found) > page.limit:
+            return found, False
+    return rows(None), ranking is not None
+
+
+def _has_text(node: Node) -> bool:
+    if isinstance(node, Text):
+        return True
+    if isinstance(node, Not):
+        return _has_text(node.child)
+    if isinstance(node, And | Or):
+        return any(_has_text(child) for child in node.children)
+    return False
 
 
 def _encode_cursor(fingerprint: str, key: list[Any]) -> str:
@@ -291,11 +367,7 @@ class _Compiler(ABC):
     def __init__(self, scope: Scope, account_ids: list[str]) -> None:
         self.scope = scope
         self.account_ids = account_ids
-        self.uses_pg_index = False
-
-    def compile(self, tree: Node) -> _Compiled:
-        where = self.node(tree)
-        return _Compiled(where, self.uses_pg_index)
+        self._folders: dict[str, ColumnElement[bool]] = {}
 
     def node(self, node: Node) -> ColumnElement[bool]:
         if isinstance(node, And):
@@ -324,6 +396,11 @@ class _Compiler(ABC):
         raise AssertionError(node)
 
     def in_folder(self, name: str) -> ColumnElement[bool]:
+        if name not in self._folders:
+            self._folders[name] = self._in_folder(name)
+        return self._folders[name]
+
+    def _in_folder(self, name: str) -> ColumnElement[bool]:
         # A handful of folders per account: matched here (Unicode case folding, the same
         # on both stores), so the plan sees ids.
         folders = [
@@ -364,21 +441,63 @@ def _tsquery(node: Text) -> str:
 
 
 class _PgCompiler(_Compiler):
-    """Text terms as ``document @@ tsquery``; a pure-text AND/OR becomes one tsquery."""
+    """Text terms as "entry matches tsquery i" (``matched[i]`` of ``search_documents``);
+    a pure-text AND/OR becomes one tsquery."""
 
     score_direction = -1
+
+    def __init__(self, scope: Scope, account_ids: list[str]) -> None:
+        super().__init__(scope, account_ids)
+        self.documents: Any = None
+        self.required: str | None = None
+        self.queries: list[str] = []
+        self.has_text = False
+
+    def start(
+        self, ids: Any, required: str | None, ranking: str | None, wanted: int | None = None
+    ) -> Any:
+        """Compile against ``search_documents(ids, required, queries, ranking, wanted)``
+        (ids: an array expression, or None for all of the tenant's entries; migration
+        0020r says what each does): returns it, to join as ``s``. The tsqueries the tree
+        asks about are collected in ``queries`` while it compiles; they go in as the
+        parameter ``search_queries``."""
+        self.required = required
+        self.queries = []
+        self.has_text = False
+        self.documents = (
+            func.search_documents(
+                ids if ids is not None else cast(null(), ARRAY(SqlText)),
+                _tsq(required) if required is not None else cast(null(), TSQUERY),
+                cast(bindparam("search_queries", type_=ARRAY(SqlText)), ARRAY(TSQUERY)),
+                _tsq(ranking) if ranking is not None else cast(null(), TSQUERY),
+                cast(literal(wanted) if wanted is not None else null(), Integer),
+            )
+            .table_valued(
+                column("message_id", SqlText),
+                column("matched", ARRAY(Boolean)),
+                column("rank", Float),
+            )
+            .alias("s")
+        )
+        return self.documents
+
+    def match(self, query: str) -> ColumnElement[bool]:
+        self.has_text = True
+        if self.required is not None and query in (self.required, f"({self.required})"):
+            return true()  # the function returned only entries that match it
+        if query not in self.queries:
+            self.queries.append(query)
+        return self.documents.c.matched[self.queries.index(query) + 1]
 
     def text(self, node: Text) -> ColumnElement[bool]:
         # ``node`` below folds text terms into tsqueries before they get here; a lone one
         # is the same condition.
-        self.uses_pg_index = True
-        return _pg_search.c.document.op("@@")(_tsq(_tsquery(node)))
+        return self.match(_tsquery(node))
 
     def node(self, node: Node) -> ColumnElement[bool]:
         query = self.tsquery(node)
         if query is not None:
-            self.uses_pg_index = True
-            return _pg_search.c.document.op("@@")(_tsq(query))
+            return self.match(query)
         if isinstance(node, And):
             # Merge the text children into one tsquery, the rest stays SQL.
             texts: list[str] = []
@@ -390,9 +509,7 @@ class _PgCompiler(_Compiler):
                 else:
                     texts.append(query)
             if texts:
-                self.uses_pg_index = True
-                merged = " & ".join(texts)
-                parts.insert(0, _pg_search.c.document.op("@@")(_tsq(merged)))
+                parts.insert(0, self.match(" & ".join(texts)))
             return and_(*parts)
         return super().node(node)
 
@@ -423,12 +540,8 @@ class _PgCompiler(_Compiler):
         return None
 
     def ranked(self, statement: Any, positives: list[Text]) -> tuple[Any, ColumnElement[Any]]:
-        wanted = " | ".join(_tsquery(node) for node in positives)
-        score = func.ts_rank(_pg_search.c.document, _tsq(wanted))
-        if not self.uses_pg_index:
-            statement = statement.join(_pg_search, _pg_search.c.message_id == Message.id)
-            self.uses_pg_index = True
-        return statement, score
+        # The rank comes from ``search_documents`` (``_pg_rows`` asks for it).
+        return statement, self.documents.c.rank
 
 
 def _fts_match(expression: str) -> ColumnElement[bool]:
