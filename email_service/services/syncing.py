@@ -14,7 +14,7 @@ import uuid
 from contextlib import ExitStack
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import case, update
 from sqlalchemy.orm import Session
 
 from db.models import Account, Task, now_ms
@@ -102,14 +102,18 @@ def run_sync(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Atte
         # One step starts the run: the task read, the account's lock taken (it outlives
         # the step, on a connection of its own), and the outcome of that written.
         with unit.step() as session:
-            task = session.get(Task, task_id)
+            task = report.lock(session)  # read once, locked: the start below writes it
             if task is None or task.status in tasks.FINISHED:
                 return
-            account = session.get(Account, task.account_id) if task.account_id else None
-            if account is None or account.deleted_at is not None:
+            account_id = task.account_id
+            locked = bool(account_id) and held.enter_context(
+                locks.try_lock(runtime.db, f"sync:{account_id}")
+            )
+            # With the lock, the live account is marked syncing and read in one statement.
+            account = _start_syncing(session, account_id) if locked else _live(session, account_id)
+            if account is None:
                 report.failed("The account no longer exists")
                 return
-            locked = held.enter_context(locks.try_lock(runtime.db, f"sync:{account.id}"))
             busy = "Another sync of this account is running"
             if not locked and attempt.last:
                 # The running sync owns is_syncing; only this task's claim is dropped.
@@ -120,7 +124,6 @@ def run_sync(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Atte
                 report.retrying(busy)
             else:
                 report.started(attempt.number)
-                _syncing(session, account.id)
         if not locked:
             raise RetryLater(busy)
         _run_locked(unit, account, task, report, attempt)
@@ -136,6 +139,12 @@ def _run_locked(
     runtime = unit.runtime
     folders = task.payload.get("folders")
     store = MessageStore(runtime.blobs)
+
+    def succeeded(session: Session, result: dict[str, Any]) -> None:
+        # In the sync's last step: the task's success and the account freed.
+        report.succeeded(result)
+        _finish_account(session, account.id, task.id, True)
+
     job = SyncJob(
         unit=unit,
         account_id=account.id,
@@ -147,6 +156,7 @@ def _run_locked(
         # Messages stored by an attempt that was cut off (a retry, or a worker that died
         # while the task was "started") stay counted; folders are counted afresh.
         counts=SyncCounts.resume(task.result if task.status in ("retry", "started") else None),
+        on_complete=succeeded,
     )
     began = time.monotonic()
     try:
@@ -192,11 +202,9 @@ def _run_locked(
             _syncing(session, account.id, False)
         raise
     else:
-        with unit.step() as session:
-            job.finish(session)
-            report.succeeded(job.counts.result())
-            _finish_account(session, account.id, task.id, True)
-            events.account_recovered(session, account.id)
+        if not job.completed:  # else the sync's own last step wrote it (sync_imap)
+            with unit.step() as session:
+                job.complete(session)
         took = time.monotonic() - began
         metrics.observe_sync(took, job.counts.added + job.counts.updated)
         noticed = task.payload.get("noticedAt")
@@ -223,6 +231,25 @@ def _server_problem(exc: BaseException) -> bool:
     return isinstance(exc, (MailError, PermissionError, ServiceError))
 
 
+def _live(session: Session, account_id: str | None) -> Account | None:
+    """The account, unless it is gone or deleted."""
+    account = session.get(Account, account_id) if account_id else None
+    return account if account is not None and account.deleted_at is None else None
+
+
+def _start_syncing(session: Session, account_id: str | None) -> Account | None:
+    """Mark the live account syncing and return it (``None``: gone or deleted)."""
+    if not account_id:
+        return None
+    return session.scalars(
+        update(Account)
+        .where(Account.id == account_id, Account.deleted_at.is_(None))
+        .values(is_syncing=True)
+        .returning(Account)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+
+
 def _syncing(session: Session, account_id: str, value: bool = True) -> None:
     session.execute(update(Account).where(Account.id == account_id).values(is_syncing=value))
 
@@ -231,15 +258,31 @@ def _finish_account(session: Session, account_id: str, task_id: str, success: bo
     """The task is over: the account is free for the next sync.
 
     ``success`` True or False: this task ran the sync, which has stopped (and, when
-    True, succeeded). None: this task never ran one.
+    True, succeeded: the account's server answered, so an account that was failing
+    has recovered, ``events.account_recovered``). None: this task never ran one.
     """
-    if success is not None:
-        values: dict[str, Any] = {"is_syncing": False}
-        if success:
-            values["last_sync_at"] = now_ms()
-        session.execute(update(Account).where(Account.id == account_id).values(**values))
-    session.execute(
+    if success is None:
+        session.execute(
+            update(Account)
+            .where(Account.id == account_id, Account.sync_task_id == task_id)
+            .values(sync_task_id=None)
+        )
+        return
+    values: dict[str, Any] = {
+        "is_syncing": False,
+        # The account's claim is this task's only if it still names it.
+        "sync_task_id": case((Account.sync_task_id == task_id, None), else_=Account.sync_task_id),
+    }
+    if success:
+        values["last_sync_at"] = now_ms()
+    # One statement: the row is locked by it until the commit, and RETURNING gives
+    # ``failing_since`` as committed last (this statement does not change it).
+    failing_since = session.execute(
         update(Account)
-        .where(Account.id == account_id, Account.sync_task_id == task_id)
-        .values(sync_task_id=None)
-    )
+        .where(Account.id == account_id)
+        .values(**values)
+        .returning(Account.failing_since)
+        .execution_options(synchronize_session=False)
+    ).scalar_one_or_none()
+    if success and failing_since is not None:
+        events.account_recovered(session, account_id)

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from db.models import Task, new_id, now_ms
 from email_service import metrics, present
@@ -29,6 +30,8 @@ FINISHED = ("success", "failure")
 # request then replaces it instead of waiting for it forever (a lost enqueue, say).
 STALE_AFTER_MS = 15 * 60 * 1000
 PROGRESS_EVERY_S = 0.5
+#: ``session.info`` key: the task rows locked in the session's current transaction.
+_LOCKED = "tasks.locked"
 
 
 def queue_task(
@@ -116,9 +119,23 @@ class TaskReport:
         with self.unit.step() as session:
             return session.get(Task, self.task_id)
 
+    def lock(self, session: Session) -> Task | None:
+        """The task row, locked (``FOR UPDATE``) until ``session``'s transaction ends;
+        read once per transaction, so a job that reads its task to decide what to do
+        and then reports into it pays one statement for both."""
+        transaction = session.get_transaction()
+        held = session.info.get(_LOCKED)
+        if held is None or held[0] is not transaction:
+            held = (transaction, {})
+            session.info[_LOCKED] = held
+        rows: dict[str, Task | None] = held[1]
+        if self.task_id not in rows:
+            rows[self.task_id] = session.get(Task, self.task_id, with_for_update=True)
+        return rows[self.task_id]
+
     def _update(self, **values: Any) -> None:
         with self.unit.step() as session:
-            row = session.get(Task, self.task_id, with_for_update=True)
+            row = self.lock(session)
             if row is None:
                 return
             for name, value in values.items():

@@ -226,6 +226,41 @@ def test_a_saved_draft_is_told_as_its_task_and_a_draft_copy(
     assert copy["data"]["origin"] == "draft" and copy["data"]["subject"] == "Unfinished"
 
 
+def test_a_resync_that_finds_only_a_folder_gone_tells_it_before_the_tasks_success(
+    api: Any, alice: Identity, dovecot: Dovecot, mailbox: Mailbox, mail_user: MailUser
+) -> None:
+    # Given a mirrored account with a folder of two messages
+    dovecot.append(mail_user, "INBOX", _mail("stays"))
+    for n in range(2):
+        dovecot.append(mail_user, "Old", _mail(f"in old {n}"))
+    sync(api, mailbox)
+    cursor = start_cursor(api, alice)
+
+    # When that folder is deleted on the server, and nothing else changes
+    client = dovecot.imap(mail_user)
+    try:
+        client.delete_folder("Old")
+        folders = len(client.list_folders())
+    finally:
+        with contextlib.suppress(Exception):
+            client.logout()
+    task = sync(api, mailbox)
+    changes, _ = read_feed(api, alice, cursor)
+
+    # Then the task counts the folder's messages removed and every folder synced
+    assert task["status"] == "success", task
+    assert task["result"]["messagesRemoved"] == 2
+    assert task["result"]["foldersSync"] == folders
+    # and the feed tells the folder's removal, then the task's success, once each
+    [deleted] = of_type(changes, "folder.deleted")
+    assert deleted["data"]["name"] == "Old" and deleted["data"]["messagesRemoved"] == 2
+    updates = of_type(changes, "task.updated")
+    assert [c["data"]["status"] for c in updates] == ["pending", "started", "success"]
+    assert _positions([updates[1]]) < _positions([deleted]) < _positions([updates[2]])
+    assert updates[2]["data"]["result"]["messagesRemoved"] == 2
+    assert of_type(changes, "message.deleted") == []
+
+
 def test_a_refused_login_is_one_account_error_until_a_sync_succeeds_again(
     api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser
 ) -> None:

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import time
 import urllib.request
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from db.models import Account, Folder, now_ms
+from email_service.runtime import Runtime
 from tests.conftest import Identity, new_identity
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.mailgen import EXPECTED, corpus
@@ -361,6 +365,48 @@ def test_only_the_named_folders_are_synced(api: Any, mailbox: Mailbox, dovecot: 
     folders = folders_by_name(api, mailbox)
     assert folders["Lists"]["messageCount"] == 1
     assert folders["INBOX"]["messageCount"] == 0
+
+
+def test_a_resync_without_changes_marks_every_folder_synced_and_an_account_recovered(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser, sync_runtime: Runtime
+) -> None:
+    # Given a mirrored account, since marked failing (a refused login of another job)
+    dovecot.append(mail_user, "INBOX", corpus()["plain_ascii"])
+    box = account_for(api, alice, dovecot, mail_user)
+    assert sync(api, box)["status"] == "success"
+    before = _synced_at(sync_runtime, box.id)
+    with sync_runtime.db.transaction(system=True) as session:
+        session.execute(
+            sa.update(Account).where(Account.id == box.id).values(failing_since=now_ms() - 1000)
+        )
+    time.sleep(0.01)
+
+    # When it syncs again with nothing changed on the server
+    task = sync(api, box)
+
+    # Then the task succeeds with every folder synced, nothing added or removed
+    assert task["status"] == "success", task
+    assert task["result"] == {
+        "messagesAdded": 0, "messagesUpdated": 0, "messagesRemoved": 0, "foldersSync": len(before),
+    }  # fmt: skip
+    # and every folder's "synced at" moved, the account is free and no longer failing
+    after = _synced_at(sync_runtime, box.id)
+    assert after.keys() == before.keys() and all(after[f] > before[f] for f in before)
+    account = api.get(f"/api/accounts/{box.id}", headers=box.headers).json()
+    assert account["isSyncing"] is False and account["lastSyncAt"] >= max(after.values())
+    with sync_runtime.db.transaction(system=True) as session:
+        row = session.get(Account, box.id)
+        assert row is not None and row.failing_since is None and row.sync_task_id is None
+
+
+def _synced_at(runtime: Runtime, account_id: str) -> dict[str, int]:
+    with runtime.db.transaction(system=True) as session:
+        return {
+            name: int(value or 0)
+            for name, value in session.execute(
+                sa.select(Folder.name, Folder.synced_at).where(Folder.account_id == account_id)
+            )
+        }
 
 
 def test_wrong_password_fails_with_a_clear_reason_and_the_account_stays_usable(

@@ -72,13 +72,26 @@ class SyncJob:
     # Folders found unchanged: their "synced at" is written once, by ``finish``.
     unchanged: list[str] = field(default_factory=list)
     saved_counts: tuple[int, ...] = (0, 0, 0, 0)
+    #: The runner's own part of a completed sync's last step (the task's success, the
+    #: account freed), given the task's result; see :meth:`complete`.
+    on_complete: Callable[[Session, dict[str, object]], None] | None = None
+    #: Whether the sync's last step (``complete``) has committed.
+    completed: bool = False
 
     def finish(self, session: Session) -> None:
-        """What a completed sync writes last, in its runner's final step (with the
-        task's success): the folders found unchanged were synced now."""
+        """What a completed sync writes last (with the task's success): the folders
+        found unchanged were synced now."""
         if self.unchanged:
             # Same state as last time, so the same counts: only the time is new.
             mark_synced(session, self.unchanged)
+
+    def complete(self, session: Session, counts: SyncCounts | None = None) -> None:
+        """Write the completed sync's last step in ``session``: ``finish`` and the
+        runner's ``on_complete`` with ``counts`` (default: the job's). The caller sets
+        ``completed`` once that step has committed."""
+        self.finish(session)
+        if self.on_complete is not None:
+            self.on_complete(session, (counts or self.counts).result())
 
     @property
     def tenant_id(self) -> uuid.UUID:

@@ -71,19 +71,41 @@ log = logging.getLogger(__name__)
 
 
 def sync_imap(job: SyncJob, imap: ImapSession) -> None:
-    """Mirror every folder (or ``job.only_folders``) of the account behind ``imap``."""
+    """Mirror every folder (or ``job.only_folders``) of the account behind ``imap``.
+
+    When the LIST-STATUS answer shows every folder unchanged, nothing is left to ask the
+    server: the folder list and the sync's completion (``job.complete``: the folders'
+    "synced at", the task's success) are one step, and ``job.completed`` is set.
+    """
     # With LIST-STATUS the folder list also says which folders changed at all.
     remote = imap.list_folders(with_status=True)
     statuses = {folder.name: folder.status for folder in remote if folder.status}
+    done = False
     with job.transaction() as session:
         changes = reconcile_folders(session, job.tenant_id, job.account_id, remote)
+        folders = [
+            folder
+            for folder in changes.folders
+            if job.only_folders is None or folder.name in job.only_folders
+        ]
+        if job.on_complete is not None and all(
+            _unchanged(job, folder, statuses.get(folder.name)) for folder in folders
+        ):
+            # Counted as of this step's commit (nothing is counted if it rolls back).
+            counts = replace(
+                job.counts,
+                removed=job.counts.removed + changes.removed_messages,
+                folders=job.counts.folders + len(folders),
+            )
+            job.unchanged.extend(folder.id for folder in folders)
+            job.complete(session, counts)
+            done = True
     job.counts.removed += changes.removed_messages
     job.blob_keys.extend(changes.blob_keys)
-    folders = [
-        folder
-        for folder in changes.folders
-        if job.only_folders is None or folder.name in job.only_folders
-    ]
+    if done:
+        job.counts.folders += len(folders)
+        job.completed = True
+        return
     for position, folder in enumerate(folders):
 
         def folder_progress(fraction: float, position: int = position) -> None:
@@ -107,7 +129,7 @@ def sync_folder(
     unchanged folder costs no read of its stored messages; then one short read of what
     is stored, the server's answers to what the plan needs, and the writes.
     """
-    if listed is not None and folder_mode(folder, listed, job.force) is Mode.UNCHANGED:
+    if _unchanged(job, folder, listed):
         job.unchanged.append(folder.id)  # known from LIST-STATUS: no SELECT needed
         return
     state = imap.select(folder.name, readonly=True)
@@ -118,6 +140,11 @@ def sync_folder(
     local = _read_local(job, folder, mode)
     remote = _ask_server(imap, local, state, questions(mode, local, qresync=imap.supports_qresync))
     _apply(job, imap, folder, plan_folder(local, remote, job.force), progress)
+
+
+def _unchanged(job: SyncJob, folder: LocalFolder, listed: FolderState | None) -> bool:
+    """Whether the LIST-STATUS answer (``listed``) shows ``folder`` unchanged."""
+    return listed is not None and folder_mode(folder, listed, job.force) is Mode.UNCHANGED
 
 
 def _read_local(job: SyncJob, folder: LocalFolder, mode: Mode) -> LocalState:
