@@ -17,7 +17,7 @@ from email_service.config import Settings, load_settings
 from email_service.jobs import NoJobQueue
 from email_service.ratelimit import RateLimitPolicy, RateLimits
 from email_service.runtime import Runtime, build_runtime, set_runtime
-from email_service.web import errors
+from email_service.web import errors, wsgi
 from email_service.web.bodylimit import BodyLimitMiddleware
 from email_service.web.heap import settled_heap
 from email_service.web.middleware import ObservabilityMiddleware, operation_names
@@ -76,6 +76,8 @@ def create_app(
     )
     errors.install(app)
     errors.set_routes(spec["paths"])
+    # Flask's responses reach the event loop in one hand-off, not one per part (web/wsgi.py).
+    wsgi.install(app)
     # Guard rails (README "Rate limits and guard rails"), after authentication: the rate
     # limits, then the body cap, then Connexion's validation reads the body.
     if runtime.settings.rate_limit_enabled:

@@ -2,8 +2,8 @@
 
 ``email_service.web.middleware`` binds a :class:`RequestContext` when a request arrives;
 the logging filter of ``email_service.logging_setup`` reads :func:`current` for every
-record. A context variable carries it into the Flask handler's worker thread (a2wsgi and
-starlette copy the context into the threads they run code in).
+record. A context variable carries it into the Flask handler's worker thread
+(``email_service.web.wsgi`` and starlette copy the context into the threads they run code in).
 
 The operation and the tenant become known only after Connexion has routed and
 authenticated the request, deeper in the middleware stack than the binding happens.

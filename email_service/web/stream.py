@@ -1,8 +1,8 @@
 """``streamChanges`` served on the ASGI side, as Server-Sent Events.
 
-Flask handlers run on a2wsgi's pool of about ten threads per process: a stream held by
-a handler would keep one of them for its whole life, and ten open streams would stop
-every other request of the process. So the stream is answered by this middleware,
+Flask handlers run on a pool of ten threads per process (``email_service.web.wsgi``):
+a stream held by a handler would keep one of them for its whole life, and ten open
+streams would stop every other request of the process. So the stream is answered by this middleware,
 placed just before Connexion's context middleware (``BEFORE_CONTEXT``): the request has
 been routed, authenticated, counted by the rate limits and validated by then, exactly
 like any operation's, and the stream itself is a coroutine that holds no thread while

@@ -208,3 +208,29 @@ def test_unknown_ids_are_404(client, alice: Identity, account_id: str) -> None:
         response = client.get(path, headers=alice.bearer)
         assert response.status_code == 404, path
         assert response.json()["message"]
+
+
+def test_a_large_attachment_streams_through_the_wsgi_bridge_whole(
+    app, client, alice: Identity, runtime: Runtime, account_id: str
+) -> None:  # type: ignore[no-untyped-def]
+    from email_service.web.wsgi import BUFFER_LIMIT, WSGIBridge
+
+    # Flask is served through our bridge (email_service/web/wsgi.py), not a2wsgi's.
+    assert isinstance(app._middleware_app.asgi_app, WSGIBridge)
+    blob = bytes(range(256)) * (4 * BUFFER_LIMIT // 256 + 17)
+    _, _, attachment_ids = seed_folder(
+        runtime,
+        alice.caller,
+        account_id,
+        messages=[
+            SeededMessage(
+                "big file", attachments=[SeededAttachment("big.bin", "application/zip", blob)]
+            )
+        ],
+    )
+    download = client.get(
+        f"/api/{account_id}/attachments/{attachment_ids[0]}/download", headers=alice.bearer
+    )
+    assert download.status_code == 200
+    assert download.headers["content-type"] == "application/zip"
+    assert download.content == blob
