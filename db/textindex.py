@@ -21,12 +21,13 @@ a field-marked copy of their tokens at the same positions: ``f:alice``. On SQLit
 field is an FTS5 column instead.
 
 The body is indexed in two steps. In the transaction that stores a message, only its
-first ``BODY_PREFIX_CHARS`` characters go in (the cost of indexing, which sync pays for
+first ``BODY_AT_ONCE_CHARS`` characters go in (the cost of indexing, which sync pays for
 every message, grows with the length), so new mail is findable at once by its fields
-and the start of its text. A message whose body is longer is marked ``pending`` in the
-same statement; after the commit, a background job (``complete_documents``, run by
-``email_service.services.search.fullindex``) replaces its entry with one over the
-first ``BODY_INDEX_CHARS`` characters and clears the mark, a batch per transaction.
+and the start of its text (what the list view shows of it). A message whose body is
+longer is marked ``pending`` in the same statement; after the commit, a background job
+(``complete_documents``, run by ``email_service.services.search.fullindex``) replaces
+its entry with one over the first ``BODY_INDEX_CHARS`` characters and clears the mark,
+a batch per transaction.
 Rebuilding an entry from the message is idempotent, and the mark is committed with the
 message, so no body is left half-indexed for good: a sweep finds every marked row.
 
@@ -54,13 +55,21 @@ from db.listeners import CommitListeners
 
 log = logging.getLogger(__name__)
 
+# The start of a body that the transaction storing the message indexes: what the list
+# view shows of it (the preview is its first 200 characters), so a word seen in the list
+# is found at once. Indexing costs sync per character (to_tsvector and GIN entries, which
+# the completion writes again): with 600 characters the index cost sync 12-19 % of its
+# CPU, with 200 about 5 % (README "Search: what it costs").
+BODY_AT_ONCE_CHARS = 200
+# The prefix migration 0016 indexed, and how much of the body a search reads with each
+# hit for its snippet before it reads further.
 BODY_PREFIX_CHARS = 600
 # How much of the body the completed entry covers: 100,000 characters, some 15,000
 # words; text past that (rare in mail that people write) is not searched.
 BODY_INDEX_CHARS = 100_000
-# tsvector limits: positions above 16,383 are not kept; a lexeme keeps 256 positions.
+# tsvector limit: positions above 16,383 are not kept (and a lexeme keeps 256 positions,
+# which the tsvector input enforces itself).
 _MAX_POSITION = 16383
-_MAX_POSITIONS_PER_LEXEME = 255
 _MAX_TOKEN_CHARS = 100
 # A lexeme that no text here is ever cut into (tokens hold no underscore).
 _GAP = "_"
@@ -100,15 +109,21 @@ def fold(value: str) -> str:
     return _COMBINING.sub("", decomposed).casefold()
 
 
-def tokens(value: str) -> list[str]:
-    """The folded tokens of ``value``, in order."""
-    return [token[:_MAX_TOKEN_CHARS] for token in TOKEN.findall(fold(value))]
-
-
 # Every ASCII character that is not a letter or digit becomes a space.
 _ASCII_SEPARATORS = str.maketrans(
     {chr(code): " " for code in range(128) if not chr(code).isalnum() or chr(code) == "_"}
 )
+
+
+def tokens(value: str) -> list[str]:
+    """The folded tokens of ``value``, in order."""
+    if value.isascii():
+        found = value.lower().translate(_ASCII_SEPARATORS).split()
+    else:
+        found = TOKEN.findall(fold(value))
+    if max(map(len, found), default=0) > _MAX_TOKEN_CHARS:
+        return [token[:_MAX_TOKEN_CHARS] for token in found]
+    return found
 
 
 def token_text(value: str) -> str:
@@ -173,7 +188,10 @@ class SearchDocument:
         tokenizer here makes), two positions on, which the writer deletes after ``||``
         has shifted the body past it.
         """
-        positions: dict[str, list[str]] = {}
+        # Each occurrence goes out as its own entry: the tsvector input sorts the lexemes
+        # and merges the positions of repeated ones (keeping the first 256), which costs
+        # less there than a dictionary of positions costs here.
+        parts: list[str] = []
         position = 3
         for marker, words in (
             (FIELD_SUBJECT, self.subject),
@@ -182,22 +200,16 @@ class SearchDocument:
             (FIELD_CC, self.copied),
             (FIELD_FILENAME, self.filenames),
         ):
-            for word in words:
-                if position > _MAX_POSITION:
-                    break
-                where = str(position)
-                for lexeme in (word, f"{marker}:{word}"):
-                    found = positions.get(lexeme)
-                    if found is None:
-                        positions[lexeme] = [where]
-                    elif len(found) < _MAX_POSITIONS_PER_LEXEME:
-                        found.append(where)
-                position += 1
-            position += 2
-        if gap_after and positions:
-            positions[_GAP] = [str(min(position - 1, _MAX_POSITION))]
-        # Tokens hold neither quotes nor backslashes, so no escaping is needed.
-        return " ".join(f"'{lexeme}':{','.join(at)}" for lexeme, at in positions.items())
+            if position + len(words) > _MAX_POSITION + 1:
+                words = words[: max(_MAX_POSITION + 1 - position, 0)]
+            # Tokens hold neither quotes nor backslashes, so no escaping is needed.
+            parts.extend(
+                f"'{word}':{at} '{marker}:{word}':{at}" for at, word in enumerate(words, position)
+            )
+            position += len(words) + 2
+        if gap_after and parts:
+            parts.append(f"'{_GAP}':{min(position - 1, _MAX_POSITION)}")
+        return " ".join(parts)
 
     def fts_columns(self) -> dict[str, str]:
         """The FTS5 row: each field's tokens joined by spaces."""
@@ -222,6 +234,7 @@ def document_for_row(row: dict[str, Any], filenames: Sequence[str]) -> SearchDoc
         cc=row["cc_addresses"],
         filenames=filenames,
         body_text=row["body_text"],
+        body_chars=BODY_AT_ONCE_CHARS,
     )
 
 

@@ -202,7 +202,9 @@ def test_the_body_beyond_the_prefix_is_found_once_the_index_is_completed(
         Mail(
             subject="Long letter",
             body="Dear team. "
-            + "x " * 400
+            + "x " * 80
+            + "previewword "
+            + "x " * 320
             + "midword "
             + filler
             + "deepword yonder "
@@ -212,8 +214,10 @@ def test_the_body_beyond_the_prefix_is_found_once_the_index_is_completed(
         Mail(subject="Long note", body="Note. " + filler + "deepword"),
         Mail(subject="Short", body="A short deepword."),
     )
-    # At once: the fields and the start of every body; the rest not yet.
+    # At once: the fields and the start of every body (what the list shows: a word at
+    # the end of the preview is found); the rest not yet.
     assert subjects(store, alice, "dear team") == ["Long letter"]
+    assert subjects(store, alice, "previewword") == ["Long letter"]
     assert subjects(store, alice, "midword") == []
     assert subjects(store, alice, "deepword") == ["Short"]
 

@@ -87,7 +87,7 @@ def test_embedded_default_syncs_a_local_dovecot_by_request_and_by_schedule(
     for name in ("plain_ascii", "mixed_attachments", "thread_1", "thread_3"):
         dovecot.append(mail_user, "INBOX", samples[name])
     dovecot.append(mail_user, "Sent", samples["thread_2"], flags=["\\Seen"])
-    # A long body: its words past the first 600 characters (and past 10 KB) are indexed
+    # A long body: its words past its start (and past 10 KB) are indexed
     # by the in-process worker after the sync's commit.
     long_body = EmailMessage()
     long_body["Subject"] = "Field notes"

@@ -1,6 +1,6 @@
 """Completing the search index after the commit: whole bodies, not only their start.
 
-The mail store indexes the first ``BODY_PREFIX_CHARS`` characters of a body in the
+The mail store indexes the first ``BODY_AT_ONCE_CHARS`` characters of a body in the
 transaction that stores the message (new mail is findable at once, and sync pays little)
 and marks the entries of longer bodies ``pending`` (``db.textindex``). This module
 completes them:
