@@ -46,13 +46,18 @@ from schemathesis.specs.openapi.checks import (
     positive_data_acceptance,
     use_after_free,
 )
-from sqlalchemy import text
 
-from db.models import TENANT_TABLES
 from email_service.app import create_app
 from email_service.netguard import IPAddress
 from email_service.runtime import Runtime, build_runtime, set_runtime
-from tests.conftest import Identity, PgDatabase, make_settings, new_identity, serve_app
+from tests.conftest import (
+    Identity,
+    PgDatabase,
+    empty_tenant_tables,
+    make_settings,
+    new_identity,
+    serve_app,
+)
 from tests.factories import SeededAttachment, SeededMessage, account_body, seed_folder
 
 SPEC = Path(__file__).resolve().parents[2] / "openapi" / "openapi.yaml"
@@ -376,8 +381,7 @@ def _workflow(base_url: str, run: str, runtime: Runtime) -> Any:
             # Each scenario starts from empty tables, so hypothesis can replay one (to
             # shrink a failure) and meet the same answers: a replayed create would
             # otherwise find its address taken (409) and the scenario could not repeat.
-            with runtime.db.engine.begin() as conn:
-                conn.execute(text(f"TRUNCATE {', '.join(TENANT_TABLES)} CASCADE"))
+            empty_tenant_tables(runtime.db.engine)
 
         def get_call_kwargs(self, case: schemathesis.Case) -> dict[str, Any]:
             return {"base_url": base_url}
