@@ -153,13 +153,29 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
+# The integer formats, whose bounds schemathesis generates negative cases from (an
+# ``expiresAt`` of 2**63) and which jsonschema does not check by itself.
+_FORMATS = jsonschema.FormatChecker()
+
+
+@_FORMATS.checks("int64")
+def _int64(value: object) -> bool:
+    return not isinstance(value, int) or -(2**63) <= value < 2**63
+
+
+@_FORMATS.checks("int32")
+def _int32(value: object) -> bool:
+    return not isinstance(value, int) or -(2**31) <= value < 2**31
+
+
 def _credential_parts_valid(body: dict[str, Any]) -> bool:
     """Whether ``authType`` and ``oauth2`` (when present) keep the spec, as the service reads
     it: its patterns also refuse a trailing newline, which Python's ``$`` would let by."""
     for key, schema in (("authType", _SCHEMAS["AuthType"]), ("oauth2", _SCHEMAS["OAuth2Grant"])):
         if key not in body:
             continue
-        if not jsonschema.Draft202012Validator(schema).is_valid(body[key]):
+        validator = jsonschema.Draft202012Validator(schema, format_checker=_FORMATS)
+        if not validator.is_valid(body[key]):
             return False
         if any("\n" in text for text in _strings(body[key])):
             return False
