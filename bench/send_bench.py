@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import smtplib
 import ssl
 import statistics
@@ -12,6 +13,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -55,11 +57,12 @@ def p5_send(env: BenchEnv, count: int, reps: int) -> list[dict[str, Any]]:
     try:
         print(f"P5: sending {count} messages, smtplib then the API...", flush=True)
         baseline = [_baseline(smtp, env, sender, recipient.email, count) for _ in range(reps)]
-        ours, latencies = [], []
+        ours, latencies, cpu = [], [], []
         for _ in range(reps):
-            rate, latency = _through_the_api(env, smtp, sender, recipient.email, count)
+            rate, latency, cpu_ms = _through_the_api(env, smtp, sender, recipient.email, count)
             ours.append(rate)
             latencies.append(latency)
+            cpu.append(cpu_ms)
     finally:
         smtp.close()
     base, value = statistics.median(baseline), statistics.median(ours)
@@ -73,7 +76,12 @@ def p5_send(env: BenchEnv, count: int, reps: int) -> list[dict[str, Any]]:
             "ratio": value / base,
             "target": ">= 0.5",
             "met": value / base >= 0.5,
-            "raw": {"baseline_msg_s": baseline, "ours_msg_s": ours},
+            "raw": {
+                "baseline_msg_s": baseline,
+                "ours_msg_s": ours,
+                # CPU per send of the API process and the worker (all threads).
+                "cpu_ms_per_send_api_worker": cpu,
+            },
         },
         {
             "id": "P5",
@@ -89,9 +97,41 @@ def p5_send(env: BenchEnv, count: int, reps: int) -> list[dict[str, Any]]:
     ]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, all threads) the process ``pid`` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _spy(pid: int, path: str) -> subprocess.Popen[bytes]:
+    """py-spy recording ``pid`` until interrupted: ``path``.txt (raw, with idle samples)."""
+    spy = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--idle",
+            "--threads",
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "-o",
+            f"{path}.txt",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(1.0)  # attached before the first request
+    return spy
+
+
 def _through_the_api(
     env: BenchEnv, smtp: SmtpServer, sender: Any, to: str, count: int
-) -> tuple[float, float]:
+) -> tuple[float, float, list[float]]:
+    """Sends/s of a burst, the lone messages' median latency (ms), and the CPU per send
+    (ms) of the API process and of the worker during the burst."""
     namespace = f"email-bench-{uuid.uuid4().hex[:8]}"
     extra = {"REDIS_URL": REDIS_URL, "QUEUE_NAMESPACE": namespace}
     port = _free_port()
@@ -107,6 +147,9 @@ def _through_the_api(
     profile = os.environ.get("BENCH_PYSPY")  # a path: record the worker's stacks
     if profile:
         command = ["py-spy", "record", "-d", "10", "--format", "raw", "-o", profile, "--", *command]
+    # A directory: record the API process and the worker (py-spy, wall-clock samples of
+    # every thread, idle ones too) while the burst of sends runs.
+    profile_dir = os.environ.get("BENCH_PYSPY_DIR")
     worker = subprocess.Popen(
         command,
         env=env.child_env(**extra),
@@ -117,8 +160,9 @@ def _through_the_api(
     queued_in = 0.0
     token = issue_token(env.env["JWT_SECRET"], tenant, user, 3600)
     headers = {"Authorization": f"Bearer {token}"}
+    spies: list[subprocess.Popen[bytes]] = []
     try:
-        with server(serve, env.child_env(**extra), port):
+        with server(serve, env.child_env(**extra), port) as api:
             base = f"http://127.0.0.1:{port}"
             account = httpx.post(
                 f"{base}/api/accounts",
@@ -154,6 +198,12 @@ def _through_the_api(
                 response.raise_for_status()
                 return str(response.json()["taskId"])
 
+            if profile_dir:
+                spies = [
+                    _spy(api.pid, f"{profile_dir}/api"),
+                    _spy(worker.pid, f"{profile_dir}/worker"),
+                ]
+            cpu_before = _cpu_seconds(api.pid), _cpu_seconds(worker.pid)
             began = time.perf_counter()
             with ThreadPoolExecutor(8) as pool:
                 task_ids = list(pool.map(send, range(count)))
@@ -164,6 +214,13 @@ def _through_the_api(
                     raise RuntimeError("the worker did not deliver every message in time")
                 time.sleep(0.01)
             rate = count / (time.perf_counter() - began)
+            cpu_ms = [
+                1000 * (_cpu_seconds(pid) - before) / count
+                for pid, before in zip((api.pid, worker.pid), cpu_before, strict=True)
+            ]
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
+                spy.wait(timeout=60)
             # Latency without a backlog: one message at a time, each waited for.
             lone: list[str] = []
             for n in range(LATENCY_SAMPLES):
@@ -174,6 +231,9 @@ def _through_the_api(
                         raise RuntimeError("a lone message was not delivered in time")
                     time.sleep(0.005)
     finally:
+        for spy in spies:
+            if spy.poll() is None:
+                spy.kill()
         worker.terminate()
         worker.wait(timeout=60)
     database = Database.from_url(env.database_url)
@@ -188,9 +248,10 @@ def _through_the_api(
         raise RuntimeError(f"only {len(accepted)} tasks recorded their acceptance")
     print(
         f"  P5: {rate:.0f} msg/s ({count} requests answered in {queued_in:.1f} s), "
-        f"enqueue->accepted median {statistics.median(waits):.0f} ms"
+        f"enqueue->accepted median {statistics.median(waits):.0f} ms; CPU per send: "
+        f"API {cpu_ms[0]:.1f} ms, worker {cpu_ms[1]:.1f} ms"
     )
-    return rate, float(statistics.median(waits))
+    return rate, float(statistics.median(waits)), cpu_ms
 
 
 __all__ = ["p5_send"]
