@@ -2,13 +2,15 @@
 
 Both build the message here, in the request, with ``mail.compose``: the caller learns at
 once about anything wrong with it (unknown account, attachment or message answered, a
-message too large), and the exact bytes are kept in the blob store before the task is
-queued, so every run of the job sends the same message with the same Message-ID. The
-jobs themselves are in ``services.delivery``.
+message too large), and the exact bytes are kept before the task is queued (a send's in
+its task row up to ``INLINE_MESSAGE_BYTES``, else in the blob store), so every run of
+the job sends the same message with the same Message-ID. The jobs themselves are in
+``services.delivery``.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import Any
 
@@ -42,6 +44,10 @@ log = logging.getLogger(__name__)
 
 SEND_ACTOR = "send_email"
 DRAFT_ACTOR = "save_draft"
+# A message up to this size (with the sender's copy, when it differs) travels in the task
+# row, committed with it: no blob to upload, read back and delete per send. Larger ones
+# are kept in the blob store until the job is done.
+INLINE_MESSAGE_BYTES = 64 * 1024
 # A common ceiling of mail servers (and of the request body limit): a larger message
 # would mostly be refused after its upload anyway.
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
@@ -69,36 +75,51 @@ def send_email(
     account = load_account(scope, body["accountId"])
     built = _build(scope, account, body)
     name = new_id()
-    raw_key = outgoing_key(scope, name)
-    copy_key = outgoing_key(scope, f"{name}.copy") if built.copy != built.raw else raw_key
-    keys = list(dict.fromkeys([raw_key, copy_key]))
-    scope.runtime.blobs.put(raw_key, built.raw, "message/rfc822")
-    if copy_key != raw_key:
-        scope.runtime.blobs.put(copy_key, built.copy, "message/rfc822")
-    payload = {
+    payload: dict[str, Any] = {
         "messageId": built.message_id,
         "envelopeFrom": account.email_address,
         "recipients": list(built.recipients),
-        "rawKey": raw_key,
-        "copyKey": copy_key,
+        # Where the job notes what the SMTP server took (``delivery._record_progress``).
+        "noteKey": outgoing_key(scope, f"{name}.accepted"),
     }
-    try:
-        # A savepoint: two requests racing with one key meet at the unique index.
-        with scope.session.begin_nested():
-            row = tasks.queue_task(
-                scope,
-                "send",
-                SEND_ACTOR,
-                account_id=account.id,
-                payload=payload,
-                idempotency_key=idempotency_key,
-            )
-    except IntegrityError:
-        earlier = _task_with_key(scope, idempotency_key) if idempotency_key else None
-        if earlier is None:
-            raise
-        delete_blobs(scope.runtime.blobs, keys)
-        return _send_response(earlier)
+    keys: list[str] = []
+    copy_size = len(built.copy) if built.copy != built.raw else 0
+    if len(built.raw) + copy_size <= INLINE_MESSAGE_BYTES:
+        payload["raw"] = base64.b64encode(built.raw).decode("ascii")
+        if copy_size:
+            payload["copy"] = base64.b64encode(built.copy).decode("ascii")
+    else:
+        raw_key = outgoing_key(scope, name)
+        copy_key = outgoing_key(scope, f"{name}.copy") if copy_size else raw_key
+        keys = list(dict.fromkeys([raw_key, copy_key]))
+        scope.runtime.blobs.put(raw_key, built.raw, "message/rfc822")
+        if copy_key != raw_key:
+            scope.runtime.blobs.put(copy_key, built.copy, "message/rfc822")
+        payload.update(rawKey=raw_key, copyKey=copy_key)
+
+    def queue() -> Task:
+        return tasks.queue_task(
+            scope,
+            "send",
+            SEND_ACTOR,
+            account_id=account.id,
+            payload=payload,
+            idempotency_key=idempotency_key,
+        )
+
+    if idempotency_key is None:
+        row = queue()  # nothing unique to meet: no savepoint (two round trips) needed
+    else:
+        try:
+            # A savepoint: two requests racing with one key meet at the unique index.
+            with scope.session.begin_nested():
+                row = queue()
+        except IntegrityError:
+            earlier = _task_with_key(scope, idempotency_key)
+            if earlier is None:
+                raise
+            delete_blobs(scope.runtime.blobs, keys)
+            return _send_response(earlier)
     log.info("send queued", extra={"account_id": account.id, "task_id": row.id})
     return _send_response(row)
 

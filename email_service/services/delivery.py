@@ -2,7 +2,8 @@
 
 A send runs in steps, each recorded in the task's payload as soon as it is done:
 
-1. SMTP delivery of the bytes built by the request (kept in the blob store), in
+1. SMTP delivery of the bytes built by the request (kept in the task row, or in the
+   blob store when large; dropped from the row once the task is done), in
    transactions of up to 100 recipients. Right after the server's 250 the job commits
    it, before anything else can fail; a run that finds a batch recorded never sends it
    again, and one that finds ``acceptedAt`` never talks to SMTP again. So a worker that
@@ -23,6 +24,7 @@ caller to send it again.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -100,6 +102,58 @@ def _blob(runtime: Runtime, key: str) -> bytes:
     return b"".join(runtime.blobs.stream(key))
 
 
+# The payload's inline copies of the message (``compose.INLINE_MESSAGE_BYTES``): dropped
+# from the task row in the write that finishes the task.
+_INLINE = ("raw", "copy")
+
+
+class _Stored:
+    """The message a send task keeps: in its row (small ones) or in the blob store.
+
+    Each is read once per run; the sender's copy is the delivered message itself unless
+    it names Bcc recipients.
+    """
+
+    def __init__(self, runtime: Runtime, payload: dict[str, Any]) -> None:
+        self.runtime = runtime
+        self.payload = payload
+        self._raw: bytes | None = None
+
+    def raw(self) -> bytes:
+        if self._raw is None:
+            if "raw" in self.payload:
+                self._raw = base64.b64decode(self.payload["raw"])
+            else:
+                self._raw = _blob(self.runtime, self.payload["rawKey"])
+        return self._raw
+
+    def copy(self) -> bytes:
+        if "copy" in self.payload:
+            return base64.b64decode(self.payload["copy"])
+        if "raw" in self.payload or self.payload.get("copyKey") == self.payload.get("rawKey"):
+            return self.raw()
+        return _blob(self.runtime, self.payload["copyKey"])
+
+    def blob_keys(self) -> list[str]:
+        """What to delete once the task is done: the message's blobs and the note."""
+        keys = [self.payload.get("rawKey"), self.payload.get("copyKey"), note_key(self.payload)]
+        return [key for key in dict.fromkeys(keys) if key]
+
+
+def note_key(payload: dict[str, Any]) -> str:
+    """The blob key of the send task's note of what the SMTP server took."""
+    # Tasks queued before messages could travel in the row name it after the message's blob.
+    return str(payload.get("noteKey") or f"{payload['rawKey']}.accepted")
+
+
+def _forget_message(unit: JobUnit, task_id: str) -> None:
+    """Drop the inline message from the task row, in the step that finishes the task."""
+    with unit.step() as session:
+        row = tasks.locked_task(session, task_id)
+        if row is not None and any(name in row.payload for name in _INLINE):
+            row.payload = {k: v for k, v in row.payload.items() if k not in _INLINE}
+
+
 # ----------------------------------------------------------------------------- send
 
 
@@ -120,21 +174,23 @@ def run_send(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, attempt: Atte
 def _run_send(unit: JobUnit, task_id: str, attempt: Attempt) -> None:
     runtime = unit.runtime
     report = tasks.TaskReport(unit, task_id)
-    with unit.step():
-        task = report.load()
+    # Reading the task and marking it started are one transaction.
+    with unit.step() as session:
+        task = tasks.locked_task(session, task_id)
         if task is None or task.status in tasks.FINISHED:
             return
         account = _live_account(unit, task.account_id)
-    payload = dict(task.payload)
-    keys = [payload["rawKey"], payload["copyKey"], _accepted_key(payload["rawKey"])]
-    report.started(attempt.number)
+        # A note in the blob store can exist only if a run started before this one.
+        resumed = task.started_at is not None
+        payload = dict(task.payload)
+        report.started(attempt.number)
+    stored = _Stored(runtime, payload)
+    keys = stored.blob_keys()
     try:
         if "acceptedAt" not in payload:
             if account is None:
                 raise _Failed("The account no longer exists")
-            # A note in the blob store can exist only if a run started before this one.
-            resumed = task.started_at is not None
-            payload = _deliver(unit, task_id, account, payload, report, attempt, resumed)
+            payload = _deliver(unit, task_id, account, payload, report, attempt, stored, resumed)
         result: dict[str, Any] = {
             "messageId": payload["messageId"],
             "accepted": payload["accepted"],
@@ -143,13 +199,19 @@ def _run_send(unit: JobUnit, task_id: str, attempt: Attempt) -> None:
         }
         reported = False
         if account is not None and account.protocol == "imap":
-            reported = _file_sent_copy(unit, task_id, account, payload, result, attempt, report)
+            reported = _file_sent_copy(
+                unit, task_id, account, payload, result, attempt, report, stored
+            )
     except _Failed as failure:
-        report.failed(failure.reason, failure.result)
+        with unit.step():
+            _forget_message(unit, task_id)
+            report.failed(failure.reason, failure.result)
         delete_blobs(runtime.blobs, keys)
         return
     if not reported:
-        report.succeeded(result)
+        with unit.step():
+            _forget_message(unit, task_id)
+            report.succeeded(result)
     delete_blobs(runtime.blobs, keys)
     log.info("sent message %s (task %s)", payload["messageId"], task_id)
 
@@ -161,6 +223,7 @@ def _deliver(
     payload: dict[str, Any],
     report: tasks.TaskReport,
     attempt: Attempt,
+    stored: _Stored,
     resumed: bool = True,
 ) -> dict[str, Any]:
     """Hand the message to the account's SMTP server; returns the payload with the outcome.
@@ -183,7 +246,8 @@ def _deliver(
     retries: list[dict[str, Any]] = list(payload.get("retries", []))
     step = int(payload.get("noteStep", 0))
     # A first run has no note to read (one is written only after the task started).
-    noted = _accepted_note(runtime, payload["rawKey"]) if resumed else None
+    noted_at = note_key(payload)
+    noted = _accepted_note(runtime, noted_at) if resumed else None
     if noted is not None and int(noted.get("step", 0)) > step:
         # An earlier run had the server accept more than it could record in the task.
         done, retries, step = list(noted["batches"]), list(noted["retries"]), int(noted["step"])
@@ -192,10 +256,10 @@ def _deliver(
     def record(**outcome: Any) -> dict[str, Any]:
         nonlocal step
         step += 1
-        return _record_progress(unit, task_id, payload["rawKey"], step, done, retries, **outcome)
+        return _record_progress(unit, task_id, noted_at, step, done, retries, **outcome)
 
     try:
-        raw = _blob(runtime, payload["rawKey"])
+        raw = stored.raw()
         endpoint = account_endpoint(runtime, account, smtp=True)
     except (DecryptionError, BlobNotFound) as exc:
         raise _Failed(describe(exc)) from exc
@@ -314,14 +378,10 @@ def _deferred_in(entries: list[dict[str, Any]]) -> bool:
     return any(entry.get("deferred") for entry in entries)
 
 
-def _accepted_key(raw_key: str) -> str:
-    return f"{raw_key}.accepted"
-
-
-def _accepted_note(runtime: Runtime, raw_key: str) -> dict[str, Any] | None:
-    """What an earlier run noted in the blob store as sent, if anything."""
+def _accepted_note(runtime: Runtime, key: str) -> dict[str, Any] | None:
+    """What an earlier run noted in the blob store (at ``key``) as sent, if anything."""
     try:
-        note = json.loads(_blob(runtime, _accepted_key(raw_key)))
+        note = json.loads(_blob(runtime, key))
     except BlobNotFound:
         return None
     return note if isinstance(note, dict) else None
@@ -330,7 +390,7 @@ def _accepted_note(runtime: Runtime, raw_key: str) -> dict[str, Any] | None:
 def _record_progress(
     unit: JobUnit,
     task_id: str,
-    raw_key: str,
+    key: str,
     step: int,
     done: list[dict[str, Any]],
     retries: list[dict[str, Any]],
@@ -348,9 +408,7 @@ def _record_progress(
     """
     note = {"step": step, "batches": done, "retries": retries}
     try:
-        unit.runtime.blobs.put(
-            _accepted_key(raw_key), json.dumps(note).encode(), "application/json"
-        )
+        unit.runtime.blobs.put(key, json.dumps(note).encode(), "application/json")
     except Exception as exc:
         log.warning("send task %s: no acceptance note in the blob store: %r", task_id, exc)
     deadline = time.monotonic() + _RECORD_PATIENCE_S
@@ -416,6 +474,7 @@ def _file_sent_copy(
     result: dict[str, Any],
     attempt: Attempt,
     report: tasks.TaskReport,
+    stored: _Stored,
 ) -> bool:
     """Steps 2 and 3; fills ``result`` (``sentFolder``, ``sentMessageId`` or ``sentCopyError``).
 
@@ -427,7 +486,7 @@ def _file_sent_copy(
     runtime = unit.runtime
     appended: dict[str, Any] = {}
     try:
-        copy = _blob(runtime, payload["copyKey"])
+        copy = stored.copy()
         if "sentUid" not in payload:
             endpoint = account_endpoint(runtime, account)
             with pooled_session(endpoint, runtime.mail_pools.imap, account.id) as imap:
@@ -470,6 +529,7 @@ def _file_sent_copy(
                     SENT_FLAGS,
                     changes.ORIGIN_SEND,
                 )
+                _forget_message(unit, task_id)
                 report.succeeded(result)
             return True
         except Exception:
@@ -479,6 +539,7 @@ def _file_sent_copy(
     if appended:
         with unit.step():
             mark(unit, task_id, **appended)
+            _forget_message(unit, task_id)
             report.succeeded(result)
         return True
     return False

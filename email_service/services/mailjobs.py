@@ -9,9 +9,9 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from db.models import Task
 from email_service.mail.imap import ImapSession, RemoteFolder
 from email_service.scope import JobUnit
+from email_service.services.tasks import locked_task
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def mark(unit: JobUnit, task_id: str, **values: Any) -> dict[str, Any]:
     once (a checkpoint); inside a step the job has open, it commits with that step.
     """
     with unit.step() as session:
-        row = session.get(Task, task_id, with_for_update=True)
+        row = locked_task(session, task_id)
         if row is None:
             return dict(values)
         # A new dict, so the JSON column is seen as changed.

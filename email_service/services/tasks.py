@@ -99,6 +99,23 @@ def get_task(scope: Scope, task_id: str) -> dict[str, Any]:
     return present.task(row)
 
 
+def locked_task(session: Session, task_id: str) -> Task | None:
+    """The task row, locked (``FOR UPDATE``) until ``session``'s transaction ends.
+
+    Read once per transaction: a step that reads its task to decide what to do and
+    then writes it (its own marks, then the status) pays one statement for all.
+    """
+    transaction = session.get_transaction()
+    held = session.info.get(_LOCKED)
+    if held is None or held[0] is not transaction:
+        held = (transaction, {})
+        session.info[_LOCKED] = held
+    rows: dict[str, Task | None] = held[1]
+    if task_id not in rows:
+        rows[task_id] = session.get(Task, task_id, with_for_update=True)
+    return rows[task_id]
+
+
 class TaskReport:
     """How a running job writes its progress and outcome into its task row.
 
@@ -120,18 +137,8 @@ class TaskReport:
             return session.get(Task, self.task_id)
 
     def lock(self, session: Session) -> Task | None:
-        """The task row, locked (``FOR UPDATE``) until ``session``'s transaction ends;
-        read once per transaction, so a job that reads its task to decide what to do
-        and then reports into it pays one statement for both."""
-        transaction = session.get_transaction()
-        held = session.info.get(_LOCKED)
-        if held is None or held[0] is not transaction:
-            held = (transaction, {})
-            session.info[_LOCKED] = held
-        rows: dict[str, Task | None] = held[1]
-        if self.task_id not in rows:
-            rows[self.task_id] = session.get(Task, self.task_id, with_for_update=True)
-        return rows[self.task_id]
+        """The task row, locked until ``session``'s transaction ends (``locked_task``)."""
+        return locked_task(session, self.task_id)
 
     def _update(self, **values: Any) -> None:
         with self.unit.step() as session:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable
@@ -137,17 +138,18 @@ def test_a_run_that_died_after_acceptance_never_sends_again(
     # (the worker reports success before it deletes the task's blobs and lets go of the
     # task's lock: wait for that, or the run below finds the task "running elsewhere")
     _wait_until_not_running(sync_runtime, row.id)
-    raw_key = row.payload["rawKey"]
-    sync_runtime.blobs.put(raw_key, b"From: a@example.test\r\n\r\nx", "message/rfc822")
     batch = {"accepted": [to.email], "refused": {}, "deferred": {}}
     note = {"step": 1, "batches": [batch], "retries": []}
-    sync_runtime.blobs.put(f"{raw_key}.accepted", json.dumps(note).encode(), "application/json")
+    note_key = delivery.note_key(row.payload)
+    sync_runtime.blobs.put(note_key, json.dumps(note).encode(), "application/json")
     with sync_runtime.db.transaction(alice.caller.tenant_id) as session:
         task = session.get(Task, row.id)
         assert task is not None
         task.status = "started"
         recorded = ("acceptedAt", "batches", "retries", "noteStep")
         task.payload = {k: v for k, v in task.payload.items() if k not in recorded}
+        # (the finished task dropped the message it kept: give the run one again)
+        task.payload["raw"] = base64.b64encode(b"From: a@example.test\r\n\r\nx").decode()
 
     # When the job runs again
     delivery.run_send(sync_runtime, alice.caller.tenant_id, row.id, Attempt(0, False))
