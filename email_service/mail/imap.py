@@ -747,19 +747,28 @@ class ImapSession:
             raise ValueError("uid must not be negative")
         return [u for u in self._uid_search(f"UID {uid + 1}:*") if u > uid]
 
-    def uids_with_header(self, name: str, value: str) -> list[int]:
+    def uids_with_header(self, name: str, value: str, *, newest: int | None = None) -> list[int]:
         """UIDs of messages whose header ``name`` contains ``value`` (``SEARCH HEADER``).
 
         For finding a message this service stored before (by its ``Message-ID``), so a
-        repeated APPEND can be avoided. ``value`` must be printable ASCII (no CHARSET is
-        sent); raises ``ValueError`` otherwise or for a header name that is not a token.
+        repeated APPEND can be avoided. With ``newest``, only the selected folder's
+        ``newest`` last messages are searched (by sequence number): the server reads the
+        headers of those alone instead of the whole folder's. ``value`` must be printable
+        ASCII (no CHARSET is sent); raises ``ValueError`` otherwise or for a header name
+        that is not a token.
         """
         if not _HEADER_NAME_RE.fullmatch(name):
             raise ValueError(f"{name!r} is not a header name")
         if not value or not all(" " <= c <= "~" for c in value):
             raise ValueError("the searched header value must be printable ASCII")
         quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        return self._uid_search(f"HEADER {name} {quoted}")
+        within = ""
+        if newest is not None:
+            exists = self._state.exists if self._state is not None else 0
+            if exists == 0:
+                return []
+            within = f"{max(1, exists - newest + 1)}:* "
+        return self._uid_search(f"{within}HEADER {name} {quoted}")
 
     def _uid_search(self, criteria: str) -> list[int]:
         imap = self._require_selected()

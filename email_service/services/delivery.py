@@ -64,6 +64,9 @@ _RECORD_PATIENCE_S = 60.0
 # Recipients per SMTP transaction: RFC 5321 (4.5.3.1.8) has servers take at least 100.
 SMTP_BATCH = 100
 DRAFT_FLAGS = ("\\Draft", "\\Seen")
+# How many of the Sent folder's newest messages a first run searches for a copy the
+# server filed on its own (a re-run searches the whole folder for its own earlier copy).
+SERVER_COPY_WINDOW = 100
 
 
 class _Failed(Exception):
@@ -200,7 +203,7 @@ def _run_send(unit: JobUnit, task_id: str, attempt: Attempt) -> None:
         reported = False
         if account is not None and account.protocol == "imap":
             reported = _file_sent_copy(
-                unit, task_id, account, payload, result, attempt, report, stored
+                unit, task_id, account, payload, result, attempt, report, stored, resumed
             )
     except _Failed as failure:
         with unit.step():
@@ -475,6 +478,7 @@ def _file_sent_copy(
     attempt: Attempt,
     report: tasks.TaskReport,
     stored: _Stored,
+    resumed: bool,
 ) -> bool:
     """Steps 2 and 3; fills ``result`` (``sentFolder``, ``sentMessageId`` or ``sentCopyError``).
 
@@ -491,7 +495,16 @@ def _file_sent_copy(
             endpoint = account_endpoint(runtime, account)
             with pooled_session(endpoint, runtime.mail_pools.imap, account.id) as imap:
                 folder = special_folder(imap, "\\Sent", "Sent")
-                uid = append_once(imap, folder.name, copy, payload["messageId"], SENT_FLAGS)
+                uid = append_once(
+                    imap,
+                    folder.name,
+                    copy,
+                    payload["messageId"],
+                    SENT_FLAGS,
+                    # A first run cannot have appended it before: the newest messages
+                    # are where a copy the server filed itself would be.
+                    newest=None if resumed else SERVER_COPY_WINDOW,
+                )
             appended = {
                 "sentUid": uid,
                 "sentFolder": folder.name,

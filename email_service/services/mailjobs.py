@@ -51,16 +51,25 @@ def special_folder(imap: ImapSession, use: str, default_name: str) -> RemoteFold
 
 
 def append_once(
-    imap: ImapSession, folder: str, raw: bytes, message_id: str, flags: tuple[str, ...]
+    imap: ImapSession,
+    folder: str,
+    raw: bytes,
+    message_id: str,
+    flags: tuple[str, ...],
+    *,
+    newest: int | None = None,
 ) -> int | None:
     """APPEND ``raw`` to ``folder`` unless a message with its Message-ID is there already.
 
     Returns the message's UID (``None`` when the server reports none). The check makes a
     re-run after a lost reply harmless, and skips our copy when the server itself filed
-    the message (some providers put submitted mail into Sent on their own).
+    the message (some providers put submitted mail into Sent on their own). A caller
+    that knows no earlier run can have appended it passes ``newest``: only that many of
+    the folder's last messages are searched (a copy the server filed on its own, at
+    submission, is among them), not a Sent folder of years.
     """
     imap.select(folder, readonly=True)
-    found = imap.uids_with_header("Message-ID", f"<{message_id}>")
+    found = imap.uids_with_header("Message-ID", f"<{message_id}>", newest=newest)
     if found:
         return max(found)
     # Courier refuses to APPEND to the folder selected read-only ("Current box is

@@ -47,3 +47,48 @@ def test_append_once_appends_a_message_id_only_once(endpoint: MailEndpoint) -> N
         assert imap.flags([first])[first] == ("\\Draft",)
         with pytest.raises(ValueError):
             imap.uids_with_header("Message-ID", "<x>\r\nA001 LOGOUT")
+
+
+def _with_id(message_id: str) -> bytes:
+    return f"Message-ID: <{message_id}>\r\nSubject: s\r\n\r\nbody\r\n".encode()
+
+
+def test_append_once_given_newest_looks_only_among_the_newest_messages(
+    endpoint: MailEndpoint,
+) -> None:
+    flags = ("\\Seen",)
+    with ImapSession(endpoint) as imap:
+        imap.create_folder("Window")
+        # Given a folder with an old message and five newer ones
+        deep = append_once(
+            imap, "Window", _with_id("deep@example.test"), "deep@example.test", flags
+        )
+        newer = [
+            append_once(imap, "Window", _with_id(f"n{i}@example.test"), f"n{i}@example.test", flags)
+            for i in range(5)
+        ]
+        # Then a copy among the newest three is found, not appended again
+        assert (
+            append_once(
+                imap, "Window", _with_id("n4@example.test"), "n4@example.test", flags, newest=3
+            )
+            == newer[4]
+        )
+        # and the old one is outside that window (the server reads no further back)
+        outside = append_once(
+            imap, "Window", _with_id("deep@example.test"), "deep@example.test", flags, newest=3
+        )
+        assert outside is not None and outside != deep
+        # while without a window the whole folder is searched
+        assert (
+            append_once(imap, "Window", _with_id("n0@example.test"), "n0@example.test", flags)
+            == newer[0]
+        )
+        imap.select("Window")
+        assert len(imap.uids()) == 7
+        # and an empty folder is not searched at all
+        imap.create_folder("Empty")
+        first = append_once(
+            imap, "Empty", _with_id("e@example.test"), "e@example.test", flags, newest=3
+        )
+        assert first is not None
