@@ -69,6 +69,10 @@ class CommittedChanges:
     # The engine that committed them: listeners that belong to one runtime (several live in
     # one test process, one in a deployed one) act only on their own runtime's commits.
     engine: Any = field(default=None, compare=False)
+    # Whether the user's feed has a webhook fan-out cursor (``webhook_fanouts``) as the
+    # commit saw it under the user's lock; only then is there a fan-out to wake. Where
+    # it was not looked up (SQLite), True.
+    followed: bool = field(default=True, compare=False)
 
 
 #: ``listener(engine, committed)`` after every commit that recorded changes, in this
@@ -197,7 +201,8 @@ def _committed(
 # The changes' insert on PostgreSQL. Positions are drawn in the order the rows were
 # recorded (INSERT ... SELECT ... ORDER BY draws the defaults in that order), and stamped
 # by the server's clock after the lock is held; one notification per user with the
-# highest position (delivered only if the transaction commits).
+# highest position (delivered only if the transaction commits), and whether a webhook
+# fan-out follows the user's feed (``CommittedChanges.followed``).
 _INSERT_CHANGES = """
 WITH new AS (
     INSERT INTO changes (tenant_id, user_id, type, account_id, folder_id, message_id,
@@ -211,7 +216,9 @@ WITH new AS (
     RETURNING position, tenant_id, user_id
 )
 SELECT tenant_id, user_id, max(position),
-       pg_notify(%s, tenant_id::text || ':' || user_id::text || ':' || max(position)::text)
+       pg_notify(%s, tenant_id::text || ':' || user_id::text || ':' || max(position)::text),
+       EXISTS (SELECT 1 FROM webhook_fanouts f
+               WHERE f.tenant_id = new.tenant_id AND f.user_id = new.user_id)
 FROM new GROUP BY tenant_id, user_id
 """
 
@@ -254,8 +261,9 @@ def _commit(conn: Connection) -> None:
                 )
             inserting.execute(_INSERT_CHANGES, (Jsonb(rows), NOTIFY_CHANNEL))
             locking.execute("COMMIT")
-        highest = {
-            (uuid.UUID(str(t)), uuid.UUID(str(u))): int(p) for t, u, p, _ in inserting.fetchall()
+        found = {
+            (uuid.UUID(str(t)), uuid.UUID(str(u))): (int(p), bool(followed))
+            for t, u, p, _, followed in inserting.fetchall()
         }
     except psycopg.Error as error:
         if raw.broken:
@@ -271,7 +279,8 @@ def _commit(conn: Connection) -> None:
         key = (row["tenant_id"], row["user_id"])
         types[key] = (*types.get(key, ()), row["type"])
     batch.committed = [
-        CommittedChanges(key[0], key[1], highest[key], types[key], batch.engine) for key in types
+        CommittedChanges(key[0], key[1], found[key][0], types[key], batch.engine, found[key][1])
+        for key in types
     ]
 
 

@@ -56,9 +56,11 @@ class CommitListeners(Generic[T]):
         *,
         job: str,
         key: Callable[[T], Hashable] = lambda item: item,
+        only: Callable[[T], bool] = lambda item: True,
     ) -> None:
         """After every commit of ``engine``, call ``wake(k)`` once for each distinct
-        ``key(item)`` it announced; replaces ``owner``'s earlier installation.
+        ``key(item)`` of the items it announced for which ``only(item)`` holds; replaces
+        ``owner``'s earlier installation.
 
         ``wake`` queues ``owner``'s (a runtime's) ``job``. If it raises, the failure is
         logged and the other keys are still woken.
@@ -67,7 +69,7 @@ class CommitListeners(Generic[T]):
         def listener(committed_by: Any, items: list[T]) -> None:
             if committed_by is not None and committed_by is not engine:
                 return  # another runtime's commit
-            for each in dict.fromkeys(key(item) for item in items):
+            for each in dict.fromkeys(key(item) for item in items if only(item)):
                 try:
                     wake(each)
                 except Exception:

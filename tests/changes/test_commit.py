@@ -71,6 +71,8 @@ def test_changes_of_one_commit_keep_their_order_and_reach_the_listeners(
     assert by_user[ann].position == max(r.position for r in rows if r.user_id == ann)
     assert by_user[ben].position == max(r.position for r in rows if r.user_id == ben)
     assert by_user[ann].engine is runtime.db.engine
+    # and neither user's feed is followed by a webhook fan-out
+    assert not by_user[ann].followed and not by_user[ben].followed
 
 
 def test_a_change_that_cannot_be_written_rolls_back_its_whole_transaction(

@@ -5,8 +5,13 @@ grow in commit order per user. Fan-out is a reader of that feed with a cursor of
 own, one ``webhook_fanouts`` row per user with webhooks:
 
 1. **Woken after commit.** A commit listener (:func:`install`) queues
-   :data:`FANOUT_ACTOR` for each user whose changes just committed. It only queues: the
-   committing transaction pays nothing for webhooks.
+   :data:`FANOUT_ACTOR` for each user whose changes just committed, if that user has a
+   cursor row: the commit looks for it under the user's feed lock (``db.changes``,
+   ``CommittedChanges.followed``). A cursor created at the same time cannot be missed:
+   its transaction takes the same lock (shared, for the head it starts at), so either it
+   committed before the lookup and is seen, or its head is at or after this commit's
+   changes, which it is then not owed. It only queues: the committing transaction pays
+   one EXISTS in its last statement, and a user without webhooks costs no job.
 2. **Exactly once.** :func:`fan_out` locks the user's cursor row, reads the changes
    after it (in position order, a page at a time), records their deliveries
    (``dispatch.record_deliveries``) and moves the cursor, in one transaction: a change is
@@ -89,6 +94,7 @@ def install(runtime: Runtime) -> None:
         lambda owner: queue_fanout(runtime, *owner),
         job="webhook fan-out",
         key=lambda change: (change.tenant_id, change.user_id),
+        only=lambda change: change.followed,
     )
 
 
