@@ -289,6 +289,8 @@ _COLUMNS = ("type", "account_id", "folder_id", "message_id", "task_id", "data")
 
 def _forget(conn: Connection) -> None:
     """A rollback: a batch left on the connection must never reach a later commit."""
+    if conn.invalidated:
+        return  # its DBAPI connection is discarded, and the batch with it (``_checkin``)
     conn.info.pop(_BATCH, None)
 
 
