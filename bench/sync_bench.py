@@ -355,9 +355,15 @@ def p2_resync(env: BenchEnv, folders: int, per_folder: int, reps: int) -> dict[s
         every = [name for _flags, _delim, name in client.list_folders()]
     finally:
         client.logout()
-    baseline = [select_loop(env, user, every) for _ in range(reps)]
-    # A worker is a long-running process: the first resync warms it up and is not timed.
-    runs = run_sync(env, caller, account_id, repeat=reps + 1)[1:]
+    # Each timed resync runs right after a baseline loop, so both sides of a pair meet
+    # the same load (the shared machine swings either side 2-4x within a minute).
+    # A worker is a long-running process: in each, a first resync warms it up (its
+    # session pool, its database pool) and is not timed.
+    baseline: list[float] = []
+    runs: list[dict[str, Any]] = []
+    for _ in range(reps):
+        baseline.append(select_loop(env, user, every))
+        runs.extend(run_sync(env, caller, account_id, repeat=2)[1:])
     for figures in runs:
         assert figures["result"]["messagesAdded"] == 0 and figures["result"]["messagesUpdated"] == 0
     ours = [figures["seconds"] for figures in runs]
@@ -369,18 +375,21 @@ def p2_resync(env: BenchEnv, folders: int, per_folder: int, reps: int) -> dict[s
     transactions = statistics.median(figures["transactions"] for figures in runs)
     db_trips = statistics.median(figures["db_round_trips"] for figures in runs)
     base, value = statistics.median(baseline), statistics.median(ours)
+    # The ratio is the median of the pairs' ratios (each pair measured back to back).
+    ratio = statistics.median(o / b for o, b in zip(ours, baseline, strict=True))
     return {
         "id": "P2",
         "what": f"resync, no changes, {folders} folders x {per_folder} messages",
         "baseline": f"{base * 1000:.0f} ms bare SELECT loop over {len(every)} folders",
         "value": (
-            f"{value * 1000:.0f} ms; per resync {imap_trips:.0f} IMAP commands, "
+            f"{value * 1000:.0f} ms (ratio: median of {reps} back-to-back pairs); "
+            f"per resync {imap_trips:.0f} IMAP commands, "
             f"{statements:.0f} statements in {transactions:.0f} transactions, "
             f"{db_trips:.0f} database round trips"
         ),
-        "ratio": value / base,
+        "ratio": ratio,
         "target": "<= 1.5",
-        "met": value / base <= 1.5,
+        "met": ratio <= 1.5,
         "raw": {
             "baseline_s": baseline,
             "ours_s": ours,
