@@ -352,7 +352,11 @@ class MessageStore:
             outcome.unread = sum(1 for row in rows if not row["is_read"])
             self._announce(session, target, rows)
             return outcome
-        except (IntegrityError, DBAPIError):
+        except (IntegrityError, DBAPIError) as exc:
+            if exc.connection_invalidated:
+                # Not a refusal: the connection is gone, and so is the transaction; the
+                # job runs again (jobs.infrastructure_trouble), as for any lost database.
+                raise
             log.warning("a batch of %d messages was refused; storing them one by one", len(rows))
         by_message: dict[str, list[dict[str, Any]]] = {}
         for attachment in attachments:
@@ -368,6 +372,8 @@ class MessageStore:
                 outcome.unread += 0 if row["is_read"] else 1
                 self._announce(session, target, [row])
             except (IntegrityError, DBAPIError) as exc:
+                if exc.connection_invalidated:
+                    raise
                 if item.uid is not None and _stored_already(session, target.folder_id, item.uid):
                     # Stored meanwhile by a send or draft job filing its own copy.
                     continue

@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from db.models import Message, Task
 from email_service.jobs import Attempt
@@ -81,6 +81,43 @@ def test_a_sync_cut_off_half_way_completes_on_retry_without_duplicates(
     inbox = folders_by_name(api, mailbox)["INBOX"]
     assert inbox["messageCount"] == len(SAMPLES)
     assert len(all_messages(api, mailbox, inbox["id"])) == len(SAMPLES)
+
+
+def test_a_batch_whose_database_connection_dies_is_retried_not_stored_one_by_one(
+    sync_runtime: Runtime, api: Any, mailbox: Mailbox, dovecot: Dovecot, alice: Identity,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Given a mailbox of 11 messages, synced in batches of 4, whose database session is
+    # killed (a server restart, an administrator) just as the second batch is stored
+    fill(dovecot, mailbox.user)
+    add_batch, upload = MessageStore.add_batch, MessageStore._upload
+    calls: dict[str, Any] = {"n": 0}
+
+    def noted(self: MessageStore, session: Any, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        calls["session"] = session
+        return add_batch(self, session, *args, **kwargs)
+
+    def killed(self: MessageStore, *args: Any) -> Any:
+        # Just before the batch's insert (the blob uploads come first)
+        if calls["n"] == 2:
+            pid = calls["session"].execute(text("SELECT pg_backend_pid()")).scalar_one()
+            with sync_runtime.db.engine.connect() as other:
+                other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        return upload(self, *args)
+
+    monkeypatch.setattr(MessageStore, "add_batch", noted)
+    monkeypatch.setattr(MessageStore, "_upload", killed)
+
+    # When it is synced
+    task = sync(api, mailbox)
+
+    # Then the lost connection was taken for what it is (the job ran again), not as a
+    # refused batch whose messages are then tried one by one on the dead connection
+    assert task["status"] == "success", task
+    assert task_row(sync_runtime, alice.caller.tenant_id, task["taskId"]).attempts == 2
+    uids = stored_uids(sync_runtime, alice.caller.tenant_id, mailbox.id)
+    assert uids == sorted(set(uids)) and len(uids) == len(SAMPLES)
 
 
 def test_a_worker_dying_mid_sync_leaves_a_task_the_rerun_completes_exactly(
