@@ -25,6 +25,7 @@ from email_service.web.probes import ProbeMiddleware
 from email_service.web.ratelimit import RateLimitHeadersMiddleware, RateLimitMiddleware
 from email_service.web.resolver import OperationResolver
 from email_service.web.security import security_map
+from email_service.web.speccache import SpecCacheMiddleware
 from email_service.web.stream import ChangeStreamMiddleware
 from email_service.web.validation import validator_map
 from workers.outbox import resume_interrupted
@@ -104,6 +105,8 @@ def create_app(
     app.add_middleware(
         ChangeStreamMiddleware, position=MiddlewarePosition.BEFORE_CONTEXT, runtime=runtime
     )
+    # The spec documents are built once per process, not per request (web/speccache.py).
+    app.add_middleware(SpecCacheMiddleware, position=MiddlewarePosition.BEFORE_SWAGGER)
     # Outermost, so error responses get the request id too and /metrics skips auth.
     app.add_middleware(
         ObservabilityMiddleware, position=MiddlewarePosition.BEFORE_EXCEPTION, spec=spec
