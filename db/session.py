@@ -42,6 +42,7 @@ def make_engine(url: str, *, pool_size: int = 12, echo: bool = False) -> Engine:
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        event.listen(engine, "savepoint", _savepoint_in_a_transaction)
         return engine
     # No pre-ping (a round trip on every checkout): a connection is recycled after a
     # while, one the server has closed is noticed at checkout without a round trip
@@ -56,6 +57,30 @@ def make_engine(url: str, *, pool_size: int = 12, echo: bool = False) -> Engine:
     )
     event.listen(engine, "checkout", _closed_by_server)
     return engine
+
+
+def _savepoint_in_a_transaction(conn: Any, _name: str) -> None:
+    """Begin the transaction a savepoint is about to open in, if none has begun yet.
+
+    Python 3.11's sqlite3 (legacy transaction control) begins a transaction only before
+    an INSERT, UPDATE or DELETE; a SAVEPOINT run first opened a transaction of its own
+    and its RELEASE committed, so the rows were seen by everyone at once and stayed
+    when the unit of work rolled back. The transaction begun here holds them until the
+    unit of work commits or rolls back.
+
+    IMMEDIATE: a savepoint is only opened to write, and taking the write lock now waits
+    for another writer (the 30 s busy timeout). Reads before the savepoint ran outside
+    the transaction (as legacy control runs them), so no stale snapshot stands in the
+    way; a DEFERRED transaction that read first could not take the lock once another
+    connection had committed (SQLITE_BUSY_SNAPSHOT, not retried by the busy handler).
+    We do not take SQLAlchemy's recipe of a BEGIN at every transaction's first
+    statement for that reason: with DEFERRED, a request that reads and then writes
+    while the in-process worker commits would fail with "database is locked"; with
+    IMMEDIATE, every read-only request would wait behind the worker's writes.
+    """
+    dbapi_conn = conn.connection.dbapi_connection
+    if not dbapi_conn.in_transaction:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
