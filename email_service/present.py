@@ -85,6 +85,12 @@ def message_summary(row: Message | Row[Any]) -> dict[str, Any]:
     }
 
 
+#: How the API writes every JSON body (README "Performance", P3): compact, no indentation
+#: or spaces, keys sorted and non-ASCII escaped as Flask's JSON provider does. Connexion's
+#: jsonifier (``email_service.app``), Flask's ``jsonify``, the error bodies, the change
+#: stream and ``message_page_json`` all use it.
+JSON_SEPARATORS = (",", ":")
+
 # The list entry's keys in the order of ``message_summary``, and the same sorted (as the
 # API's JSON is written): ``message_page_json`` writes the sorted order from row tuples
 # in the order of ``email_service.services.mailbox.LIST_COLUMNS``.
@@ -95,7 +101,7 @@ _SUMMARY_KEYS = (
 )  # fmt: skip
 _SORTED = sorted(range(len(_SUMMARY_KEYS)), key=lambda index: _SUMMARY_KEYS[index])
 _PREVIEW = _SUMMARY_KEYS.index("preview")
-_KEY_PREFIXES = tuple(f'      "{_SUMMARY_KEYS[index]}": ' for index in _SORTED)
+_KEY_PREFIXES = tuple(f'"{_SUMMARY_KEYS[index]}":' for index in _SORTED)
 
 
 class _NotPlain(Exception):
@@ -103,8 +109,8 @@ class _NotPlain(Exception):
 
 
 def _value(value: Any) -> str:
-    # The JSON of one value exactly as ``json.dumps(..., indent=2, sort_keys=True)`` writes
-    # it inside a list entry (ensure_ascii, like the API's encoder).
+    # The JSON of one value exactly as ``json.dumps(..., separators=JSON_SEPARATORS,
+    # sort_keys=True)`` writes it (ensure_ascii, like the API's encoder).
     if isinstance(value, str):
         return encode_basestring_ascii(value)
     if value is True:
@@ -116,22 +122,20 @@ def _value(value: Any) -> str:
     if type(value) is int:
         return int.__repr__(value)
     if type(value) is list:
-        if not value:
-            return "[]"
         if not all(type(item) is str for item in value):
             raise _NotPlain
-        return "[\n        " + ",\n        ".join(map(encode_basestring_ascii, value)) + "\n      ]"
+        return "[" + ",".join(map(encode_basestring_ascii, value)) + "]"
     raise _NotPlain
 
 
 def message_page_json(rows: Sequence[Sequence[Any]], total: int, limit: int, offset: int) -> str:
     """The listMessages body for ``rows`` (``LIST_COLUMNS`` tuples), already as JSON text.
 
-    The same text, byte for byte, as the API's encoder (Connexion's ``Jsonifier``: indent 2,
-    sorted keys, ASCII, a final newline) makes of ``{"messages": [message_summary(row)...],
-    "pagination": ...}``, written directly: the generic encoder's pure-Python indenting
-    walk cost more than the page's query. A value of another kind than the list columns
-    hold (str, bool, int, None, a list of str) falls back to that encoder.
+    The same text, byte for byte, as the API's encoder (Connexion's ``Jsonifier``:
+    ``JSON_SEPARATORS``, sorted keys, ASCII, a final newline) makes of ``{"messages":
+    [message_summary(row)...], "pagination": ...}``, written directly: the generic
+    encoder's walk cost more than the page's query. A value of another kind than the
+    list columns hold (str, bool, int, None, a list of str) falls back to that encoder.
     """
     try:
         entries = []
@@ -139,12 +143,12 @@ def message_page_json(rows: Sequence[Sequence[Any]], total: int, limit: int, off
             values = list(row[: len(_SUMMARY_KEYS)])
             values[_PREVIEW] = values[_PREVIEW][:200]
             entries.append(
-                "    {\n"
-                + ",\n".join(
+                "{"
+                + ",".join(
                     prefix + _value(values[index])
                     for prefix, index in zip(_KEY_PREFIXES, _SORTED, strict=True)
                 )
-                + "\n    }"
+                + "}"
             )
     except (_NotPlain, TypeError):
         return _generic_json(
@@ -153,11 +157,9 @@ def message_page_json(rows: Sequence[Sequence[Any]], total: int, limit: int, off
                 "pagination": {"total": total, "limit": limit, "offset": offset},
             }
         )
-    messages = "[\n" + ",\n".join(entries) + "\n  ]" if entries else "[]"
     return (
-        f'{{\n  "messages": {messages},\n  "pagination": {{\n'
-        f'    "limit": {_value(limit)},\n    "offset": {_value(offset)},\n'
-        f'    "total": {_value(total)}\n  }}\n}}\n'
+        f'{{"messages":[{",".join(entries)}],"pagination":{{'
+        f'"limit":{_value(limit)},"offset":{_value(offset)},"total":{_value(total)}}}}}\n'
     )
 
 
@@ -168,7 +170,7 @@ def _generic_json(body: dict[str, Any]) -> str:
         entry["preview"] = entry["preview"][:200]
         for key in ("to", "cc", "bcc", "labels"):
             entry[key] = list(entry[key])
-    return json.dumps(body, cls=JSONEncoder, indent=2, sort_keys=True) + "\n"
+    return json.dumps(body, cls=JSONEncoder, separators=JSON_SEPARATORS, sort_keys=True) + "\n"
 
 
 def message_detail(row: Message, attachments: list[dict[str, Any]]) -> dict[str, Any]:

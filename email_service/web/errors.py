@@ -21,6 +21,7 @@ from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
 
 from email_service.errors import ServiceError
+from email_service.present import JSON_SEPARATORS
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _connexion_response(
         status_code=status,
         mimetype="application/json",
         content_type="application/json",
-        body=json.dumps(body).encode(),
+        body=json.dumps(body, separators=JSON_SEPARATORS).encode(),
         headers=headers or {},
     )
 

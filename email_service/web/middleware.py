@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from email_service import metrics, request_context
+from email_service.present import JSON_SEPARATORS
 from email_service.request_context import RequestContext
 from email_service.web.errors import error_body
 from email_service.web.resolver import handler_name
@@ -136,7 +137,7 @@ async def _serve_metrics(scope: Scope, send: Send) -> None:
     """``GET /metrics``: the Prometheus exposition, with no authentication (see README)."""
     if scope["method"] not in {"GET", "HEAD"}:
         message = f"Method {scope['method']} is not allowed here"
-        body = json.dumps(error_body(405, message)).encode()
+        body = json.dumps(error_body(405, message), separators=JSON_SEPARATORS).encode()
         headers = [(b"content-type", b"application/json"), (b"allow", b"GET, HEAD")]
         await _respond(send, 405, headers, body)
         return

@@ -24,6 +24,7 @@ import logging
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from email_service.present import JSON_SEPARATORS
 from email_service.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class ProbeMiddleware:
 
 
 async def _answer(send: Send, status: int, body: dict[str, str], method: str) -> None:
-    payload = json.dumps(body).encode()
+    payload = json.dumps(body, separators=JSON_SEPARATORS).encode()
     headers = [
         (b"content-type", b"application/json"),
         (b"cache-control", b"no-store"),

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from email_service import metrics
 from email_service.auth import caller_from_token_info
+from email_service.present import JSON_SEPARATORS
 from email_service.runtime import Runtime
 from email_service.services import changes
 
@@ -60,7 +61,7 @@ def _resume_from(scope: Scope) -> str | None:
 
 def format_event(event_id: str, event_type: str, body: dict[str, Any]) -> bytes:
     # JSON never holds a raw newline, so the data fits on one "data:" line.
-    data = json.dumps(body, separators=(",", ":"))
+    data = json.dumps(body, separators=JSON_SEPARATORS)
     return f"id: {event_id}\nevent: {event_type}\ndata: {data}\n\n".encode()
 
 

@@ -1,6 +1,8 @@
-"""listMessages' direct JSON writer against the encoder the API used before it."""
+"""listMessages' direct JSON writer against the encoder the API's other bodies go through."""
 
 from __future__ import annotations
+
+import json
 
 import flask
 import pytest
@@ -8,6 +10,7 @@ from connexion.frameworks.flask import FlaskJSONProvider
 from connexion.jsonifier import Jsonifier
 
 from email_service import present
+from email_service.app import api_jsonifier
 
 KEYS = (
     "id", "accountId", "folderId", "from", "fromName", "to", "cc", "bcc", "subject",
@@ -51,7 +54,7 @@ def _connexion_json(rows: list[tuple[object, ...]], total: int, limit: int, offs
         "pagination": {"total": total, "limit": limit, "offset": offset},
     }
     with app.app_context():
-        text: str = Jsonifier(flask.json, indent=2).dumps(body)
+        text: str = api_jsonifier().dumps(body)
     return text
 
 
@@ -95,3 +98,32 @@ def test_the_writer_reads_rows_in_the_order_of_the_list_columns() -> None:
 
     assert [column.key for column in LIST_COLUMNS] == list(_Row(_row(1)).__dict__)
     assert list(present.message_summary(_Row(_row(1)))) == list(KEYS)
+
+
+def test_the_api_encoder_is_compact_with_sorted_keys_and_ascii() -> None:
+    # Only whitespace changed when the API's JSON became compact (README "Performance", P3).
+    body = {"b": [1, "\u00e9"], "a": {"d": None, "c": True}}
+    app = flask.Flask(__name__)
+    app.json = FlaskJSONProvider(app)
+    with app.app_context():
+        compact = api_jsonifier().dumps(body)
+        indented = Jsonifier(flask.json, indent=2).dumps(body)
+    assert compact == '{"a":{"c":true,"d":null},"b":[1,"\\u00e9"]}\n'
+    assert json.loads(compact) == json.loads(indented) == body
+    assert compact.replace("\n", "") == "".join(indented.split())
+    rows = [_row(n) for n in range(50)]
+    assert len(present.message_page_json(rows, 100_000, 50, 0)) < len(
+        _indented_json(rows, 100_000, 50, 0)
+    )
+
+
+def _indented_json(rows: list[tuple[object, ...]], total: int, limit: int, offset: int) -> str:
+    app = flask.Flask(__name__)
+    app.json = FlaskJSONProvider(app)
+    body = {
+        "messages": [present.message_summary(_Row(row)) for row in rows],
+        "pagination": {"total": total, "limit": limit, "offset": offset},
+    }
+    with app.app_context():
+        text: str = Jsonifier(flask.json, indent=2).dumps(body)
+    return text
