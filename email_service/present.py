@@ -122,6 +122,8 @@ def _value(value: Any) -> str:
     if type(value) is int:
         return int.__repr__(value)
     if type(value) is list:
+        if not value:
+            return "[]"
         if not all(type(item) is str for item in value):
             raise _NotPlain
         return "[" + ",".join(map(encode_basestring_ascii, value)) + "]"
