@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import flask
 import pytest
@@ -45,8 +46,11 @@ def _row(n: int, **changes: object) -> tuple[object, ...]:
     return tuple(values[key] for key in KEYS)
 
 
-def _connexion_json(rows: list[tuple[object, ...]], total: int, limit: int, offset: int) -> str:
-    """What the API's encoder (Connexion's Jsonifier over Flask's provider) writes."""
+def _connexion_json(
+    rows: list[tuple[object, ...]], total: int, limit: int, offset: int, jsonifier: Any = None
+) -> str:
+    """What the API's encoder (Connexion's Jsonifier over Flask's provider) writes, or
+    ``jsonifier`` in its place."""
     app = flask.Flask(__name__)
     app.json = FlaskJSONProvider(app)
     body = {
@@ -54,7 +58,7 @@ def _connexion_json(rows: list[tuple[object, ...]], total: int, limit: int, offs
         "pagination": {"total": total, "limit": limit, "offset": offset},
     }
     with app.app_context():
-        text: str = api_jsonifier().dumps(body)
+        text: str = (jsonifier or api_jsonifier()).dumps(body)
     return text
 
 
@@ -113,17 +117,5 @@ def test_the_api_encoder_is_compact_with_sorted_keys_and_ascii() -> None:
     assert compact.replace("\n", "") == "".join(indented.split())
     rows = [_row(n) for n in range(50)]
     assert len(present.message_page_json(rows, 100_000, 50, 0)) < len(
-        _indented_json(rows, 100_000, 50, 0)
+        _connexion_json(rows, 100_000, 50, 0, Jsonifier(flask.json, indent=2))
     )
-
-
-def _indented_json(rows: list[tuple[object, ...]], total: int, limit: int, offset: int) -> str:
-    app = flask.Flask(__name__)
-    app.json = FlaskJSONProvider(app)
-    body = {
-        "messages": [present.message_summary(_Row(row)) for row in rows],
-        "pagination": {"total": total, "limit": limit, "offset": offset},
-    }
-    with app.app_context():
-        text: str = Jsonifier(flask.json, indent=2).dumps(body)
-    return text
