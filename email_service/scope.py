@@ -24,7 +24,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
@@ -44,6 +44,12 @@ class Scope:
 
     def after_commit(self, hook: Hook) -> None:
         self._hooks.append(hook)
+
+
+#: Opens a new unit of work of one caller at each call (``web.context.request_scope``):
+#: for a request that waits on an outside server between two transactions, rather than
+#: holding one open across the wait.
+Scopes = Callable[[], AbstractContextManager[Scope]]
 
 
 @contextmanager

@@ -11,12 +11,10 @@ from email_service.web.context import request_scope
 def send_email(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
     # Connexion validates header parameters but does not pass them as arguments.
     key = request.headers.get("Idempotency-Key")
-    with request_scope() as scope:
-        queued = compose.send_email(scope, body, idempotency_key=key)
-    return queued, 202
+    # Opens its transactions through request_scope: it may leave one while it waits on
+    # the mail server for an attachment.
+    return compose.send_email(request_scope, body, idempotency_key=key), 202
 
 
 def save_draft(body: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    with request_scope() as scope:
-        saved = compose.save_draft(scope, body)
-    return saved, 201
+    return compose.save_draft(request_scope, body), 201

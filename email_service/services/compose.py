@@ -6,12 +6,24 @@ message too large), and the exact bytes are kept before the task is queued (a se
 its task row up to ``INLINE_MESSAGE_BYTES``, else in the blob store), so every run of
 the job sends the same message with the same Message-ID. The jobs themselves are in
 ``services.delivery``.
+
+An attachment of an IMAP message that was never downloaded is fetched from the mail
+server first, as its download would be (``services.attachments``). No transaction may
+stay open across that exchange: it is bounded only by the mail deadlines, and a slow or
+hostile server would hold a pooled connection, a transaction and its locks for all of
+them. So such a request works in two units of work (``_compose``): the first reads what
+the message is made of and writes nothing; once it has ended, the attachments are
+fetched with no transaction open; the second builds the message and queues it. A request
+with nothing to fetch does all of it in one.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import select
@@ -35,7 +47,8 @@ from email_service.mail.compose import (
     thread_references,
 )
 from email_service.mailstore.messages import delete_blobs
-from email_service.scope import Scope
+from email_service.runtime import Runtime
+from email_service.scope import Scope, Scopes
 from email_service.services import tasks
 from email_service.services.accounts import load_account
 from email_service.services.attachments import PartSource, fetch_bytes, part_source
@@ -59,21 +72,45 @@ def outgoing_key(scope: Scope, name: str) -> str:
 
 
 def send_email(
-    scope: Scope, body: dict[str, Any], idempotency_key: str | None = None
+    scopes: Scopes, body: dict[str, Any], idempotency_key: str | None = None
 ) -> dict[str, Any]:
     """Queue ``body`` for delivery from the caller's account; returns the send task.
 
-    With ``idempotency_key``, a request that repeats an earlier key of the caller returns
-    that first task (its body is not compared) and sends nothing. Raises
-    ``AccountNotFound``, ``AttachmentNotFound``, ``MessageNotFound`` (``inReplyTo``),
-    ``InvalidRequest`` and ``PayloadTooLarge``.
+    ``scopes`` opens the request's units of work (one, or two around a fetch from the mail
+    server: see the module docstring). With ``idempotency_key``, a request that repeats an
+    earlier key of the caller returns that first task (its body is not compared) and sends
+    nothing. Raises ``AccountNotFound``, ``AttachmentNotFound``, ``MessageNotFound``
+    (``inReplyTo``), ``InvalidRequest``, ``PayloadTooLarge``, the build budget's
+    ``BuildBusy``, and for an attachment fetched from the mail server ``NotOnMailServer``
+    and ``MailServerFailed``.
     """
-    if idempotency_key is not None:
-        earlier = _task_with_key(scope, idempotency_key)
-        if earlier is not None:
-            return _send_response(earlier)
-    account = load_account(scope, body["accountId"])
-    built = _build(scope, account, body)
+
+    def repeated(scope: Scope) -> dict[str, Any] | None:
+        earlier = None if idempotency_key is None else _task_with_key(scope, idempotency_key)
+        return None if earlier is None else _send_response(earlier)
+
+    def queue(scope: Scope, account: Account, built: BuiltMessage) -> dict[str, Any]:
+        return _queue_send(scope, account, built, idempotency_key)
+
+    return _compose(scopes, body, queue, answered=repeated)
+
+
+def save_draft(scopes: Scopes, body: dict[str, Any]) -> dict[str, Any]:
+    """Store a draft and, for IMAP accounts, queue its APPEND to the Drafts folder.
+
+    POP3 accounts have no folders on the server: their drafts stay here. ``scopes`` and
+    the errors are those of ``send_email``.
+    """
+
+    def store(scope: Scope, account: Account, built: BuiltMessage) -> dict[str, Any]:
+        return _store_draft(scope, account, body, built)
+
+    return _compose(scopes, body, store)
+
+
+def _queue_send(
+    scope: Scope, account: Account, built: BuiltMessage, idempotency_key: str | None
+) -> dict[str, Any]:
     name = new_id()
     payload: dict[str, Any] = {
         "messageId": built.message_id,
@@ -124,14 +161,9 @@ def send_email(
     return _send_response(row)
 
 
-def save_draft(scope: Scope, body: dict[str, Any]) -> dict[str, Any]:
-    """Store a draft and, for IMAP accounts, queue its APPEND to the Drafts folder.
-
-    POP3 accounts have no folders on the server: their drafts stay here. Raises what
-    ``send_email`` raises.
-    """
-    account = load_account(scope, body["accountId"])
-    built = _build(scope, account, body)
+def _store_draft(
+    scope: Scope, account: Account, body: dict[str, Any], built: BuiltMessage
+) -> dict[str, Any]:
     draft = Draft(
         id=new_id(),
         tenant_id=scope.caller.tenant_id,
@@ -179,7 +211,89 @@ def _task_with_key(scope: Scope, key: str) -> Task | None:
     return found
 
 
-def _build(scope: Scope, account: Account, body: dict[str, Any]) -> BuiltMessage:
+@dataclass(frozen=True)
+class _Attached:
+    filename: str
+    mime_type: str
+    #: The bytes, or where they are on the mail server while they are only there.
+    content: bytes | PartSource
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """What a message is made of besides the request's body, read in a transaction."""
+
+    in_reply_to: str | None
+    references: tuple[str, ...]
+    attachments: tuple[_Attached, ...]
+
+    @property
+    def to_fetch(self) -> bool:
+        return any(isinstance(a.content, PartSource) for a in self.attachments)
+
+    def fetched(self, runtime: Runtime) -> _Parts:
+        """These parts with the bytes of every attachment in hand, those only on the mail
+        server fetched from it (``NotOnMailServer``, ``MailServerFailed``) and stored, as a
+        download does. Call it outside any transaction: it talks to the mail server."""
+        return replace(
+            self,
+            attachments=tuple(
+                replace(a, content=fetch_bytes(runtime, a.content))
+                if isinstance(a.content, PartSource)
+                else a
+                for a in self.attachments
+            ),
+        )
+
+    def outgoing(self) -> tuple[OutgoingAttachment, ...]:
+        made = []
+        for a in self.attachments:
+            if isinstance(a.content, PartSource):
+                raise AssertionError(f"attachment {a.content.attachment_id} was not fetched")
+            made.append(OutgoingAttachment(a.filename, a.mime_type, a.content))
+        return tuple(made)
+
+
+#: Takes the built message into the request's transaction (a send task, a draft).
+Finish = Callable[[Scope, Account, BuiltMessage], dict[str, Any]]
+
+
+def _compose(
+    scopes: Scopes,
+    body: dict[str, Any],
+    finish: Finish,
+    *,
+    answered: Callable[[Scope], dict[str, Any] | None] = lambda scope: None,
+) -> dict[str, Any]:
+    """Build ``body``'s message and hand it to ``finish`` within a transaction; returns what
+    ``finish`` returns, or what ``answered`` returns first when that is not None.
+
+    The build budget is held from before the first attachment is read until the message
+    is built. When attachments must come from the mail server, the first transaction
+    ends before they are fetched (it has only read: nothing is lost by ending it), and a
+    second one loads the account again (it may have been deleted meanwhile), builds and
+    finishes.
+    """
+    with ExitStack() as budget:
+        with scopes() as scope:
+            early = answered(scope)
+            if early is not None:
+                return early
+            account = load_account(scope, body["accountId"])
+            parts = _gather(scope, account, body, budget)
+            if not parts.to_fetch:
+                return finish(scope, account, _built(account, body, parts, budget))
+            runtime = scope.runtime
+        # No transaction, lock or pooled connection is held while the mail server answers.
+        parts = parts.fetched(runtime)
+        with scopes() as scope:
+            account = load_account(scope, body["accountId"])
+            return finish(scope, account, _built(account, body, parts, budget))
+
+
+def _gather(scope: Scope, account: Account, body: dict[str, Any], budget: ExitStack) -> _Parts:
+    """Read the parent being answered and the attachments, within the build budget (which
+    ``budget`` then holds). Writes nothing."""
     in_reply_to: str | None = None
     references: tuple[str, ...] = ()
     if body.get("inReplyTo"):
@@ -194,18 +308,21 @@ def _build(scope: Scope, account: Account, body: dict[str, Any]) -> BuiltMessage
             f"{MAX_MESSAGE_BYTES} are sent",
             code="MESSAGE_TOO_LARGE",
         )
-    with scope.runtime.build_budget.reserve(estimate):
-        return _build_within_budget(scope, account, body, rows, in_reply_to, references)
+    budget.enter_context(scope.runtime.build_budget.reserve(estimate))
+    return _Parts(in_reply_to, references, _load_attachments(scope, rows))
 
 
-def _build_within_budget(
-    scope: Scope,
-    account: Account,
-    body: dict[str, Any],
-    rows: list[Attachment],
-    in_reply_to: str | None,
-    references: tuple[str, ...],
+def _built(
+    account: Account, body: dict[str, Any], parts: _Parts, budget: ExitStack
 ) -> BuiltMessage:
+    """The message, built; the build budget ``budget`` holds is given back once it is."""
+    try:
+        return _build_message(account, body, parts)
+    finally:
+        budget.close()
+
+
+def _build_message(account: Account, body: dict[str, Any], parts: _Parts) -> BuiltMessage:
     to, cc, bcc = body["to"], body.get("cc", []), body.get("bcc", [])
     message = OutgoingMessage(
         sender=account.email_address,
@@ -217,9 +334,9 @@ def _build_within_budget(
         subject=body["subject"],
         body=body["body"],
         is_html=bool(body.get("isHtml", False)),
-        in_reply_to=in_reply_to,
-        references=references,
-        attachments=_load_attachments(scope, rows),
+        in_reply_to=parts.in_reply_to,
+        references=parts.references,
+        attachments=parts.outgoing(),
     )
     try:
         built = build_message(message)
@@ -316,28 +433,24 @@ def _estimated_size(body: dict[str, Any], rows: list[Attachment]) -> int:
     return headers + text + sum(_encoded(row.size) + 512 for row in rows)
 
 
-def _load_attachments(scope: Scope, rows: list[Attachment]) -> tuple[OutgoingAttachment, ...]:
-    """The attachments' bytes. Raises ``AttachmentNotFound`` when one's content is gone.
-
-    An IMAP attachment not downloaded yet is fetched from the mail server first, as its
-    download would (``services.attachments``): ``NotOnMailServer``, ``MailServerFailed``.
-    """
+def _load_attachments(scope: Scope, rows: list[Attachment]) -> tuple[_Attached, ...]:
+    """The attachments' bytes from the blob store, or where they are on the mail server
+    for an IMAP attachment not downloaded yet (or whose blob is lost): ``_Parts.fetched``
+    fetches those, outside this transaction. Raises ``AttachmentNotFound`` when one's
+    content is gone, and ``attachments.part_source``'s errors."""
     attachments = []
     for row in rows:
-        source = None
+        content: bytes | PartSource | None = None
         if row.stored_at is None:
-            source = _source(scope, row)
-        if source is None:
+            content = _source(scope, row)
+        if content is None:
             try:
-                data = b"".join(scope.runtime.blobs.stream(row.storage_key))
+                content = b"".join(scope.runtime.blobs.stream(row.storage_key))
             except BlobNotFound as exc:
-                source = _source(scope, row)
-                if source is None:
+                content = _source(scope, row)
+                if content is None:
                     raise AttachmentNotFound(row.id) from exc
-        if source is not None:
-            # Within the build budget this message already reserved.
-            data = fetch_bytes(scope.runtime, source)
-        attachments.append(OutgoingAttachment(row.filename, row.mime_type, data))
+        attachments.append(_Attached(row.filename, row.mime_type, content))
     return tuple(attachments)
 
 
