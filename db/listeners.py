@@ -11,13 +11,16 @@ happened, and every reader of these wake-ups has a sweep that makes a lost one g
 
 A job queue listens per runtime (:meth:`~CommitListeners.install`): a process may hold
 several runtimes (tests do), and each wakes only its own jobs, for its own engine's
-commits.
+commits. A runtime that closes takes its listeners out of every kind of news
+(:func:`uninstall_everywhere`); left in, each would keep the runtime and its engine alive
+and be asked after every commit of the process for nothing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -26,6 +29,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 #: ``listener(engine, items)``: the engine that committed, and what the commit announced.
 Listener = Callable[[Any, list[T]], None]
+
+# Every kind of news of the process, for ``uninstall_everywhere``.
+_EVERY: weakref.WeakSet[CommitListeners[Any]] = weakref.WeakSet()
 
 
 class CommitListeners(Generic[T]):
@@ -36,6 +42,7 @@ class CommitListeners(Generic[T]):
         self._listeners: list[Listener[T]] = []
         self._installed: dict[int, Listener[T]] = {}
         self._guard = threading.Lock()
+        _EVERY.add(self)
 
     def add(self, listener: Listener[T]) -> None:
         """Call ``listener(engine, items)`` after every commit that announced ``items``."""
@@ -105,3 +112,10 @@ class CommitListeners(Generic[T]):
                 listener(engine, announced)
             except Exception:
                 log.exception("a %s listener failed", self.what)
+
+
+def uninstall_everywhere(owner: object) -> None:
+    """Take ``owner``'s listeners out of every kind of news (a runtime being closed).
+    Harmless when it has none, or when they are already out."""
+    for news in list(_EVERY):
+        news.uninstall(owner)

@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from db.listeners import uninstall_everywhere
 from db.roles import refuse_privileged_role
 from db.session import Database
 from email_service.blobstore import BlobStore, LocalBlobStore, S3BlobStore
@@ -59,6 +60,9 @@ class Runtime:
         return self._waker
 
     def close(self) -> None:
+        # The after-commit wake-ups of this runtime's jobs (``workers.install``) are
+        # registered process-wide; they would outlive it.
+        uninstall_everywhere(self)
         self.mail_pools.close()
         if self._waker is not None:
             self._waker.close()

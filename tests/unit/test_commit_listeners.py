@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from db.listeners import CommitListeners
+import workers
+from db import changes, textindex
+from db.listeners import CommitListeners, uninstall_everywhere
+from email_service.runtime import build_runtime
+from email_service.services.search.fullindex import INDEX_ACTOR
+from tests.conftest import make_settings
 
 
 class Owner:
@@ -77,3 +84,63 @@ def test_a_failing_wake_up_is_logged_and_the_rest_still_run(
     messages = [record.getMessage() for record in caplog.records]
     assert "could not queue a test job" in messages
     assert "a test listener failed" in messages
+
+
+def test_uninstalling_everywhere_takes_an_owner_out_of_every_kind_of_news() -> None:
+    first: CommitListeners[str] = CommitListeners("first")
+    second: CommitListeners[str] = CommitListeners("second")
+    engine, owner, other = object(), Owner(), Owner()
+    woken: list[str] = []
+    for news in (first, second):
+        news.install(owner, engine, lambda k: woken.append(f"owner {k}"), job="j")
+        news.install(other, engine, lambda k: woken.append(f"other {k}"), job="j")
+
+    uninstall_everywhere(owner)
+    uninstall_everywhere(owner)  # twice is harmless
+
+    first.notify(engine, ["a"])
+    second.notify(engine, ["b"])
+    assert woken == ["other a", "other b"]
+    assert len(first.installed()) == len(second.installed()) == 1
+
+
+class Queued:
+    """Stands for a runtime's job queue: notes what would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def prepare(self, actor: str, *_args: Any, **_kwargs: Any) -> Any:
+        sent = self.sent
+
+        class Job:
+            def send(self) -> None:
+                sent.append(actor)
+
+        return Job()
+
+
+def test_closing_a_runtime_takes_its_commit_listeners_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a runtime whose job queue is woken after its engine's commits (as every
+    # process's is)
+    kinds = (changes.LISTENERS, textindex.LISTENERS)
+    before = [len(news.installed()) for news in kinds]
+    runtime = build_runtime(make_settings(tmp_path / "data", f"sqlite:///{tmp_path}/db.sqlite"))
+    jobs = workers.install(runtime)
+    queued = Queued()
+    monkeypatch.setattr(jobs, "prepare", queued.prepare)
+    assert [len(news.installed()) for news in kinds] == [n + 1 for n in before]
+    textindex.LISTENERS.notify(runtime.db.engine, [uuid.uuid4()])
+    assert queued.sent == [INDEX_ACTOR]
+
+    # When it is closed, its listeners are gone from every kind of news
+    runtime.close()
+    assert [len(news.installed()) for news in kinds] == before
+    # and a commit of its engine wakes nothing of it any more
+    textindex.LISTENERS.notify(runtime.db.engine, [uuid.uuid4()])
+    assert queued.sent == [INDEX_ACTOR]
+    # and closing it again is harmless
+    runtime.close()
+    assert [len(news.installed()) for news in kinds] == before
