@@ -6,9 +6,9 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import event, select, text
 
-from db.models import Message, Task
+from db.models import Attachment, Message, Task
 from email_service.jobs import Attempt
 from email_service.mail.errors import MailConnectionError
 from email_service.mail.mime import parse_message
@@ -340,6 +340,70 @@ def test_text_postgresql_cannot_hold_is_cleaned_not_fatal(
     assert outcome.added == 1 and not outcome.skipped
     [message] = all_messages(api, mailbox, inbox["id"])
     assert message["subject"] == "nul inside"
+
+
+def test_a_batch_is_one_insert_per_table_whatever_its_rows_leave_empty(
+    api: Any, mailbox: Mailbox, sync_runtime: Runtime, alice: Identity
+) -> None:
+    # Given messages whose rows leave different columns NULL (no Message-ID, a reply,
+    # HTML or none; attachments with and without Content-ID, section and encoding)
+    assert sync(api, mailbox)["status"] == "success"
+    inbox = folders_by_name(api, mailbox)["INBOX"]
+    samples = corpus()
+    raws = [
+        b"From: a@b.example\r\nSubject: no id\r\n\r\nplain\r\n",
+        samples["thread_3"],
+        samples["related_inline_image"],
+        samples["alternative"],
+        samples["mixed_attachments"],
+        samples["plain_ascii"],
+    ]
+    items = [
+        Incoming(parsed=parse_message(raw), size=len(raw), uid=9000 + n, modseq=n or None)
+        for n, raw in enumerate(raws)
+    ]
+    assert {item.parsed.message_id is None for item in items} == {True, False}
+    assert {item.parsed.html_source is None for item in items} == {True, False}
+    attachments = [part for item in items for part in item.parsed.attachments]
+    assert {part.content_id is None for part in attachments} == {True, False}
+    target = FolderTarget(
+        alice.caller.tenant_id, mailbox.id, inbox["id"], "INBOX", False, lazy_attachments=True
+    )
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.split("(", 1)[0].strip())
+
+    store = MessageStore(sync_runtime.blobs)
+    event.listen(sync_runtime.db.engine, "before_cursor_execute", record)
+    try:
+        with sync_runtime.db.transaction(alice.caller.tenant_id) as session:
+            outcome = store.add_batch(session, target, items)
+    finally:
+        event.remove(sync_runtime.db.engine, "before_cursor_execute", record)
+        store.close()
+
+    # Then the batch is one INSERT of messages and one of attachments
+    assert outcome.added == len(items) and not outcome.skipped
+    assert statements.count("INSERT INTO messages") == 1
+    assert statements.count("INSERT INTO attachments") == 1
+    # and what a row leaves empty is NULL, which no column default would have replaced
+    for model in (Message, Attachment):
+        for column in model.__table__.columns:
+            assert not column.nullable or (column.default, column.server_default) == (None, None)
+    with sync_runtime.db.transaction(alice.caller.tenant_id) as session:
+        stored = session.execute(
+            select(Message.uid, Message.internet_message_id, Message.modseq).where(
+                Message.folder_id == inbox["id"], Message.uid >= 9000
+            )
+        ).all()
+        kept = session.scalars(
+            select(Attachment.content_id).where(Attachment.account_id == mailbox.id)
+        ).all()
+    assert sorted(stored) == sorted(
+        (item.uid, item.parsed.message_id, item.modseq) for item in items
+    )
+    assert sorted(kept, key=str) == sorted((part.content_id for part in attachments), key=str)
 
 
 def test_a_sync_moves_the_task_and_sync_metrics(
