@@ -237,7 +237,9 @@ def p1_initial_sync(env: BenchEnv, messages: int, reps: int) -> list[dict[str, A
                 where = ("local blobs" if local else "S3") + ("" if indexed else ", no index")
                 print(
                     f"  P1 ({where}) rep {rep + 1}: {speed:.0f} msg/s, "
-                    f"{figures['cpu_seconds'] / total * 1000:.2f} ms CPU/msg"
+                    f"{figures['cpu_seconds'] / total * 1000:.2f} ms CPU/msg "
+                    f"({figures['main_thread_cpu_seconds'] / total * 1000:.2f} in the fetching "
+                    "and parsing thread)"
                     + (
                         f" (of which completing {figures['index_completed']} long bodies' "
                         f"search entries after the commits: {figures['index_seconds']:.2f} s, "
