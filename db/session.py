@@ -83,6 +83,43 @@ def _savepoint_in_a_transaction(conn: Any, _name: str) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# PostgreSQL errors about the connection or the transaction, not about the rows a
+# statement wrote (SQLSTATE classes, then single codes): connection exception,
+# transaction rollback (serialization failure 40001, deadlock 40P01), insufficient
+# resources (too many connections, disk full), operator intervention (shutdown, a
+# cancelled statement), system error; a lock not had in time (lock_timeout, 55P03) and
+# an object in use (55006).
+_PG_PASSING_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_PG_PASSING_STATES = frozenset({"55P03", "55006"})
+# SQLite's primary result codes of the same kind: BUSY ("database is locked": another
+# connection held the write lock past the busy timeout), LOCKED, NOMEM, READONLY,
+# INTERRUPT, IOERR, FULL, CANTOPEN, PROTOCOL.
+_SQLITE_PASSING_CODES = frozenset({5, 6, 7, 8, 9, 10, 13, 14, 15})
+
+
+def passing_trouble(error: exc.DBAPIError) -> bool:
+    """Whether ``error`` is about the connection or the transaction, not the rows.
+
+    A lost connection, a lock another transaction held too long, a serialization
+    failure or deadlock, a server going down or out of space: the same statements can
+    succeed on another try, so a caller that would take a failed write for a refusal of
+    its rows (and store them one by one, skipping the refused) re-raises these instead,
+    and the job runs again (``email_service.jobs.infrastructure_trouble`` counts every
+    one of them as an outage). A unique or foreign key violation, a value the column
+    cannot hold, a program limit (an index entry too large) are about the rows.
+    """
+    if error.connection_invalidated or isinstance(error, exc.InterfaceError):
+        return True
+    original = error.orig
+    state = getattr(original, "sqlstate", None)
+    if isinstance(state, str):
+        return state[:2] in _PG_PASSING_CLASSES or state in _PG_PASSING_STATES
+    code = getattr(original, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in _SQLITE_PASSING_CODES  # extended codes keep the primary's
+    return False
+
+
 def _closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
     """Refuse a pooled connection the server has ended; the pool then opens another.
 

@@ -7,7 +7,9 @@ committed) and attachment rows. A target with ``lazy_attachments`` (an IMAP fold
 uploads no blobs: its attachment rows say where each part is on the server, and the
 first download fetches it (``services.attachments``). A message the database refuses
 is retried alone and, if it still fails, skipped with the reason recorded: one bad
-message never stops a sync.
+message never stops a sync. A failure that is not about the rows (a lost connection, a
+locked database, a deadlock; ``db.session.passing_trouble``) is raised instead, and the
+job runs again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from db.models import Attachment, Folder, Message, new_id, now_ms
+from db.session import passing_trouble
 from db.textindex import SearchDocument, document_for_row, index_messages
 from email_service.blobstore import BlobStore
 from email_service.mail.html import sanitize_html
@@ -360,9 +363,12 @@ class MessageStore:
             self._announce(session, target, rows)
             return outcome
         except (IntegrityError, DBAPIError) as exc:
-            if exc.connection_invalidated:
-                # Not a refusal: the connection is gone, and so is the transaction; the
-                # job runs again (jobs.infrastructure_trouble), as for any lost database.
+            if passing_trouble(exc):
+                # Not a refusal of the rows: the connection is gone, or the database was
+                # locked (SQLite's busy timeout, PostgreSQL's lock timeout), or the
+                # transaction lost a serialization or deadlock race. The job runs again
+                # (jobs.infrastructure_trouble), nothing skipped; trying each message
+                # alone would only wait out the same lock once per message.
                 raise
             log.warning("a batch of %d messages was refused; storing them one by one", len(rows))
         by_message: dict[str, list[dict[str, Any]]] = {}
@@ -379,7 +385,7 @@ class MessageStore:
                 outcome.unread += 0 if row["is_read"] else 1
                 self._announce(session, target, [row])
             except (IntegrityError, DBAPIError) as exc:
-                if exc.connection_invalidated:
+                if passing_trouble(exc):
                     raise
                 if item.uid is not None and _stored_already(session, target.folder_id, item.uid):
                     # Stored meanwhile by a send or draft job filing its own copy.
