@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 from typing import Any
 
@@ -17,6 +18,7 @@ from email_service.runtime import Runtime
 from email_service.scope import open_scope
 from email_service.services import syncing as sync_service
 from email_service.services.accounts import load_account
+from email_service.services.tasks import TaskReport
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.mailgen import corpus
@@ -207,6 +209,30 @@ def test_task_goes_pending_then_started_with_progress_then_success(
     assert running == sorted(running) and running[-1] > running[0]
     assert seen[-1] == ("success", 100)
     assert totals == [0, 4, 8]
+
+
+def test_each_batch_commits_the_tasks_counts_in_its_own_transaction(
+    sync_runtime: Runtime, api: Any, mailbox: Mailbox, dovecot: Dovecot, alice: Identity,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    fill(dovecot, mailbox.user)
+    task_id = _pending_task(sync_runtime, alice, mailbox.id)
+    original = TaskReport._update
+    joined: list[bool] = []
+
+    def noted(self: TaskReport, **values: Any) -> None:
+        if threading.current_thread().name == "sync-writer":
+            # The batch's step is open on this thread: the report joins it.
+            joined.append(getattr(self.unit._local, "step", None) is not None)
+        original(self, **values)
+
+    monkeypatch.setattr(TaskReport, "_update", noted)
+    sync_service.run_sync(sync_runtime, alice.caller.tenant_id, task_id, Attempt(0, last=False))
+
+    # Every batch's counts were written with the batch, never in a transaction after it
+    assert len(joined) == 3 and all(joined)
+    task = task_row(sync_runtime, alice.caller.tenant_id, task_id)
+    assert task.status == "success" and task.result["messagesAdded"] == len(SAMPLES)
 
 
 def test_a_second_request_while_a_sync_is_pending_returns_that_task(

@@ -29,7 +29,8 @@ class BatchWriter:
     Use it as a context manager: leaving the block normally waits for every batch to
     be stored and raises the writer's error if one failed; leaving it with an error
     stops the writer after the batch it is storing. Batch by batch, each commit holds
-    the batch and whatever ``after_batch`` records, so a cut-off sync resumes exactly.
+    the batch, whatever ``after_batch`` records and the task's counts (``on_stored``
+    reports progress within the batch's step), so a cut-off sync resumes exactly.
     """
 
     def __init__(
@@ -90,10 +91,21 @@ class BatchWriter:
 
     def _store(self, items: list[Incoming]) -> None:
         job = self.job
-        with job.transaction() as session:
-            outcome = job.store.add_batch(session, self.target, items)
-            adjust_counts(session, self.target.folder_id, outcome.added, outcome.unread)
-            self.after_batch(session, items)
-        job.counts.added += outcome.added
-        job.counts.skipped.extend(outcome.skipped)
-        self.on_stored(len(items))
+        counts, saved = job.counts, job.saved_counts
+        added, skipped = counts.added, len(counts.skipped)
+        try:
+            with job.transaction() as session:
+                outcome = job.store.add_batch(session, self.target, items)
+                adjust_counts(session, self.target.folder_id, outcome.added, outcome.unread)
+                self.after_batch(session, items)
+                counts.added += outcome.added
+                counts.skipped.extend(outcome.skipped)
+                # The progress report joins this step: the task's counts commit with the
+                # batch (one transaction, where the report was one more of its own).
+                self.on_stored(len(items))
+        except BaseException:
+            # Not committed: the counts stay as they were, for a rerun to resume from.
+            counts.added = added
+            del counts.skipped[skipped:]
+            job.saved_counts = saved
+            raise
