@@ -662,6 +662,25 @@ class ImapSession:
                 )
             imap.untagged_responses.pop("LIST", None)
 
+    def status(self, name: str) -> FolderState | None:
+        """Folder ``name``'s UIDVALIDITY, UIDNEXT and message count (``STATUS``), without
+        opening it; ``None`` when the answer lacks any of them.
+
+        Raises :class:`MailProtocolError` when the server refuses (no such folder).
+        """
+        imap = self._require_open()
+        with self._errors(f"reading the status of {name!r}"):
+            imap.untagged_responses.pop("STATUS", None)
+            self._command_ok(
+                f"reading the status of {name!r}",
+                "STATUS",
+                _folder_arg(name),
+                "(UIDVALIDITY UIDNEXT MESSAGES)",
+            )
+            states = _parse_statuses(imap.untagged_responses.pop("STATUS", []))
+            # One folder was asked for: an answer naming another is not taken for it.
+            return states.get(name)
+
     def select(self, name: str, readonly: bool = True) -> FolderState:
         """Open folder ``name`` (EXAMINE when ``readonly``, else SELECT) and return its state.
 
@@ -747,13 +766,21 @@ class ImapSession:
             raise ValueError("uid must not be negative")
         return [u for u in self._uid_search(f"UID {uid + 1}:*") if u > uid]
 
-    def uids_with_header(self, name: str, value: str, *, newest: int | None = None) -> list[int]:
+    def uids_with_header(
+        self,
+        name: str,
+        value: str,
+        *,
+        newest: int | None = None,
+        among: Sequence[int] | None = None,
+    ) -> list[int]:
         """UIDs of messages whose header ``name`` contains ``value`` (``SEARCH HEADER``).
 
         For finding a message this service stored before (by its ``Message-ID``), so a
         repeated APPEND can be avoided. With ``newest``, only the selected folder's
         ``newest`` last messages are searched (by sequence number): the server reads the
-        headers of those alone instead of the whole folder's. ``value`` must be printable
+        headers of those alone instead of the whole folder's. With ``among`` (at most
+        1,000 UIDs), only those messages are searched. ``value`` must be printable
         ASCII (no CHARSET is sent); raises ``ValueError`` otherwise or for a header name
         that is not a token.
         """
@@ -768,6 +795,13 @@ class ImapSession:
             if exists == 0:
                 return []
             within = f"{max(1, exists - newest + 1)}:* "
+        if among is not None:
+            if not among:
+                return []
+            if len(among) > 1000:
+                raise ValueError("at most 1,000 UIDs can be searched among")
+            [uid_set] = _uid_sets(among, 1000)
+            within += f"UID {uid_set} "
         return self._uid_search(f"{within}HEADER {name} {quoted}")
 
     def _uid_search(self, criteria: str) -> list[int]:
@@ -1500,7 +1534,11 @@ def _uid_sets(uids: Iterable[int], max_count: int) -> list[str]:
 
 @contextmanager
 def pooled_session(
-    endpoint: MailEndpoint, pool: ConnectionPool[ImapSession] | None, owner: str
+    endpoint: MailEndpoint,
+    pool: ConnectionPool[ImapSession] | None,
+    owner: str,
+    *,
+    first: Callable[[ImapSession], object] | None = None,
 ) -> Iterator[ImapSession]:
     """An open session for ``endpoint``: a pooled one of ``owner`` that answers NOOP, or a
     new one; given back to ``pool`` after the block unless the block failed, broke it, or
@@ -1511,16 +1549,26 @@ def pooled_session(
     does not answer its NOOP is closed and replaced before the block runs. A session is
     given back with no folder selected (UNSELECT, when the block left one), so the next
     job starts where a new session would.
+
+    ``first``, when given, is the block's first command, run on whichever session the
+    block gets: on a pooled session it is the check that the session answers, in place
+    of the NOOP (a round trip saved). It must be safe to run twice, as it runs again on a
+    new session when the pooled one fails it.
     """
     if pool is None:
         with ImapSession(endpoint) as session:
+            if first is not None:
+                first(session)
             yield session
         return
     key = pool_key(owner, endpoint, "imap")
     pooled = pool.take(key)
     if pooled is not None:
         try:
-            pooled.noop()
+            if first is None:
+                pooled.noop()
+            else:
+                first(pooled)
         except MailError:
             log.info("a pooled IMAP session to %s was dead; opening one", endpoint.address)
             pooled.close()
@@ -1528,6 +1576,12 @@ def pooled_session(
     if pooled is None:
         session = ImapSession(endpoint)
         session.open()
+        if first is not None:
+            try:
+                first(session)
+            except BaseException:
+                session.close()
+                raise
     else:
         session = pooled
     try:

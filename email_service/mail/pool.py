@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from .endpoint import MailEndpoint
+from .uidwatch import KnownFolders, UidWatch
 
 __all__ = ["ConnectionPool", "MailPools", "PoolKey", "pool_key"]
 
@@ -264,7 +265,8 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class MailPools:
-    """One process's pools: SMTP submission connections and IMAP sessions.
+    """One process's pools: SMTP submission connections and IMAP sessions, and what the
+    process knows of its accounts' folders (``uids``, ``folders``).
 
     The protocol modules make and close the connections; this only keeps them.
     """
@@ -292,6 +294,11 @@ class MailPools:
             total=total,
             idle_seconds=idle_seconds,
         )
+
+        #: What this process knows of the UIDs its folders were given (the Sent copies),
+        #: and of where the accounts' special folders are (by ``pool_key`` and use).
+        self.uids = UidWatch()
+        self.folders: KnownFolders[imap.RemoteFolder] = KnownFolders()
 
     def forget(self, owner: str) -> None:
         self.smtp.forget(owner)

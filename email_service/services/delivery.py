@@ -40,13 +40,16 @@ from email_service.crypto import DecryptionError
 from email_service.errors import ServiceError
 from email_service.jobs import Attempt, RetryLater, infrastructure_trouble
 from email_service.mail import smtp
+from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.errors import (
     MailAuthError,
     MailError,
+    MailProtocolError,
     SmtpPermanentError,
     SmtpTransientError,
 )
-from email_service.mail.imap import RemoteFolder, pooled_session
+from email_service.mail.imap import FolderState, ImapSession, RemoteFolder, pooled_session
+from email_service.mail.pool import pool_key
 from email_service.mailstore import changes
 from email_service.mailstore.copies import store_own_copy
 from email_service.mailstore.messages import delete_blobs
@@ -187,6 +190,9 @@ def _run_send(unit: JobUnit, task_id: str, attempt: Attempt) -> None:
         resumed = task.started_at is not None
         payload = dict(task.payload)
         report.started(attempt.number)
+    # When this run's submission began: a first run's Sent copy looks only at what the
+    # folder was given since (see ``_append_sent``).
+    since = None if resumed else time.monotonic()
     stored = _Stored(runtime, payload)
     keys = stored.blob_keys()
     try:
@@ -203,7 +209,7 @@ def _run_send(unit: JobUnit, task_id: str, attempt: Attempt) -> None:
         reported = False
         if account is not None and account.protocol == "imap":
             reported = _file_sent_copy(
-                unit, task_id, account, payload, result, attempt, report, stored, resumed
+                unit, task_id, account, payload, result, attempt, report, stored, since
             )
     except _Failed as failure:
         with unit.step():
@@ -478,9 +484,11 @@ def _file_sent_copy(
     attempt: Attempt,
     report: tasks.TaskReport,
     stored: _Stored,
-    resumed: bool,
+    since: float | None,
 ) -> bool:
     """Steps 2 and 3; fills ``result`` (``sentFolder``, ``sentMessageId`` or ``sentCopyError``).
+
+    ``since``: for a first run, when its SMTP submission began (see ``_append_sent``).
 
     Returns whether the task's success was reported here: the Sent UID, the stored
     message and the success commit together, in one transaction. Nothing of that needs
@@ -493,18 +501,9 @@ def _file_sent_copy(
         copy = stored.copy()
         if "sentUid" not in payload:
             endpoint = account_endpoint(runtime, account)
-            with pooled_session(endpoint, runtime.mail_pools.imap, account.id) as imap:
-                folder = special_folder(imap, "\\Sent", "Sent")
-                uid = append_once(
-                    imap,
-                    folder.name,
-                    copy,
-                    payload["messageId"],
-                    SENT_FLAGS,
-                    # A first run cannot have appended it before: the newest messages
-                    # are where a copy the server filed itself would be.
-                    newest=None if resumed else SERVER_COPY_WINDOW,
-                )
+            folder, uid = _append_sent(
+                runtime, endpoint, account.id, copy, payload["messageId"], since
+            )
             appended = {
                 "sentUid": uid,
                 "sentFolder": folder.name,
@@ -556,6 +555,72 @@ def _file_sent_copy(
             report.succeeded(result)
         return True
     return False
+
+
+def _append_sent(
+    runtime: Runtime,
+    endpoint: MailEndpoint,
+    account_id: str,
+    copy: bytes,
+    message_id: str,
+    since: float | None,
+) -> tuple[RemoteFolder, int | None]:
+    """File ``copy`` in the Sent folder unless it is there already; its folder and UID.
+
+    Where the Sent folder is comes from LIST, kept by the process for a while
+    (``MailPools.folders``). With it known, the session's first command is a STATUS of
+    that folder, which also proves that a pooled session answers (no NOOP); a folder
+    that STATUS no longer finds is looked up by LIST again.
+
+    A re-run (``since`` is ``None``) searches the whole folder for a copy an earlier run
+    may have appended. A first run only needs to know whether the server filed a copy of
+    its own: the STATUS's UIDNEXT and what this process appended itself tell which
+    messages the folder was given since the submission began and by whom
+    (``email_service.mail.uidwatch``). Only the others are searched, and with none there
+    is no search: STATUS and APPEND are the two commands. When that cannot be told, the
+    folder's newest ``SERVER_COPY_WINDOW`` messages are searched.
+    """
+    pools = runtime.mail_pools
+    account_key = pool_key(account_id, endpoint, "imap")
+    sent = pools.folders.get(account_key)
+    looked: list[tuple[FolderState | None, float]] = []
+
+    def status(imap: ImapSession) -> None:
+        assert sent is not None
+        looked.clear()
+        try:
+            state = imap.status(sent.name)
+        except MailProtocolError:
+            state = None  # renamed or deleted meanwhile: LIST finds where it is now
+        looked.append((state, time.monotonic()))
+
+    first = None if sent is None else status
+    with pooled_session(endpoint, pools.imap, account_id, first=first) as imap:
+        state, at = looked[0] if looked else (None, 0.0)
+        if sent is None or state is None:
+            sent = special_folder(imap, "\\Sent", "Sent")
+            pools.folders.put(account_key, sent)
+        key = (account_key, sent.name)
+        among = None
+        if state is not None:
+            if since is not None:
+                among = pools.uids.others(key, state.uidvalidity, state.uidnext, since, at)
+            pools.uids.looked(key, state.uidvalidity, state.uidnext, at)
+        with pools.uids.appending(key):
+            uid = append_once(
+                imap,
+                sent.name,
+                copy,
+                message_id,
+                SENT_FLAGS,
+                # A first run cannot have appended it before: the newest messages are
+                # where a copy the server filed itself would be.
+                newest=None if since is None else SERVER_COPY_WINDOW,
+                among=among,
+            )
+            if uid is not None and state is not None:
+                pools.uids.appended(key, state.uidvalidity, uid)
+    return sent, uid
 
 
 # ----------------------------------------------------------------------------- drafts

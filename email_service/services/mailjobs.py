@@ -58,6 +58,7 @@ def append_once(
     flags: tuple[str, ...],
     *,
     newest: int | None = None,
+    among: list[int] | None = None,
 ) -> int | None:
     """APPEND ``raw`` to ``folder`` unless a message with its Message-ID is there already.
 
@@ -66,10 +67,15 @@ def append_once(
     the message (some providers put submitted mail into Sent on their own). A caller
     that knows no earlier run can have appended it passes ``newest``: only that many of
     the folder's last messages are searched (a copy the server filed on its own, at
-    submission, is among them), not a Sent folder of years.
+    submission, is among them), not a Sent folder of years. A caller that knows which
+    messages the folder was given since the submission began, less its own appends
+    (``email_service.mail.uidwatch``), passes them as ``among``: only those are searched,
+    and none when there are none (no EXAMINE either: the APPEND is the one command).
     """
+    if among is not None and not among:
+        return imap.append(folder, raw, flags, when=datetime.now(UTC))
     imap.select(folder, readonly=True)
-    found = imap.uids_with_header("Message-ID", f"<{message_id}>", newest=newest)
+    found = imap.uids_with_header("Message-ID", f"<{message_id}>", newest=newest, among=among)
     if found:
         return max(found)
     # Courier refuses to APPEND to the folder selected read-only ("Current box is

@@ -16,12 +16,14 @@ import pytest
 from email_service.jobs import Attempt
 from email_service.mail import smtp
 from email_service.mail.errors import MailConnectionError
+from email_service.mail.imap import ImapSession, RemoteFolder
 from email_service.runtime import Runtime
 from email_service.services import delivery
 from tests.compose.conftest import (
     await_task,
     detail,
     finished,
+    imap_of,
     listed,
     mail_with_attachments,
     send,
@@ -535,3 +537,79 @@ def test_sends_of_an_account_share_a_connection_until_its_password_changes(
     assert task["status"] == "failure", task
     assert "rejected the username or password" in task["error"]
     assert len(smtp_server.received) == 2
+
+
+def test_a_first_run_searches_sent_only_for_what_others_put_there(
+    api: Any, sync_runtime: Runtime, alice: Identity, sender: Mailbox, dovecot: Dovecot,
+    smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    sync_now(api, sync_runtime, sender, alice)
+    recipient = dovecot.new_user("to")
+    opened: list[str] = []
+    real_select = ImapSession.select
+
+    def select(self: ImapSession, name: str, readonly: bool = True) -> Any:
+        opened.append(name)
+        return real_select(self, name, readonly)
+
+    monkeypatch.setattr(ImapSession, "select", select)
+
+    def sent_copies(message_id: str) -> list[Any]:
+        return with_message_id(server_messages(dovecot, sender.user, "Sent"), message_id)
+
+    # Given two sends that filed their copies (the first found Sent by LIST, the
+    # second's STATUS of it was this process's first look at the folder)
+    for _ in range(2):
+        queued = send(api, sender, to=[recipient.email])
+        assert finished(api, sync_runtime, sender, alice, queued["taskId"])["status"] == "success"
+    opened.clear()
+
+    # When the next one finds in Sent nothing but what this process appended
+    queued = send(api, sender, to=[recipient.email])
+    task = finished(api, sync_runtime, sender, alice, queued["taskId"])
+
+    # Then it appended its copy without opening or searching the folder
+    assert task["status"] == "success", task
+    assert opened == []
+    assert len(sent_copies(queued["messageId"])) == 1
+
+    # When the SMTP server files a copy of the message into Sent on its own
+    def file_a_copy() -> None:
+        with imap_of(dovecot, sender.user) as client:
+            client.append("Sent", smtp_server.received[-1].raw, flags=["\\Seen"])
+
+    smtp_server.on_accept = file_a_copy
+    queued = send(api, sender, to=[recipient.email])
+    task = finished(api, sync_runtime, sender, alice, queued["taskId"])
+
+    # Then the new message in Sent was searched, found to be the copy, and kept alone
+    assert task["status"] == "success", task
+    assert opened == ["Sent"]
+    [(uid, _copy)] = sent_copies(queued["messageId"])
+    assert task_row(sync_runtime, alice, queued["taskId"]).payload["sentUid"] == uid
+    assert len(listed(api, sender, "Sent")) == 4
+
+
+def test_a_sent_folder_gone_since_it_was_listed_is_found_again(
+    api: Any, sync_runtime: Runtime, alice: Identity, sender: Mailbox, dovecot: Dovecot
+) -> None:
+    recipient = dovecot.new_user("to")
+    # Given a send that found Sent by LIST (the process keeps where it is)
+    queued = send(api, sender, to=[recipient.email])
+    assert finished(api, sync_runtime, sender, alice, queued["taskId"])["status"] == "success"
+    known = sync_runtime.mail_pools.folders
+    [key] = [key for key in list(known._kept) if key.owner == sender.id]
+    assert known.get(key) is not None and known.get(key).name == "Sent"  # type: ignore[union-attr]
+
+    # When the folder kept is no longer on the server (here: one that never was)
+    known.put(key, RemoteFolder("Gone Sent", "/", (), "\\Sent", True))
+    queued = send(api, sender, to=[recipient.email])
+    task = finished(api, sync_runtime, sender, alice, queued["taskId"])
+
+    # Then the copy went where LIST finds the Sent folder now, and that is kept
+    assert task["status"] == "success", task
+    assert task["result"]["sentFolder"] == "Sent"
+    assert "sentCopyError" not in task["result"]
+    copies = with_message_id(server_messages(dovecot, sender.user, "Sent"), queued["messageId"])
+    assert len(copies) == 1
+    assert known.get(key).name == "Sent"  # type: ignore[union-attr]
