@@ -42,9 +42,11 @@ def _endpoint(server: SmtpServer, user: MailUser, **overrides: object) -> MailEn
     return MailEndpoint(**values)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def smtp(smtp_server: SmtpServer) -> Iterator[SmtpServer]:
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def smtp(smtp_server: SmtpServer, request: pytest.FixtureRequest) -> Iterator[SmtpServer]:
+    """The session's SMTP server, as it is (no PIPELINING) and offering PIPELINING."""
     smtp_server.reset()
+    smtp_server.pipelining = request.param
     yield smtp_server
     smtp_server.reset()
 

@@ -11,7 +11,8 @@ import pytest
 from email_service.mail.endpoint import MailEndpoint
 from email_service.mail.errors import MailAuthError, SmtpPermanentError, SmtpTransientError
 from email_service.mail.imap import ImapSession
-from email_service.mail.smtp import SmtpResult, send
+from email_service.mail.pool import ConnectionPool
+from email_service.mail.smtp import SmtpResult, Submission, close_connection, send
 from tests.mail.conftest import nobody_connected, unused_port
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.smtp import SmtpServer
@@ -63,9 +64,11 @@ def recipient(dovecot: Dovecot) -> MailUser:
     return dovecot.new_user("rcpt")
 
 
-@pytest.fixture
-def smtp(smtp_server: SmtpServer) -> Iterator[SmtpServer]:
+@pytest.fixture(params=[False, True], ids=["one-by-one", "pipelining"])
+def smtp(smtp_server: SmtpServer, request: pytest.FixtureRequest) -> Iterator[SmtpServer]:
+    """The session's SMTP server, as it is (no PIPELINING) and offering PIPELINING."""
     smtp_server.reset()  # in case the plugin's after-test reset is not active
+    smtp_server.pipelining = request.param
     yield smtp_server
     smtp_server.reset()
 
@@ -222,3 +225,43 @@ def test_needs_recipients() -> None:
         send(endpoint, "a@b.test", [], b"x")
     with pytest.raises(ValueError):
         send(endpoint, "a@b.test", "c@d.test", b"x")
+
+
+def test_commands_are_pipelined_only_when_the_server_offers_it(
+    smtp: SmtpServer, dovecot: Dovecot, mail_user: MailUser, recipient: MailUser
+) -> None:
+    offered = smtp.pipelining
+    nobody = "nobody-else@example.test"
+    pool: ConnectionPool[Submission] = ConnectionPool("smtp", close_connection)
+    try:
+        # When two messages go, the second over the connection the first left in the pool,
+        # one of its recipients unknown
+        for n, recipients in enumerate(([recipient.email], [recipient.email, nobody])):
+            result = send(
+                _endpoint(smtp, mail_user, "starttls"),
+                mail_user.email,
+                recipients,
+                _message(recipient.email, n),
+                pool=pool,
+                owner="account-1",
+            )
+    finally:
+        pool.close()
+    # Then MAIL, the RCPTs and DATA (and the pooled connection's RSET) went in one write
+    # only to a server that said PIPELINING
+    assert [t.pipelined for t in smtp.transactions] == [offered, offered]
+    assert smtp.transactions[0].peer == smtp.transactions[1].peer
+    # and every reply was still read: the unknown recipient is refused, the other has both
+    assert result.accepted == (recipient.email,)
+    assert list(result.refused) == [nobody] and result.refused[nobody][0] == 550
+    assert len(_inbox(dovecot, recipient)) == 2
+
+
+def test_a_pipelined_transaction_refused_at_mail_delivers_nothing_and_says_why(
+    smtp: SmtpServer, mail_user: MailUser, recipient: MailUser
+) -> None:
+    smtp.fail_next(1, 550, "5.7.1 sender refused", stage="mail")
+    with pytest.raises(SmtpPermanentError) as info:
+        send(_endpoint(smtp, mail_user), mail_user.email, [recipient.email], _message("x"))
+    assert info.value.code == 550 and "MAIL FROM" in str(info.value)
+    assert smtp.received == []

@@ -11,6 +11,9 @@ transaction, so "sent" mail can be read back from the recipient's INBOX.
 - Recipients are checked with Dovecot at RCPT time, so an unknown recipient
   gets Dovecot's ``550 5.1.1`` there (``smtplib`` raises ``SMTPRecipientsRefused``).
 - :meth:`SmtpServer.fail_next` makes the next N transactions fail, for retry tests.
+- ``pipelining=True`` adds PIPELINING (RFC 2920) to the EHLO answer, as Postfix and
+  Gmail have it (aiosmtpd reads commands one after the other either way); each
+  transaction records whether the client's commands came pipelined (``pipelined``).
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ class SmtpTransaction:
     at: float = field(default_factory=time.time)
     #: The client's (address, port): transactions over one connection share it.
     peer: Any = None
+    #: Whether the commands after MAIL FROM were already waiting when MAIL FROM was read
+    #: (the client sent them without waiting for its reply: pipelining).
+    pipelined: bool = False
 
     @property
     def accepted(self) -> bool:
@@ -107,6 +113,20 @@ class _Handler:
     def __init__(self, owner: SmtpServer) -> None:
         self._owner = owner
         self._doomed: weakref.WeakKeyDictionary[Envelope, _Failure] = weakref.WeakKeyDictionary()
+        self.pipelined: weakref.WeakKeyDictionary[Envelope, bool] = weakref.WeakKeyDictionary()
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # what aiosmtpd leaves to this hook
+        if self._owner.pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
 
     # aiosmtpd offers every ``auth_<MECHANISM>`` method of the handler. The bearer token
     # is checked by Dovecot (its oauth2 passdb), as IMAP logins are.
@@ -124,6 +144,9 @@ class _Handler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        # Commands sent with MAIL FROM in one write are in the reader's buffer already.
+        waiting = getattr(getattr(server, "_reader", None), "_buffer", b"")
+        self.pipelined[envelope] = bool(waiting)
         failure = self._owner._take_failure()
         if failure is not None:
             if failure.stage == "mail":
@@ -240,8 +263,12 @@ class SmtpServer:
         verify_recipients: bool = True,
         hostname: str = "localhost",
         data_size_limit: int = 64 * 1024 * 1024,
+        pipelining: bool = False,
     ) -> None:
         self.dovecot = dovecot
+        #: Whether EHLO answers offer PIPELINING (read at each EHLO; ``reset`` restores it).
+        self.pipelining = pipelining
+        self._pipelining = pipelining
         self.starttls = starttls
         self.require_auth = require_auth
         self.verify_recipients = verify_recipients
@@ -362,6 +389,7 @@ class SmtpServer:
             self.received.clear()
             self.transactions.clear()
             self.on_accept = None
+            self.pipelining = self._pipelining
 
     @property
     def pending_failures(self) -> int:
@@ -396,6 +424,7 @@ class SmtpServer:
             tls=session.ssl is not None or _transport_is_tls(server),
             delivery_errors=delivery_errors or {},
             peer=session.peer,
+            pipelined=self._handler.pipelined.get(envelope, False),
         )
         with self._lock:
             self.transactions.append(transaction)
