@@ -113,7 +113,8 @@ class _SqlCounter:
     """Statements, transactions and database round trips of one process's engine.
 
     Unlike elapsed time these do not move with the machine's load. A round trip is a
-    statement, a transaction's BEGIN (psycopg sends it before the first statement) or
+    statement, a transaction's BEGIN (psycopg sends it before the first statement; the
+    tenant's ``set_config`` goes with it in one pipeline, not counted as a statement) or
     its COMMIT/ROLLBACK; statements on autocommit connections (the account's lock)
     have no BEGIN or COMMIT.
     """

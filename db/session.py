@@ -8,6 +8,7 @@ migrations filter every query a second time, behind the service layer's own filt
 
 from __future__ import annotations
 
+import functools
 import select
 import uuid
 from collections.abc import Iterator
@@ -207,18 +208,63 @@ class Database:
         self.engine.dispose()
 
 
-# Built once: every transaction begins with it (a text() parses its parameters when made).
-_SET_SCOPE = text("SELECT set_config(:name, :value, true), set_config(:scope, :system, true)")
-
-
 def _apply_scope(session: Session, _transaction: Any, connection: Any) -> None:
+    """Begin the transaction with the tenant (and scope) set, in one round trip.
+
+    psycopg would send a BEGIN of its own before the first statement, and wait for its
+    answer (in a pipeline too): two round trips with the ``set_config``. Both go here as
+    one simple query instead; psycopg then finds the transaction begun and sends no
+    BEGIN. The values are a UUID's canonical text and a fixed word, so they are written
+    into the query as literals. Errors are raised as SQLAlchemy's, and a connection found
+    lost is invalidated with the pool's older ones, as SQLAlchemy's own handling does
+    (``Database._begin`` then starts the unit of work once more, on a fresh one).
+    """
+    import psycopg
+    from psycopg import pq
+
     tenant = session.info.get("tenant_id")
-    connection.execute(
-        _SET_SCOPE,
-        {
-            "name": TENANT_SETTING,
-            "value": str(tenant) if tenant else "",
-            "scope": SCOPE_SETTING,
-            "system": "system" if session.info.get("system") else "",
-        },
+    query = _begin_query(
+        str(uuid.UUID(str(tenant))) if tenant else "",
+        "system" if session.info.get("system") else "",
     )
+    raw = connection.connection.dbapi_connection
+    if raw.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        # Begun already (a session joining a connection's transaction): set it in there.
+        connection.exec_driver_sql(query.split(b"; ", 1)[1].decode())
+        return
+    try:
+        with raw.lock:
+            result = raw.pgconn.exec_(query)
+        if result.status != pq.ExecStatus.TUPLES_OK:
+            raise psycopg.errors.error_from_result(result)
+    except psycopg.Error as error:
+        # libpq's own errors (the connection went away) carry no SQLSTATE; the server's
+        # goodbyes are class 08 (connection exception) or 57P (operator intervention).
+        state = error.sqlstate or ""
+        lost = bool(
+            raw.broken
+            or raw.pgconn.status == pq.ConnStatus.BAD
+            or not state
+            or state.startswith(("08", "57P"))
+            or connection.dialect.is_disconnect(error, raw, None)
+        )
+        if lost:
+            # What SQLAlchemy does on a lost connection: the pooled connections opened
+            # before it are replaced at their next checkout, and this one is dropped.
+            connection.engine.pool._invalidate(connection.connection, error)
+            connection.invalidate(error)
+        raise exc.DBAPIError.instance(
+            query.decode(), None, error, psycopg.Error, connection_invalidated=lost
+        ) from error
+
+
+@functools.lru_cache(maxsize=4096)
+def _begin_query(tenant: str, scope: str) -> bytes:
+    """``BEGIN`` and the settings of a transaction; ``tenant`` is a UUID's text or empty,
+    ``scope`` ``system`` or empty (checked: they are written in as literals)."""
+    if (tenant and str(uuid.UUID(tenant)) != tenant) or scope not in ("", "system"):
+        raise ValueError("not a tenant id or a scope")
+    return (
+        f"BEGIN; SELECT set_config('{TENANT_SETTING}', '{tenant}', true), "
+        f"set_config('{SCOPE_SETTING}', '{scope}', true)"
+    ).encode()

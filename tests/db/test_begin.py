@@ -1,0 +1,62 @@
+"""A unit of work begins on PostgreSQL with its tenant set, in one round trip."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+from psycopg import pq
+from sqlalchemy import text
+
+from db.session import Database
+from tests.conftest import PgDatabase
+
+
+def _client_messages(trace: str) -> list[str]:
+    """The protocol messages the client sent (``F`` lines of libpq's trace)."""
+    kinds = []
+    for line in trace.splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 3 and fields[0] == "F":
+            kinds.append(fields[2].split(" ")[0])
+    return kinds
+
+
+def test_begin_and_the_tenant_go_to_the_server_in_one_round_trip(
+    pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    database = Database.from_url(pg_database.url, pool_size=1)
+    tenant = uuid.uuid4()
+    try:
+        with database.transaction(tenant) as session:  # the pool's one connection
+            raw = session.connection().connection.dbapi_connection
+        assert raw is not None
+        path = tmp_path / "trace"
+        with path.open("w") as out:
+            raw.pgconn.trace(out.fileno())
+            raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            try:
+                with database.transaction(tenant) as session:
+                    setting = session.execute(
+                        text("SELECT current_setting('app.tenant_id')")
+                    ).scalar()
+            finally:
+                raw.pgconn.untrace()
+        sent = _client_messages(path.read_text())
+    finally:
+        database.dispose()
+    assert setting == str(tenant)
+    # A round trip ends with a Sync (extended protocol) or is one simple Query: BEGIN
+    # and the set_config share one; the statement has its own; COMMIT is the third.
+    ends = [kind for kind in sent if kind in ("Sync", "Query")]
+    assert len(ends) == 3, sent
+
+
+def test_a_tenant_that_is_not_a_uuid_begins_nothing(pg_database: PgDatabase) -> None:
+    database = Database.from_url(pg_database.url, pool_size=1)
+    try:
+        with pytest.raises(ValueError), database.transaction("x'); DROP TABLE t; --"):  # type: ignore[arg-type]
+            pass
+    finally:
+        database.dispose()
