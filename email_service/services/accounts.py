@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import func, select
@@ -70,31 +72,54 @@ def account_endpoint(runtime: Runtime, row: Account, *, smtp: bool = False) -> M
     Decrypts the password; the endpoint keeps it out of its ``repr``. For an OAuth2
     account the endpoint carries an access token instead (refreshed first if it is about
     to expire) and a way to refresh it once should the server refuse it; that may raise
-    the errors of ``services.oauth2.login_token`` (all ``MailError`` s).
+    the errors of ``services.oauth2.login_token`` (all ``MailError`` s). A request, which
+    must not call the provider inside its transaction, uses :func:`endpoint_later`.
+    """
+    return endpoint_later(runtime, row, smtp=smtp)()
+
+
+def endpoint_later(
+    runtime: Runtime, row: Account, *, smtp: bool = False
+) -> Callable[[], MailEndpoint]:
+    """:func:`account_endpoint` in two halves: what the database holds is read now, in
+    the caller's transaction; an OAuth2 access token that needs refreshing is got when
+    the returned function is called, after that transaction has ended.
+
+    The refresh is an HTTP call to the provider (bounded by ``OAUTH2_TIMEOUT``); it keeps
+    its own short transaction under the account's row lock (``oauth2.refresh``), and no
+    request transaction should stay open around it. Raises here what reading the stored
+    credentials raises (a revoked authorization, a key that cannot decrypt); the
+    function raises the errors of ``oauth2.refresh``.
     """
     settings = runtime.settings
-    if row.auth_type == "oauth2":
-        provider = oauth2.provider_of(runtime, row.oauth2_provider or "")
-        secret = oauth2.login_token(runtime, row)
-        sasl: Any = provider.mechanism
-        refresh: Any = functools.partial(_refresh_refused, runtime, row)
-    else:
-        secret, sasl, refresh = account_password(runtime, row), None, None
-    return MailEndpoint(
-        host=row.smtp_hostname if smtp else row.hostname,
-        port=row.smtp_port if smtp else row.port,
-        encryption=row.smtp_encryption if smtp else row.encryption,  # type: ignore[arg-type]
-        username=row.username,
-        password=secret,
-        ca_file=settings.mail_ca_file,
-        limits=settings.mail_limits(),
-        sasl=sasl,
-        token_refresh=refresh,
-    )
+    fields: dict[str, Any] = {
+        "host": row.smtp_hostname if smtp else row.hostname,
+        "port": row.smtp_port if smtp else row.port,
+        "encryption": row.smtp_encryption if smtp else row.encryption,
+        "username": row.username,
+        "ca_file": settings.mail_ca_file,
+        "limits": settings.mail_limits(),
+    }
+    if row.auth_type != "oauth2":
+        endpoint = MailEndpoint(password=account_password(runtime, row), **fields)
+        return lambda: endpoint
+    provider = oauth2.provider_of(runtime, row.oauth2_provider or "")
+    token, fresh = oauth2.stored_token(runtime, row)
+    tenant_id, account_id = row.tenant_id, row.id
+    fields["sasl"] = provider.mechanism
+    fields["token_refresh"] = functools.partial(_refresh_refused, runtime, tenant_id, account_id)
+
+    def with_token() -> MailEndpoint:
+        secret = token if token and fresh else None
+        if secret is None:
+            secret = oauth2.refresh(runtime, tenant_id, account_id, rejected=token)
+        return MailEndpoint(password=secret, **fields)
+
+    return with_token
 
 
-def _refresh_refused(runtime: Runtime, row: Account, refused: str) -> str:
-    return oauth2.refresh(runtime, row.tenant_id, row.id, rejected=refused)
+def _refresh_refused(runtime: Runtime, tenant_id: uuid.UUID, account_id: str, refused: str) -> str:
+    return oauth2.refresh(runtime, tenant_id, account_id, rejected=refused)
 
 
 def load_account(scope: Scope, account_id: str, *, for_update: bool = False) -> Account:

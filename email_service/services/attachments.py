@@ -35,7 +35,7 @@ import hashlib
 import logging
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -51,7 +51,7 @@ from email_service.mail.mime import ParsedAttachment, parse_message
 from email_service.mail.mimeparts import decode_part
 from email_service.runtime import Runtime
 from email_service.scope import Scope
-from email_service.services.accounts import account_endpoint
+from email_service.services.accounts import endpoint_later
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +82,16 @@ class PartSource:
     #: (or rebuild) is still running, when the stored UIDs are the server's current ones.
     uidvalidity: int | None
     uid: int
-    endpoint: MailEndpoint
+    #: The account's endpoint, got when the server is to be asked (with no transaction
+    #: open): an OAuth2 access token is refreshed then, if it needs to be.
+    endpoint: Callable[[], MailEndpoint]
 
 
 def part_source(scope: Scope, account: Account, row: Attachment) -> PartSource | None:
     """Where ``row``'s bytes are on ``account``'s IMAP server; None when they are not there
     to be fetched (a POP3 account, a message without a UID). Raises ``MailServerFailed``
-    when the account cannot log in (OAuth2 authorization lost)."""
+    when the account cannot log in (OAuth2 authorization lost). Asks no one outside the
+    database: an OAuth2 token to refresh is refreshed when the server is asked."""
     if account.protocol != "imap":
         return None
     found = scope.session.execute(
@@ -102,7 +105,7 @@ def part_source(scope: Scope, account: Account, row: Attachment) -> PartSource |
     if uid is None:
         return None  # a copy of ours the server has not numbered
     try:
-        endpoint = account_endpoint(scope.runtime, account)
+        endpoint = endpoint_later(scope.runtime, account)
     except MailError as exc:
         raise _server_failed(exc) from exc
     return PartSource(
@@ -157,7 +160,7 @@ def _chunks(data: bytes) -> Iterator[bytes]:
 def _from_server(source: PartSource) -> bytes:
     where = f"the message (UID {source.uid} in {source.folder_name!r})"
     try:
-        with ImapSession(source.endpoint) as imap:
+        with ImapSession(source.endpoint()) as imap:
             try:
                 state = imap.select(source.folder_name, readonly=True)
             except MailProtocolError as exc:

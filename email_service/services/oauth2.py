@@ -159,12 +159,22 @@ def login_token(runtime: Runtime, row: Account) -> str:
     Raises ``OAuth2Revoked`` (permanent), ``OAuth2Unavailable`` (transient),
     ``OAuth2Error``, or ``crypto.DecryptionError``.
     """
+    token, fresh = stored_token(runtime, row)
+    if token and fresh:
+        return token
+    return refresh(runtime, row.tenant_id, row.id, rejected=token)
+
+
+def stored_token(runtime: Runtime, row: Account) -> tuple[str | None, bool]:
+    """The account's stored access token, and whether it is fresh enough to log in with.
+
+    Reads ``row`` only (no call to the provider). Raises ``OAuth2Revoked``, ``OAuth2Error``
+    or ``crypto.DecryptionError``, as :func:`login_token`.
+    """
     if row.auth_error:
         raise OAuth2Revoked(row.auth_error)
     tokens = unseal_tokens(runtime, row)
-    if tokens.access_token and _fresh(runtime, row.oauth2_expires_at):
-        return tokens.access_token
-    return refresh(runtime, row.tenant_id, row.id, rejected=tokens.access_token)
+    return tokens.access_token, bool(tokens.access_token) and _fresh(runtime, row.oauth2_expires_at)
 
 
 def _exchange(runtime: Runtime, provider: Provider, refresh_token: str) -> TokenGrant:

@@ -12,7 +12,8 @@ It behaves like the providers that matter here (Google, Microsoft) where it coun
   ``{"active": true, "username": ...}`` for a live access token, ``{"active": false}``
   otherwise. Dovecot's ``oauth2`` passdb validates logins with it.
 
-Failures can be injected (:meth:`fail_next`) and every token request is recorded
+Failures can be injected (:meth:`fail_next`), the token endpoint stalled
+(:meth:`hold_tokens`), and every token request is recorded
 (:attr:`refreshes`), so tests can count how often the service really refreshed.
 """
 
@@ -55,6 +56,10 @@ class OAuth2TestProvider:
         self.access_ttl = access_ttl
         # Seconds the token endpoint waits before answering (to widen race windows).
         self.token_delay = 0.0
+        # Set while token requests are held (``hold_tokens``); ``token_asked`` is set as
+        # one arrives, and it waits until ``let_tokens_through``.
+        self.token_asked = threading.Event()
+        self._tokens_through: threading.Event | None = None
         self.refreshes: list[Refresh] = []
         self.introspections = 0
         self._lock = threading.Lock()
@@ -176,7 +181,18 @@ class OAuth2TestProvider:
         with self._lock:
             self._failures = [status] * count
 
+    def hold_tokens(self) -> None:
+        """Stall the token endpoint: every request waits (up to 60 s) until released."""
+        self.token_asked.clear()
+        self._tokens_through = threading.Event()
+
+    def let_tokens_through(self) -> None:
+        through, self._tokens_through = self._tokens_through, None
+        if through is not None:
+            through.set()
+
     def reset(self) -> None:
+        self.let_tokens_through()
         with self._lock:
             self._failures.clear()
             self.refreshes.clear()
@@ -188,6 +204,10 @@ class OAuth2TestProvider:
     def _token(
         self, form: dict[str, str], basic: tuple[str, str] | None
     ) -> tuple[int, dict[str, Any]]:
+        self.token_asked.set()
+        through = self._tokens_through
+        if through is not None:
+            through.wait(60)
         if self.token_delay:
             time.sleep(self.token_delay)
         refresh_token = form.get("refresh_token", "")

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 import workers
 from db.models import Account, now_ms
@@ -25,9 +25,12 @@ from email_service.runtime import Runtime, build_runtime, set_runtime
 from email_service.services import oauth2 as oauth2_service
 from email_service.services import push
 from email_service.services.sync_schedule import enqueue_due_syncs
-from tests.compose.conftest import await_task, server_messages
+from tests.compose.conftest import await_task, mail_with_attachments, server_messages
+from tests.compose.test_fetch_outside_transactions import Checkouts, backend_states
+from tests.compose.test_send import attachment_ids
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser
+from tests.servers.mailgen import make_pdf
 from tests.servers.oauth2 import OAuth2TestProvider
 from tests.servers.smtp import SmtpServer
 from tests.sync.conftest import Mailbox, sync
@@ -464,3 +467,95 @@ def test_a_pop3_account_syncs_over_oauth2(
     mail(oauth2_dovecot, user, "over pop3")
     task = sync(api, box)
     assert task["status"] == "success" and task["result"]["messagesAdded"] == 1, task
+
+
+@pytest.mark.parametrize("request_kind", ["download", "send"])
+def test_no_request_transaction_is_open_while_the_token_endpoint_is_asked(
+    api: Any, oauth_app: Any, oauth_runtime: Runtime, alice: Identity,
+    oauth2_dovecot: Dovecot, oauth2_provider: OAuth2TestProvider, box: Mailbox,
+    monkeypatch: pytest.MonkeyPatch, request_kind: str,
+) -> None:  # fmt: skip
+    # Given a synced OAuth2 account whose INBOX holds a file never downloaded, and whose
+    # access token has expired (so the next login asks the provider first)
+    data = make_pdf("Token", pages=1)
+    oauth2_dovecot.append(
+        box.user,
+        "INBOX",
+        mail_with_attachments(
+            "x@example.test", box.user.email, {"t.pdf": ("application/pdf", data)}
+        ),
+    )
+    [attachment] = attachment_ids(api, box, oauth_runtime, alice)
+    oauth2_provider.expire_access_tokens(box.user.email)
+    with oauth_runtime.db.transaction(system=True) as session:
+        session.execute(
+            update(Account).where(Account.id == box.id).values(oauth2_expires_at=now_ms() - 1)
+        )
+    # and a token endpoint that stalls
+    checkouts = Checkouts(oauth_runtime.db.engine)
+    order: list[tuple[int, int]] = []  # (thread, backend pid) of every checkout
+    asking: list[tuple[int, int]] = []  # (thread, backend of the refresh's transaction)
+    exchange = oauth2_service._exchange
+
+    def checked_out(dbapi: Any, _record: Any, _proxy: Any) -> None:
+        order.append((threading.get_ident(), dbapi.info.backend_pid))
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        thread = threading.get_ident()
+        # The refresh's transaction is the thread's latest checkout.
+        asking.append((thread, [pid for t, pid in order if t == thread][-1]))
+        return exchange(*args, **kwargs)
+
+    event.listen(oauth_runtime.db.engine, "checkout", checked_out)
+    monkeypatch.setattr(oauth2_service, "_exchange", noted)
+    oauth2_provider.hold_tokens()
+
+    # When the file is downloaded (or sent on) for the first time
+    answers: list[Any] = []
+
+    def ask() -> None:
+        with oauth_app.test_client() as client:
+            if request_kind == "download":
+                path = f"/api/{box.id}/attachments/{attachment}/download"
+                answers.append(client.get(path, headers=box.headers))
+            else:
+                body = {
+                    "accountId": box.id,
+                    "to": [box.user.email],
+                    "subject": "On",
+                    "body": ".",
+                    "attachmentIds": [attachment],
+                }
+                answers.append(client.post("/api/compose/send", json=body, headers=box.headers))
+
+    request = threading.Thread(target=ask, daemon=True)
+    request.start()
+    try:
+        assert oauth2_provider.token_asked.wait(30), "the token endpoint was not asked"
+        # Then, while the provider keeps the refresh waiting, the request's thread holds
+        # only the refresh's own connection (its short transaction under the account's
+        # row lock), and none of the others it used is idle in a transaction
+        [(thread, refreshing)] = asking
+        # (a connection the pool has handed to another thread since is that thread's)
+        used = checkouts.used[thread] - {refreshing} - checkouts.held_by_others(thread)
+        assert used, "the request read nothing from the database before the refresh"
+        states = backend_states(used)
+        assert not [s for s in states.values() if s.startswith("idle in transaction")], states
+        assert checkouts.held_by(thread) == [refreshing]
+        assert answers == []
+    finally:
+        oauth2_provider.let_tokens_through()
+        request.join(60)
+        checkouts.close()
+        event.remove(oauth_runtime.db.engine, "checkout", checked_out)
+
+    # and once the provider answers, the request is served with the refreshed token
+    [answer] = answers
+    if request_kind == "download":
+        assert answer.status_code == 200, answer.text
+        assert answer.content == data
+    else:
+        assert answer.status_code == 202, answer.text
+        sent = await_task(oauth_runtime, alice, answer.json()["taskId"])
+        assert sent.status == "success", sent.error
+    assert [r.status for r in oauth2_provider.refreshes] == [200, 200]
