@@ -173,8 +173,10 @@ def _run_locked(
         reason = _describe(exc)
         outage = infrastructure_trouble(exc)
         if outage is not None:
-            # Batches already committed stay; the retry resumes after them.
-            reason = f"The sync was interrupted: {outage}; it will be retried"
+            # Batches already committed stay; a retry resumes after them. The last
+            # attempt is followed by none and must not promise one.
+            then = "that was the last attempt" if attempt.last else "it will be retried"
+            reason = f"The sync was interrupted: {outage}; {then}"
             log.warning("sync of account %s interrupted: %s (%r)", account.id, outage, exc)
         elif not isinstance(exc, (MailError, PermissionError, DecryptionError, ServiceError)):
             log.exception("sync of account %s failed", account.id)

@@ -13,12 +13,14 @@ from collections.abc import Callable
 from email.message import EmailMessage
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 import workers
 from db.models import Task
 from email_service.config import Settings
 from email_service.runtime import Runtime
+from email_service.services.tasks import TaskReport
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser
 from tests.servers.faults import FlakyS3, PrivateRedis, terminate_backends
@@ -103,6 +105,49 @@ def test_s3_answering_500_for_a_while_delays_the_sync_but_loses_nothing(
         assert flaky.failed == 10
         subjects = inbox_subjects(client, box)
         assert sorted(subjects) == [f"message {n:04d}" for n in range(12)]
+    finally:
+        flaky.close()
+
+
+def test_s3_down_through_every_attempt_fails_the_sync_without_promising_a_retry(
+    custom_app: Callable[..., tuple[Any, Runtime]],
+    alice: Identity,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a POP3 account with attachments to store, and an S3 that answers 500 to
+    # every request from now on (the same outage on every attempt)
+    reasons: list[str] = []
+    retrying = TaskReport.retrying
+
+    def noted(self: TaskReport, error: str, result: dict[str, Any] | None = None) -> None:
+        reasons.append(error)
+        retrying(self, error, result)
+
+    monkeypatch.setattr(TaskReport, "retrying", noted)
+    flaky = FlakyS3(s3_server.endpoint)
+    try:
+        client, rt = custom_app(s3_endpoint=flaky.endpoint)
+        fill(dovecot, mail_user, 2, attachment=True)
+        box = account_for(
+            client, alice, dovecot, mail_user, protocol="pop3", port=dovecot.pop3s_port,
+            encryption="tls",
+        )  # fmt: skip
+        flaky.fail(1_000_000)
+
+        # When the account is synced
+        task = sync(client, box)
+
+        # Then every attempt met the outage; the earlier ones said they would be retried,
+        # the last one fails and says it was the last
+        assert task["status"] == "failure", task
+        assert len(reasons) == rt.settings.task_max_retries, reasons
+        assert all("blob store" in r and r.endswith("it will be retried") for r in reasons)
+        assert "blob store" in task["error"], task
+        assert "retried" not in task["error"], task
+        assert "last attempt" in task["error"], task
     finally:
         flaky.close()
 
