@@ -72,8 +72,9 @@ def account_endpoint(runtime: Runtime, row: Account, *, smtp: bool = False) -> M
     Decrypts the password; the endpoint keeps it out of its ``repr``. For an OAuth2
     account the endpoint carries an access token instead (refreshed first if it is about
     to expire) and a way to refresh it once should the server refuse it; that may raise
-    the errors of ``services.oauth2.login_token`` (all ``MailError`` s). A request, which
-    must not call the provider inside its transaction, uses :func:`endpoint_later`.
+    the errors of ``services.oauth2.login_token`` (all ``MailError`` s). Call it with no
+    transaction open; a caller that reads ``row`` in one (a request, the push watcher)
+    uses :func:`endpoint_later`, so the provider is never asked inside it.
     """
     return endpoint_later(runtime, row, smtp=smtp)()
 

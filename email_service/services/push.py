@@ -32,7 +32,7 @@ from email_service.mail.endpoint import MailEndpoint
 from email_service.runtime import Runtime
 from email_service.scope import open_scope
 from email_service.services import events, tasks
-from email_service.services.accounts import account_endpoint, load_account
+from email_service.services.accounts import endpoint_later, load_account
 from email_service.services.syncing import request_sync
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,17 @@ def watchable_accounts(runtime: Runtime) -> list[WatchedAccount]:
 
 
 def watch_endpoint(runtime: Runtime, account: WatchedAccount) -> MailEndpoint | None:
-    """How to reach the account's IMAP server (password decrypted); None if it is gone."""
+    """How to reach the account's IMAP server (password decrypted); None if it is gone.
+
+    An OAuth2 access token that needs refreshing (an HTTP call to the provider) is got
+    after the read transaction has ended (``accounts.endpoint_later``).
+    """
     with runtime.db.transaction(account.tenant_id) as session:
         row = session.get(Account, account.id)
         if row is None or row.deleted_at is not None or row.protocol != "imap":
             return None
-        return account_endpoint(runtime, row)
+        endpoint = endpoint_later(runtime, row)
+    return endpoint()
 
 
 def stored_folders(

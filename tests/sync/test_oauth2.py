@@ -559,3 +559,58 @@ def test_no_request_transaction_is_open_while_the_token_endpoint_is_asked(
         sent = await_task(oauth_runtime, alice, answer.json()["taskId"])
         assert sent.status == "success", sent.error
     assert [r.status for r in oauth2_provider.refreshes] == [200, 200]
+
+
+def test_the_watcher_holds_no_transaction_open_while_the_token_endpoint_is_asked(
+    oauth_runtime: Runtime, oauth2_provider: OAuth2TestProvider, box: Mailbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Given a watched OAuth2 account holding only a refresh token (its first login asks the
+    # provider first), and a token endpoint that stalls
+    [watched] = [a for a in push.watchable_accounts(oauth_runtime) if a.id == box.id]
+    checkouts = Checkouts(oauth_runtime.db.engine)
+    order: list[tuple[int, int]] = []  # (thread, backend pid) of every checkout
+    asking: list[tuple[int, int]] = []  # (thread, backend of the refresh's transaction)
+    exchange = oauth2_service._exchange
+
+    def checked_out(dbapi: Any, _record: Any, _proxy: Any) -> None:
+        order.append((threading.get_ident(), dbapi.info.backend_pid))
+
+    def noted(*args: Any, **kwargs: Any) -> Any:
+        thread = threading.get_ident()
+        asking.append((thread, [pid for t, pid in order if t == thread][-1]))
+        return exchange(*args, **kwargs)
+
+    event.listen(oauth_runtime.db.engine, "checkout", checked_out)
+    monkeypatch.setattr(oauth2_service, "_exchange", noted)
+    oauth2_provider.hold_tokens()
+
+    # When the watcher asks how to reach the account's server
+    endpoints: list[Any] = []
+    asker = threading.Thread(
+        target=lambda: endpoints.append(push.watch_endpoint(oauth_runtime, watched)), daemon=True
+    )
+    asker.start()
+    try:
+        assert oauth2_provider.token_asked.wait(30), "the token endpoint was not asked"
+        # Then, while the provider keeps the refresh waiting, the watcher's thread holds
+        # only the refresh's own connection, and the one it read the account with is not
+        # idle in a transaction
+        [(thread, refreshing)] = asking
+        used = checkouts.used[thread] - {refreshing} - checkouts.held_by_others(thread)
+        assert used, "the watcher read nothing from the database before the refresh"
+        states = backend_states(used)
+        assert not [s for s in states.values() if s.startswith("idle in transaction")], states
+        assert checkouts.held_by(thread) == [refreshing]
+        assert endpoints == []
+    finally:
+        oauth2_provider.let_tokens_through()
+        asker.join(60)
+        checkouts.close()
+        event.remove(oauth_runtime.db.engine, "checkout", checked_out)
+
+    # and once the provider answers, the endpoint carries the refreshed access token
+    [endpoint] = endpoints
+    assert endpoint is not None
+    assert endpoint.password == stored(oauth_runtime, box)[1].access_token
+    assert len(oauth2_provider.refreshes) == 1
