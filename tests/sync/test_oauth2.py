@@ -469,6 +469,20 @@ def test_a_pop3_account_syncs_over_oauth2(
     assert task["status"] == "success" and task["result"]["messagesAdded"] == 1, task
 
 
+def assert_only_the_refresh_is_held(
+    checkouts: Checkouts, asking: list[tuple[int, int]], who: str
+) -> None:
+    """While the provider keeps the one refresh waiting: its thread holds only the
+    refresh's own connection, and none of the others it used is idle in a transaction."""
+    [(thread, refreshing)] = asking
+    # (a connection the pool has handed to another thread since is that thread's)
+    used = checkouts.used[thread] - {refreshing} - checkouts.held_by_others(thread)
+    assert used, f"{who} read nothing from the database before the refresh"
+    states = backend_states(used)
+    assert not [s for s in states.values() if s.startswith("idle in transaction")], states
+    assert checkouts.held_by(thread) == [refreshing]
+
+
 @pytest.mark.parametrize("request_kind", ["download", "send"])
 def test_no_request_transaction_is_open_while_the_token_endpoint_is_asked(
     api: Any, oauth_app: Any, oauth_runtime: Runtime, alice: Identity,
@@ -535,13 +549,7 @@ def test_no_request_transaction_is_open_while_the_token_endpoint_is_asked(
         # Then, while the provider keeps the refresh waiting, the request's thread holds
         # only the refresh's own connection (its short transaction under the account's
         # row lock), and none of the others it used is idle in a transaction
-        [(thread, refreshing)] = asking
-        # (a connection the pool has handed to another thread since is that thread's)
-        used = checkouts.used[thread] - {refreshing} - checkouts.held_by_others(thread)
-        assert used, "the request read nothing from the database before the refresh"
-        states = backend_states(used)
-        assert not [s for s in states.values() if s.startswith("idle in transaction")], states
-        assert checkouts.held_by(thread) == [refreshing]
+        assert_only_the_refresh_is_held(checkouts, asking, "the request")
         assert answers == []
     finally:
         oauth2_provider.let_tokens_through()
@@ -596,12 +604,7 @@ def test_the_watcher_holds_no_transaction_open_while_the_token_endpoint_is_asked
         # Then, while the provider keeps the refresh waiting, the watcher's thread holds
         # only the refresh's own connection, and the one it read the account with is not
         # idle in a transaction
-        [(thread, refreshing)] = asking
-        used = checkouts.used[thread] - {refreshing} - checkouts.held_by_others(thread)
-        assert used, "the watcher read nothing from the database before the refresh"
-        states = backend_states(used)
-        assert not [s for s in states.values() if s.startswith("idle in transaction")], states
-        assert checkouts.held_by(thread) == [refreshing]
+        assert_only_the_refresh_is_held(checkouts, asking, "the watcher")
         assert endpoints == []
     finally:
         oauth2_provider.let_tokens_through()
