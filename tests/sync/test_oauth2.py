@@ -469,18 +469,50 @@ def test_a_pop3_account_syncs_over_oauth2(
     assert task["status"] == "success" and task["result"]["messagesAdded"] == 1, task
 
 
-def assert_only_the_refresh_is_held(
-    checkouts: Checkouts, asking: list[tuple[int, int]], who: str
-) -> None:
-    """While the provider keeps the one refresh waiting: its thread holds only the
-    refresh's own connection, and none of the others it used is idle in a transaction."""
-    [(thread, refreshing)] = asking
-    # (a connection the pool has handed to another thread since is that thread's)
-    used = checkouts.used[thread] - {refreshing} - checkouts.held_by_others(thread)
-    assert used, f"{who} read nothing from the database before the refresh"
-    states = backend_states(used)
-    assert not [s for s in states.values() if s.startswith("idle in transaction")], states
-    assert checkouts.held_by(thread) == [refreshing]
+class RefreshStall:
+    """A token endpoint that stalls, and which of a thread's connections is the one its
+    refresh holds (the thread's latest checkout when the provider is asked)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        provider: OAuth2TestProvider,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        self.engine = runtime.db.engine
+        self.checkouts = Checkouts(self.engine)
+        self.order: list[tuple[int, int]] = []  # (thread, backend pid) of every checkout
+        self.asking: list[tuple[int, int]] = []  # (thread, backend of the refresh's transaction)
+        exchange = oauth2_service._exchange
+
+        def noted(*args: Any, **kwargs: Any) -> Any:
+            thread = threading.get_ident()
+            # The refresh's transaction is the thread's latest checkout.
+            self.asking.append((thread, [pid for t, pid in self.order if t == thread][-1]))
+            return exchange(*args, **kwargs)
+
+        event.listen(self.engine, "checkout", self._checked_out)
+        monkeypatch.setattr(oauth2_service, "_exchange", noted)
+        provider.hold_tokens()
+
+    def _checked_out(self, dbapi: Any, _record: Any, _proxy: Any) -> None:
+        self.order.append((threading.get_ident(), dbapi.info.backend_pid))
+
+    def assert_only_the_refresh_is_held(self, who: str) -> None:
+        """While the provider keeps the one refresh waiting: its thread holds only the
+        refresh's own connection, and none of the others it used is idle in a transaction."""
+        checkouts = self.checkouts
+        [(thread, refreshing)] = self.asking
+        # (a connection the pool has handed to another thread since is that thread's)
+        used = checkouts.used[thread] - {refreshing} - checkouts.held_by_others(thread)
+        assert used, f"{who} read nothing from the database before the refresh"
+        states = backend_states(used)
+        assert not [s for s in states.values() if s.startswith("idle in transaction")], states
+        assert checkouts.held_by(thread) == [refreshing]
+
+    def close(self) -> None:
+        self.checkouts.close()
+        event.remove(self.engine, "checkout", self._checked_out)
 
 
 @pytest.mark.parametrize("request_kind", ["download", "send"])
@@ -506,23 +538,7 @@ def test_no_request_transaction_is_open_while_the_token_endpoint_is_asked(
             update(Account).where(Account.id == box.id).values(oauth2_expires_at=now_ms() - 1)
         )
     # and a token endpoint that stalls
-    checkouts = Checkouts(oauth_runtime.db.engine)
-    order: list[tuple[int, int]] = []  # (thread, backend pid) of every checkout
-    asking: list[tuple[int, int]] = []  # (thread, backend of the refresh's transaction)
-    exchange = oauth2_service._exchange
-
-    def checked_out(dbapi: Any, _record: Any, _proxy: Any) -> None:
-        order.append((threading.get_ident(), dbapi.info.backend_pid))
-
-    def noted(*args: Any, **kwargs: Any) -> Any:
-        thread = threading.get_ident()
-        # The refresh's transaction is the thread's latest checkout.
-        asking.append((thread, [pid for t, pid in order if t == thread][-1]))
-        return exchange(*args, **kwargs)
-
-    event.listen(oauth_runtime.db.engine, "checkout", checked_out)
-    monkeypatch.setattr(oauth2_service, "_exchange", noted)
-    oauth2_provider.hold_tokens()
+    stall = RefreshStall(oauth_runtime, oauth2_provider, monkeypatch)
 
     # When the file is downloaded (or sent on) for the first time
     answers: list[Any] = []
@@ -549,13 +565,12 @@ def test_no_request_transaction_is_open_while_the_token_endpoint_is_asked(
         # Then, while the provider keeps the refresh waiting, the request's thread holds
         # only the refresh's own connection (its short transaction under the account's
         # row lock), and none of the others it used is idle in a transaction
-        assert_only_the_refresh_is_held(checkouts, asking, "the request")
+        stall.assert_only_the_refresh_is_held("the request")
         assert answers == []
     finally:
         oauth2_provider.let_tokens_through()
         request.join(60)
-        checkouts.close()
-        event.remove(oauth_runtime.db.engine, "checkout", checked_out)
+        stall.close()
 
     # and once the provider answers, the request is served with the refreshed token
     [answer] = answers
@@ -576,22 +591,7 @@ def test_the_watcher_holds_no_transaction_open_while_the_token_endpoint_is_asked
     # Given a watched OAuth2 account holding only a refresh token (its first login asks the
     # provider first), and a token endpoint that stalls
     [watched] = [a for a in push.watchable_accounts(oauth_runtime) if a.id == box.id]
-    checkouts = Checkouts(oauth_runtime.db.engine)
-    order: list[tuple[int, int]] = []  # (thread, backend pid) of every checkout
-    asking: list[tuple[int, int]] = []  # (thread, backend of the refresh's transaction)
-    exchange = oauth2_service._exchange
-
-    def checked_out(dbapi: Any, _record: Any, _proxy: Any) -> None:
-        order.append((threading.get_ident(), dbapi.info.backend_pid))
-
-    def noted(*args: Any, **kwargs: Any) -> Any:
-        thread = threading.get_ident()
-        asking.append((thread, [pid for t, pid in order if t == thread][-1]))
-        return exchange(*args, **kwargs)
-
-    event.listen(oauth_runtime.db.engine, "checkout", checked_out)
-    monkeypatch.setattr(oauth2_service, "_exchange", noted)
-    oauth2_provider.hold_tokens()
+    stall = RefreshStall(oauth_runtime, oauth2_provider, monkeypatch)
 
     # When the watcher asks how to reach the account's server
     endpoints: list[Any] = []
@@ -604,13 +604,12 @@ def test_the_watcher_holds_no_transaction_open_while_the_token_endpoint_is_asked
         # Then, while the provider keeps the refresh waiting, the watcher's thread holds
         # only the refresh's own connection, and the one it read the account with is not
         # idle in a transaction
-        assert_only_the_refresh_is_held(checkouts, asking, "the watcher")
+        stall.assert_only_the_refresh_is_held("the watcher")
         assert endpoints == []
     finally:
         oauth2_provider.let_tokens_through()
         asker.join(60)
-        checkouts.close()
-        event.remove(oauth_runtime.db.engine, "checkout", checked_out)
+        stall.close()
 
     # and once the provider answers, the endpoint carries the refreshed access token
     [endpoint] = endpoints
