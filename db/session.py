@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -105,9 +106,10 @@ def passing_trouble(error: exc.DBAPIError) -> bool:
     failure or deadlock, a server going down or out of space: the same statements can
     succeed on another try, so a caller that would take a failed write for a refusal of
     its rows (and store them one by one, skipping the refused) re-raises these instead,
-    and the job runs again (``email_service.jobs.infrastructure_trouble`` counts every
-    one of them as an outage). A unique or foreign key violation, a value the column
-    cannot hold, a program limit (an index entry too large) are about the rows.
+    and the job runs again (``email_service.jobs.infrastructure_trouble`` asks this
+    function, so these and only these database errors are outages). A unique or foreign
+    key violation, a value the column cannot hold, a program limit (an index entry or a
+    tsvector too large) are about the rows: another try fails the same way.
     """
     if error.connection_invalidated or isinstance(error, exc.InterfaceError):
         return True
@@ -118,7 +120,9 @@ def passing_trouble(error: exc.DBAPIError) -> bool:
     code = getattr(original, "sqlite_errorcode", None)
     if isinstance(code, int):
         return code & 0xFF in _SQLITE_PASSING_CODES  # extended codes keep the primary's
-    return False
+    # psycopg's own OperationalError, with no SQLSTATE: the server never answered (a
+    # refused or failed connection, a socket closed under a statement).
+    return isinstance(original, psycopg.OperationalError)
 
 
 def _closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:

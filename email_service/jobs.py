@@ -63,15 +63,17 @@ def infrastructure_trouble(exc: BaseException) -> str | None:
     PostgreSQL restarting (a dropped or refused connection, a deadlock, a full pool),
     Redis away, the blob store answering 5xx or not at all: a job that meets one of
     these is run again with backoff, like a network error talking to a mail server.
+    A database error is one only when ``db.session.passing_trouble`` says so (by
+    SQLSTATE, or SQLite's result code): PostgreSQL files a program limit (54000, a
+    tsvector too long) or a lock not available alike under OperationalError, and only
+    the second passes by trying again.
     """
     from sqlalchemy import exc as sa_exc
 
+    from db.session import passing_trouble
+
     if isinstance(exc, sa_exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(
-            exc, sa_exc.OperationalError | sa_exc.InterfaceError
-        ):
-            return "the database was briefly unavailable"
-        return None
+        return "the database was briefly unavailable" if passing_trouble(exc) else None
     if isinstance(exc, sa_exc.TimeoutError):
         return "no database connection was free in time"
     try:

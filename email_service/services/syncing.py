@@ -15,6 +15,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from sqlalchemy import case, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from db.models import Account, Task, now_ms
@@ -85,6 +86,9 @@ def _describe(exc: BaseException) -> str:
         return exc.message
     if isinstance(exc, DecryptionError):
         return "The stored password cannot be decrypted (is its key still configured?)"
+    if isinstance(exc, DBAPIError):  # one that trying again would not pass (a program limit)
+        state = getattr(exc.orig, "sqlstate", None) or type(exc.orig).__name__
+        return f"The sync failed: the database refused it ({state})"
     return "The sync failed because of an internal error"
 
 
@@ -169,6 +173,10 @@ def _run_locked(
             # that ended cleanly serves the next sync or Sent copy after a NOOP.
             with pooled_session(endpoint, runtime.mail_pools.imap, account.id) as imap:
                 sync_imap(job, imap)
+        if not job.completed:  # else the sync's own last step wrote it (sync_imap)
+            # Inside the try: a last step that fails is a failed (or retried) sync too.
+            with unit.step() as session:
+                job.complete(session)
     except Exception as exc:
         reason = _describe(exc)
         outage = infrastructure_trouble(exc)
@@ -204,9 +212,6 @@ def _run_locked(
             _syncing(session, account.id, False)
         raise
     else:
-        if not job.completed:  # else the sync's own last step wrote it (sync_imap)
-            with unit.step() as session:
-                job.complete(session)
         took = time.monotonic() - began
         metrics.observe_sync(took, job.counts.added + job.counts.updated)
         noticed = task.payload.get("noticedAt")

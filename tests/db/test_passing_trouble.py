@@ -2,8 +2,8 @@
 
 The mail store takes any other failure of a batch for a refusal of its messages (and
 stores them one by one, skipping the refused); these are raised instead, so the job
-runs again. Each is also an outage to ``jobs.infrastructure_trouble``, which decides
-the retry.
+runs again. These and only these database errors are outages to
+``jobs.infrastructure_trouble``, which decides the retry.
 """
 
 from __future__ import annotations
@@ -55,6 +55,51 @@ def test_postgresql_errors_about_the_transaction_pass(original: Exception) -> No
 )
 def test_postgresql_errors_about_the_rows_do_not_pass(original: Exception) -> None:
     assert not passing_trouble(_wrapped(original))
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        psycopg.errors.ProgramLimitExceeded(),  # 54000, a tsvector too long
+        psycopg.errors.StatementTooComplex(),  # 54001
+        psycopg.errors.ObjectNotInPrerequisiteState(),  # 55000
+        psycopg.errors.CantChangeRuntimeParam(),  # 55P02
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_operational_errors_that_no_retry_passes_are_no_outage(original: Exception) -> None:
+    # psycopg (and so SQLAlchemy) calls these OperationalError, like a lock timeout
+    error = exc.DBAPIError.instance("INSERT ...", None, original, psycopg.Error)
+    assert not passing_trouble(error)
+    assert infrastructure_trouble(error) is None  # so the job fails at once
+
+
+def test_a_refused_postgresql_connection_is_an_outage() -> None:
+    # psycopg's error has no SQLSTATE: the server never answered
+    engine = create_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    try:
+        with pytest.raises(exc.OperationalError) as refused:
+            engine.connect()
+        assert getattr(refused.value.orig, "sqlstate", None) is None
+        assert passing_trouble(refused.value)
+        assert infrastructure_trouble(refused.value) is not None
+    finally:
+        engine.dispose()
+
+
+def test_a_real_postgresql_program_limit_is_no_outage(owner_engine: Engine) -> None:
+    with owner_engine.connect() as conn:
+        with pytest.raises(exc.OperationalError) as limit:
+            conn.execute(
+                text(
+                    "SELECT to_tsvector('simple', string_agg(md5(i::text), ' '))"
+                    " FROM generate_series(1, 40000) AS i"
+                )
+            )
+        assert getattr(limit.value.orig, "sqlstate", None) == "54000"
+        assert not passing_trouble(limit.value)
+        assert infrastructure_trouble(limit.value) is None
+        conn.rollback()
 
 
 def test_a_real_postgresql_lock_timeout_passes(owner_engine: Engine) -> None:

@@ -20,6 +20,7 @@ import workers
 from db.models import Task
 from email_service.config import Settings
 from email_service.runtime import Runtime
+from email_service.services import syncing
 from email_service.services.tasks import TaskReport
 from tests.conftest import Identity
 from tests.servers.dovecot import Dovecot, MailUser
@@ -150,6 +151,48 @@ def test_s3_down_through_every_attempt_fails_the_sync_without_promising_a_retry(
         assert "last attempt" in task["error"], task
     finally:
         flaky.close()
+
+
+def test_a_database_error_that_no_retry_passes_fails_the_sync_at_once_with_its_reason(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Given a sync whose last step meets a real PostgreSQL program limit (SQLSTATE
+    # 54000, a tsvector over 1 MiB): an OperationalError to the driver, as a lock
+    # timeout is, but one that every other attempt would meet again
+    reasons: list[str] = []
+    retrying = TaskReport.retrying
+
+    def noted(self: TaskReport, error: str, result: dict[str, Any] | None = None) -> None:
+        reasons.append(error)
+        retrying(self, error, result)
+
+    finish = syncing._finish_account
+
+    def too_long(session: Any, account_id: str, task_id: str, success: bool | None) -> None:
+        if success:
+            session.execute(
+                sa.text(
+                    "SELECT to_tsvector('simple', string_agg(md5(i::text), ' '))"
+                    " FROM generate_series(1, 40000) AS i"
+                )
+            )
+        finish(session, account_id, task_id, success)
+
+    monkeypatch.setattr(TaskReport, "retrying", noted)
+    monkeypatch.setattr(syncing, "_finish_account", too_long)
+    fill(dovecot, mail_user, 2)
+    box = account_for(api, alice, dovecot, mail_user)
+
+    # When the account is synced
+    task = sync(api, box)
+
+    # Then the first attempt fails for good, saying why, and no retry was promised
+    assert task["status"] == "failure", task
+    assert reasons == []
+    assert "the database refused it (54000)" in task["error"], task
+    account = api.get(f"/api/accounts/{box.id}", headers=box.headers).json()
+    assert account["isSyncing"] is False, account
 
 
 def test_redis_down_at_commit_time_the_outbox_sends_the_job_once_it_is_back(
