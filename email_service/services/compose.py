@@ -11,16 +11,18 @@ An attachment of an IMAP message that was never downloaded is fetched from the m
 server first, as its download would be (``services.attachments``). No transaction may
 stay open across that exchange: it is bounded only by the mail deadlines, and a slow or
 hostile server would hold a pooled connection, a transaction and its locks for all of
-them. So such a request works in two units of work (``_compose``): the first reads what
-the message is made of and writes nothing; once it has ended, the attachments are
-fetched with no transaction open; the second builds the message and queues it. A request
-with nothing to fetch does all of it in one.
+them. Nor may one stay open while a message is put in the blob store (a large send, any
+IMAP draft). So such a request works in two units of work (``_compose``): the first reads
+what the message is made of and writes nothing; once it has ended, the attachments are
+fetched, the message is built and put with no transaction open; the second queues it. A
+request with nothing to fetch or put does all of it in one.
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
@@ -30,7 +32,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from db.models import Account, Attachment, Draft, Message, Task, new_id, now_ms
-from email_service.blobstore import BlobNotFound
+from email_service.blobstore import BlobNotFound, BlobStore
 from email_service.errors import (
     AttachmentNotFound,
     InvalidRequest,
@@ -66,9 +68,9 @@ INLINE_MESSAGE_BYTES = 64 * 1024
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 
 
-def outgoing_key(scope: Scope, name: str) -> str:
+def outgoing_key(tenant_id: uuid.UUID, name: str) -> str:
     """Blob key of a message kept for a job; tenant first, like every blob key."""
-    return f"{scope.caller.tenant_id}/outgoing/{name}"
+    return f"{tenant_id}/outgoing/{name}"
 
 
 def send_email(
@@ -89,10 +91,10 @@ def send_email(
         earlier = None if idempotency_key is None else _task_with_key(scope, idempotency_key)
         return None if earlier is None else _send_response(earlier)
 
-    def queue(scope: Scope, account: Account, built: BuiltMessage) -> dict[str, Any]:
-        return _queue_send(scope, account, built, idempotency_key)
+    def queue(scope: Scope, account: Account, built: BuiltMessage, kept: _Kept) -> dict[str, Any]:
+        return _queue_send(scope, account, built, kept, idempotency_key)
 
-    return _compose(scopes, body, queue, answered=repeated)
+    return _compose(scopes, body, _keep_send, queue, answered=repeated)
 
 
 def save_draft(scopes: Scopes, body: dict[str, Any]) -> dict[str, Any]:
@@ -102,37 +104,75 @@ def save_draft(scopes: Scopes, body: dict[str, Any]) -> dict[str, Any]:
     the errors are those of ``send_email``.
     """
 
-    def store(scope: Scope, account: Account, built: BuiltMessage) -> dict[str, Any]:
-        return _store_draft(scope, account, body, built)
+    def store(scope: Scope, account: Account, built: BuiltMessage, kept: _Kept) -> dict[str, Any]:
+        return _store_draft(scope, account, body, built, kept)
 
-    return _compose(scopes, body, store)
+    return _compose(scopes, body, _keep_draft, store)
 
 
-def _queue_send(
-    scope: Scope, account: Account, built: BuiltMessage, idempotency_key: str | None
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Kept:
+    """What a message leaves in the blob store for its job, put before the transaction
+    that queues the job begins (``_compose``), and what the job's payload says of it."""
+
+    blobs: dict[str, bytes]
+    payload: dict[str, Any]
+
+
+def _keep_send(tenant_id: uuid.UUID, account: Account, built: BuiltMessage) -> _Kept:
+    """A send's message: in its task row when small, else in the blob store."""
     name = new_id()
-    payload: dict[str, Any] = {
-        "messageId": built.message_id,
-        "envelopeFrom": account.email_address,
-        "recipients": list(built.recipients),
-        # Where the job notes what the SMTP server took (``delivery._record_progress``).
-        "noteKey": outgoing_key(scope, f"{name}.accepted"),
-    }
-    keys: list[str] = []
+    # Where the job notes what the SMTP server took (``delivery._record_progress``).
+    payload: dict[str, Any] = {"noteKey": outgoing_key(tenant_id, f"{name}.accepted")}
     copy_size = len(built.copy) if built.copy != built.raw else 0
     if len(built.raw) + copy_size <= INLINE_MESSAGE_BYTES:
         payload["raw"] = base64.b64encode(built.raw).decode("ascii")
         if copy_size:
             payload["copy"] = base64.b64encode(built.copy).decode("ascii")
-    else:
-        raw_key = outgoing_key(scope, name)
-        copy_key = outgoing_key(scope, f"{name}.copy") if copy_size else raw_key
-        keys = list(dict.fromkeys([raw_key, copy_key]))
-        scope.runtime.blobs.put(raw_key, built.raw, "message/rfc822")
-        if copy_key != raw_key:
-            scope.runtime.blobs.put(copy_key, built.copy, "message/rfc822")
-        payload.update(rawKey=raw_key, copyKey=copy_key)
+        return _Kept({}, payload)
+    raw_key = outgoing_key(tenant_id, name)
+    copy_key = outgoing_key(tenant_id, f"{name}.copy") if copy_size else raw_key
+    payload.update(rawKey=raw_key, copyKey=copy_key)
+    blobs = {raw_key: built.raw}
+    if copy_key != raw_key:
+        blobs[copy_key] = built.copy
+    return _Kept(blobs, payload)
+
+
+def _keep_draft(tenant_id: uuid.UUID, account: Account, built: BuiltMessage) -> _Kept:
+    """A draft of an IMAP account waits in the blob store for its APPEND; POP3 keeps none."""
+    if account.protocol == "pop3":
+        return _Kept({}, {})
+    draft_id = new_id()
+    key = outgoing_key(tenant_id, f"draft-{draft_id}")
+    return _Kept({key: built.copy}, {"draftId": draft_id, "rawKey": key})
+
+
+def _put(blobs: BlobStore, kept: _Kept) -> None:
+    """Put ``kept``'s blobs (no transaction may be open); none is left if one fails."""
+    done: list[str] = []
+    try:
+        for key, data in kept.blobs.items():
+            blobs.put(key, data, "message/rfc822")
+            done.append(key)
+    except BaseException:
+        delete_blobs(blobs, done)
+        raise
+
+
+def _queue_send(
+    scope: Scope,
+    account: Account,
+    built: BuiltMessage,
+    kept: _Kept,
+    idempotency_key: str | None,
+) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "messageId": built.message_id,
+        "envelopeFrom": account.email_address,
+        "recipients": list(built.recipients),
+        **kept.payload,
+    }
 
     def queue() -> Task:
         return tasks.queue_task(
@@ -155,23 +195,26 @@ def _queue_send(
             earlier = _task_with_key(scope, idempotency_key)
             if earlier is None:
                 raise
-            delete_blobs(scope.runtime.blobs, keys)
+            # The message put for this request is not needed: deleted once this
+            # transaction has ended (``_compose`` deletes it if the transaction fails).
+            blobs = scope.runtime.blobs
+            scope.after_commit(lambda: delete_blobs(blobs, kept.blobs))
             return _send_response(earlier)
     log.info("send queued", extra={"account_id": account.id, "task_id": row.id})
     return _send_response(row)
 
 
 def _store_draft(
-    scope: Scope, account: Account, body: dict[str, Any], built: BuiltMessage
+    scope: Scope, account: Account, body: dict[str, Any], built: BuiltMessage, kept: _Kept
 ) -> dict[str, Any]:
     draft = Draft(
-        id=new_id(),
+        id=kept.payload.get("draftId") or new_id(),
         tenant_id=scope.caller.tenant_id,
         user_id=scope.caller.user_id,
         account_id=account.id,
         payload=dict(body),
         internet_message_id=built.message_id,
-        status="local" if account.protocol == "pop3" else "pending",
+        status="pending" if "rawKey" in kept.payload else "local",
         created_at=now_ms(),
     )
     scope.session.add(draft)
@@ -181,15 +224,13 @@ def _store_draft(
         "accountId": account.id,
         "createdAt": draft.created_at,
     }
-    if account.protocol != "pop3":
-        key = outgoing_key(scope, f"draft-{draft.id}")
-        scope.runtime.blobs.put(key, built.copy, "message/rfc822")
+    if "rawKey" in kept.payload:  # an IMAP account's (``_keep_draft``)
         row = tasks.queue_task(
             scope,
             "draft",
             DRAFT_ACTOR,
             account_id=account.id,
-            payload={"draftId": draft.id, "messageId": built.message_id, "rawKey": key},
+            payload={**kept.payload, "messageId": built.message_id},
         )
         response["taskId"] = row.id
     return response
@@ -254,13 +295,16 @@ class _Parts:
         return tuple(made)
 
 
+#: What the built message leaves in the blob store for its job, and where (no I/O).
+Keep = Callable[[uuid.UUID, Account, BuiltMessage], _Kept]
 #: Takes the built message into the request's transaction (a send task, a draft).
-Finish = Callable[[Scope, Account, BuiltMessage], dict[str, Any]]
+Finish = Callable[[Scope, Account, BuiltMessage, _Kept], dict[str, Any]]
 
 
 def _compose(
     scopes: Scopes,
     body: dict[str, Any],
+    keep: Keep,
     finish: Finish,
     *,
     answered: Callable[[Scope], dict[str, Any] | None] = lambda scope: None,
@@ -269,10 +313,14 @@ def _compose(
     ``finish`` returns, or what ``answered`` returns first when that is not None.
 
     The build budget is held from before the first attachment is read until the message
-    is built. When attachments must come from the mail server, the first transaction
-    ends before they are fetched (it has only read: nothing is lost by ending it), and a
-    second one loads the account again (it may have been deleted meanwhile), builds and
-    finishes.
+    is built. A message that leaves nothing in the blob store (``keep``) and needs no
+    attachment from the mail server is built and finished in one transaction. Otherwise
+    the first transaction ends (it has only read: nothing is lost by ending it) before
+    the mail server is asked for attachments and before the blobs are put, since no
+    transaction, lock or pooled connection may wait on either; the message is built
+    from what it read, and a second transaction loads the account again (it may have
+    been deleted meanwhile) and finishes. Blobs put for a second transaction that fails
+    are deleted again.
     """
     with ExitStack() as budget:
         with scopes() as scope:
@@ -281,14 +329,31 @@ def _compose(
                 return early
             account = load_account(scope, body["accountId"])
             parts = _gather(scope, account, body, budget)
-            if not parts.to_fetch:
-                return finish(scope, account, _built(account, body, parts, budget))
-            runtime = scope.runtime
-        # No transaction, lock or pooled connection is held while the mail server answers.
-        parts = parts.fetched(runtime)
+            tenant_id, runtime = scope.caller.tenant_id, scope.runtime
+            built = None if parts.to_fetch else _built(account, body, parts, budget)
+            kept = None if built is None else keep(tenant_id, account, built)
+            if built is not None and kept is not None and not kept.blobs:
+                return finish(scope, account, built, kept)
+        if built is None or kept is None:
+            parts = parts.fetched(runtime)
+            built = _built(account, body, parts, budget)
+            kept = keep(tenant_id, account, built)
+    _put(runtime.blobs, kept)
+    committed = False
+
+    def done() -> None:
+        nonlocal committed
+        committed = True
+
+    try:
         with scopes() as scope:
+            scope.after_commit(done)  # the first hook: runs before any that could fail
             account = load_account(scope, body["accountId"])
-            return finish(scope, account, _built(account, body, parts, budget))
+            return finish(scope, account, built, kept)
+    except BaseException:
+        if not committed:  # else a committed task or draft refers to them
+            delete_blobs(runtime.blobs, kept.blobs)
+        raise
 
 
 def _gather(scope: Scope, account: Account, body: dict[str, Any], budget: ExitStack) -> _Parts:
