@@ -212,7 +212,7 @@ class Database:
         self.engine.dispose()
 
 
-def _apply_scope(session: Session, _transaction: Any, connection: Any) -> None:
+def _apply_scope(session: Session, transaction: Any, connection: Any) -> None:
     """Begin the transaction with the tenant (and scope) set, in one round trip.
 
     psycopg would send a BEGIN of its own before the first statement, and wait for its
@@ -226,6 +226,11 @@ def _apply_scope(session: Session, _transaction: Any, connection: Any) -> None:
     import psycopg
     from psycopg import pq
 
+    if transaction.nested:
+        # A savepoint (``begin_nested``) inside the session's transaction: the settings
+        # were made when that began (SQLAlchemy begins the outer one first), and stay in
+        # force in the savepoint; setting them again was a round trip per savepoint.
+        return
     tenant = session.info.get("tenant_id")
     query = _begin_query(
         str(uuid.UUID(str(tenant))) if tenant else "",

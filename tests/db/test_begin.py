@@ -53,6 +53,42 @@ def test_begin_and_the_tenant_go_to_the_server_in_one_round_trip(
     assert len(ends) == 3, sent
 
 
+def test_a_savepoint_keeps_the_tenant_without_setting_it_again(
+    pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    database = Database.from_url(pg_database.url, pool_size=1)
+    tenant = uuid.uuid4()
+    query = text("SELECT current_setting('app.tenant_id')")
+    try:
+        with database.transaction(tenant) as session:  # the pool's one connection
+            raw = session.connection().connection.dbapi_connection
+        assert raw is not None
+        path = tmp_path / "trace"
+        with path.open("w") as out:
+            raw.pgconn.trace(out.fileno())
+            raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            try:
+                with database.transaction(tenant) as session:
+                    with session.begin_nested():
+                        inside = session.execute(query).scalar()
+                    with pytest.raises(RuntimeError), session.begin_nested():
+                        session.execute(text("SELECT 1"))
+                        raise RuntimeError("rolled back to the savepoint")
+                    after = session.execute(query).scalar()
+            finally:
+                raw.pgconn.untrace()
+        sent = _client_messages(path.read_text())
+    finally:
+        database.dispose()
+    # The tenant is in force inside a savepoint and after one rolled back
+    assert inside == after == str(tenant)
+    # and a savepoint costs its SAVEPOINT and its RELEASE (or ROLLBACK TO) only: BEGIN
+    # with the settings, two savepoints of two round trips each, the three statements,
+    # COMMIT - no set_config of its own.
+    ends = [kind for kind in sent if kind in ("Sync", "Query")]
+    assert len(ends) == 9, sent
+
+
 def test_a_tenant_that_is_not_a_uuid_begins_nothing(pg_database: PgDatabase) -> None:
     database = Database.from_url(pg_database.url, pool_size=1)
     try:
