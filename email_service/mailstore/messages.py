@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from db.models import Attachment, Folder, Message, new_id, now_ms
+from db.rows import RowInsert
 from db.session import passing_trouble
 from db.textindex import SearchDocument, document_for_row, index_messages
 from email_service.blobstore import BlobStore
@@ -45,13 +46,14 @@ _JUNK_KEYWORDS = {"$junk"}
 # S3 uploads are network-bound: several in flight hide each one's round trip.
 _UPLOAD_THREADS = 8
 _CONVERSATION_NAMESPACE = uuid.UUID("5b0e3c0a-7d7e-4d55-9a43-4a3c8f1f2e11")
-# A batch's rows in one statement per table. The ORM's bulk insert leaves a None out of
-# a row (so that a column default could apply) and sends one statement per run of rows
-# with the same columns: a sync batch of 100 messages was 20-30 INSERTs, each a round
-# trip. Every row here names every column, and no column that may be None here has a
-# default (tests/sync/test_sync_jobs.py holds both), so NULL is what the row means.
-_INSERT_MESSAGES = insert(Message).execution_options(render_nulls=True)
-_INSERT_ATTACHMENTS = insert(Attachment).execution_options(render_nulls=True)
+# A batch's rows in one statement per table (``db.rows``). The ORM's bulk insert leaves
+# a None out of a row (so that a column default could apply) and sends one statement per
+# run of rows with the same columns: a sync batch of 100 messages was 20-30 INSERTs,
+# each a round trip. Every row here names every column, and no column that may be None
+# here has a default (tests/sync/test_sync_jobs.py holds both), so NULL is what the row
+# means.
+_INSERT_MESSAGES = RowInsert(Message)
+_INSERT_ATTACHMENTS = RowInsert(Attachment)
 
 
 @dataclass
@@ -354,9 +356,8 @@ class MessageStore:
         documents = _documents(rows, attachments)
         try:
             with session.begin_nested():
-                session.execute(_INSERT_MESSAGES, rows)
-                if attachments:
-                    session.execute(_INSERT_ATTACHMENTS, attachments)
+                _INSERT_MESSAGES(session, rows)
+                _INSERT_ATTACHMENTS(session, attachments)
                 index_messages(session, target.tenant_id, documents)
             outcome.added = len(rows)
             outcome.unread = sum(1 for row in rows if not row["is_read"])
@@ -377,9 +378,8 @@ class MessageStore:
         for row, item, document in zip(rows, items, documents, strict=True):
             try:
                 with session.begin_nested():
-                    session.execute(_INSERT_MESSAGES, [row])
-                    if by_message.get(row["id"]):
-                        session.execute(_INSERT_ATTACHMENTS, by_message[row["id"]])
+                    _INSERT_MESSAGES(session, [row])
+                    _INSERT_ATTACHMENTS(session, by_message.get(row["id"], []))
                     index_messages(session, target.tenant_id, [document])
                 outcome.added += 1
                 outcome.unread += 0 if row["is_read"] else 1
