@@ -8,6 +8,7 @@ migrations filter every query a second time, behind the service layer's own filt
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import select
 import uuid
@@ -181,6 +182,52 @@ class Database:
         finally:
             session.close()
 
+    def commit_one(
+        self, tenant_id: uuid.UUID, sql: str, params: dict[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """One statement in a transaction of its own, committed when this returns: its rows.
+
+        PostgreSQL only. BEGIN, the tenant's settings, the statement and COMMIT go to the
+        server as one pipeline, one round trip, where a unit of work takes one for the
+        BEGIN, one per statement and one for the COMMIT. For a single write that must be
+        durable at once and alone (a send's record that the SMTP server took the
+        message). ``sql`` is a psycopg query (``%(name)s`` parameters). If anything
+        fails, nothing is committed; errors are raised as SQLAlchemy's (a lost connection
+        with ``connection_invalidated``), as a unit of work raises them.
+        """
+        if not self.is_postgres:
+            raise RuntimeError("commit_one is for PostgreSQL")
+        import psycopg
+        from psycopg import pq
+
+        tenant = str(uuid.UUID(str(tenant_id)))
+        # Autocommit for this checkout (SQLAlchemy restores the mode at check-in): the
+        # pipeline carries its own BEGIN and COMMIT, and psycopg adds none.
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            raw = conn.connection.dbapi_connection
+            assert isinstance(raw, psycopg.Connection)
+            statement = raw.cursor()
+            try:
+                with raw.pipeline():
+                    raw.execute("BEGIN")
+                    raw.execute(_SETTINGS, {"tenant": tenant})
+                    statement.execute(sql.encode(), params)
+                    raw.execute("COMMIT")
+                return list(statement.fetchall())
+            except psycopg.Error as error:
+                if not raw.broken and raw.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+                    # The statement failed: the pipeline skipped COMMIT, and the
+                    # transaction it began waits, aborted, for its ROLLBACK.
+                    with contextlib.suppress(psycopg.Error):
+                        raw.execute("ROLLBACK")
+                if raw.broken:
+                    conn.invalidate(error)
+                raise exc.DBAPIError.instance(
+                    sql, params, error, psycopg.Error, connection_invalidated=raw.broken
+                ) from error
+            finally:
+                statement.close()
+
     def _begin(self, tenant_id: uuid.UUID | None, system: bool) -> Session:
         """A session for the unit of work, its transaction begun on PostgreSQL.
 
@@ -265,6 +312,14 @@ def _apply_scope(session: Session, transaction: Any, connection: Any) -> None:
         raise exc.DBAPIError.instance(
             query.decode(), None, error, psycopg.Error, connection_invalidated=lost
         ) from error
+
+
+# The tenant's settings of ``Database.commit_one`` (a parameter there: a pipeline uses
+# the extended protocol, one statement per message).
+_SETTINGS = (
+    f"SELECT set_config('{TENANT_SETTING}', %(tenant)s, true), "
+    f"set_config('{SCOPE_SETTING}', '', true)"
+).encode()
 
 
 @functools.lru_cache(maxsize=4096)

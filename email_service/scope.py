@@ -26,6 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -105,6 +106,13 @@ class JobUnit:
                 self._local.step = None
         for hook in opened.hooks:
             hook()
+
+    def commit_one(self, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """One statement as a step of its own, committed in one round trip (PostgreSQL,
+        ``Database.commit_one``); its rows. Never inside a step: it commits alone."""
+        if self.in_step:
+            raise RuntimeError("commit_one commits on its own: this thread has a step open")
+        return self.runtime.db.commit_one(self.tenant_id, sql, params)
 
     def after_commit(self, hook: Hook) -> None:
         """Run ``hook`` once the step open on this thread has committed (never if it

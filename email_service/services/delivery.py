@@ -57,7 +57,7 @@ from email_service.runtime import Runtime
 from email_service.scope import JobUnit
 from email_service.services import tasks
 from email_service.services.accounts import account_endpoint
-from email_service.services.mailjobs import append_once, mark, special_folder
+from email_service.services.mailjobs import append_once, mark, mark_alone, special_folder
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,9 @@ def _record_progress(
     pause = 0.2
     while True:
         try:
-            return mark(unit, task_id, batches=done, retries=retries, noteStep=step, **outcome)
+            return mark_alone(
+                unit, task_id, batches=done, retries=retries, noteStep=step, **outcome
+            )
         except Exception as exc:
             if infrastructure_trouble(exc) is None or time.monotonic() + pause > deadline:
                 raise

@@ -9,6 +9,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+from db.models import now_ms
 from email_service.mail.imap import ImapSession, RemoteFolder
 from email_service.scope import JobUnit
 from email_service.services.tasks import locked_task
@@ -30,6 +31,43 @@ def mark(unit: JobUnit, task_id: str, **values: Any) -> dict[str, Any]:
         # A new dict, so the JSON column is seen as changed.
         row.payload = {**row.payload, **values}
         return dict(row.payload)
+
+
+# ``mark_alone`` on PostgreSQL: the values merged into the payload by the server (the
+# row's lock is the UPDATE's own), the row's tenant checked as the service layer does.
+_MERGE_PAYLOAD = """
+UPDATE tasks SET payload = payload || %(values)s, updated_at = %(now)s
+WHERE id = %(task_id)s AND tenant_id = %(tenant_id)s
+RETURNING payload
+"""
+
+
+def mark_alone(unit: JobUnit, task_id: str, **values: Any) -> dict[str, Any]:
+    """``mark`` in a step of its own, committed before it returns; returns the payload.
+
+    For a checkpoint that must be durable at once and alone (a send's record of what
+    the SMTP server took). On PostgreSQL it is one round trip (``JobUnit.commit_one``:
+    BEGIN, the tenant, an UPDATE that merges ``values`` into the payload, COMMIT)
+    where ``mark`` takes four (BEGIN, the row read ``FOR UPDATE``, its UPDATE, COMMIT)
+    and sends the whole payload back. Raises ``RuntimeError`` inside a step.
+    """
+    if not unit.runtime.db.is_postgres:
+        if unit.in_step:
+            raise RuntimeError("mark_alone commits on its own: this thread has a step open")
+        return mark(unit, task_id, **values)
+    from psycopg.types.json import Jsonb
+
+    params = {
+        "values": Jsonb(values),
+        "now": now_ms(),
+        "task_id": task_id,
+        "tenant_id": unit.tenant_id,
+    }
+    rows = unit.commit_one(_MERGE_PAYLOAD, params)
+    if not rows:
+        return dict(values)
+    payload: dict[str, Any] = rows[0][0]
+    return payload
 
 
 def special_folder(imap: ImapSession, use: str, default_name: str) -> RemoteFolder:
