@@ -182,10 +182,11 @@ def _run_send(unit: JobUnit, task_id: str, attempt: Attempt) -> None:
     report = tasks.TaskReport(unit, task_id)
     # Reading the task and marking it started are one transaction.
     with unit.step() as session:
-        task = tasks.locked_task(session, task_id)
+        task, account = tasks.locked_task_and_account(session, task_id)
         if task is None or task.status in tasks.FINISHED:
             return
-        account = _live_account(unit, task.account_id)
+        if account is not None and account.deleted_at is not None:
+            account = None
         # A note in the blob store can exist only if a run started before this one.
         resumed = task.started_at is not None
         payload = dict(task.payload)
@@ -530,8 +531,10 @@ def _file_sent_copy(
     if payload["sentUid"] is not None:
         try:
             with unit.step() as session:
-                if appended:
-                    mark(unit, task_id, **appended)
+                # The task row is locked first, as ever, and written after the message:
+                # its marks, the dropped message and the success in one UPDATE (marked
+                # first, the row was flushed before the message's first query too).
+                tasks.locked_task(session, task_id)
                 result["sentMessageId"] = store_own_copy(
                     session,
                     runtime.blobs,
@@ -543,6 +546,8 @@ def _file_sent_copy(
                     SENT_FLAGS,
                     changes.ORIGIN_SEND,
                 )
+                if appended:
+                    mark(unit, task_id, **appended)
                 _forget_message(unit, task_id)
                 report.succeeded(result)
             return True

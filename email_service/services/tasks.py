@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db.models import Task, new_id, now_ms
+from db.models import Account, Task, new_id, now_ms
 from email_service import metrics, present
 from email_service.errors import TaskNotFound
 from email_service.scope import JobUnit, Scope
@@ -105,15 +105,34 @@ def locked_task(session: Session, task_id: str) -> Task | None:
     Read once per transaction: a step that reads its task to decide what to do and
     then writes it (its own marks, then the status) pays one statement for all.
     """
+    rows = _held(session)
+    if task_id not in rows:
+        rows[task_id] = session.get(Task, task_id, with_for_update=True)
+    return rows[task_id]
+
+
+def locked_task_and_account(session: Session, task_id: str) -> tuple[Task | None, Account | None]:
+    """``locked_task`` and the task's account (not locked), read in one statement."""
+    found = session.execute(
+        select(Task, Account)
+        .outerjoin(Account, Account.id == Task.account_id)
+        .where(Task.id == task_id)
+        .with_for_update(of=Task)
+    ).one_or_none()
+    task, account = (found[0], found[1]) if found is not None else (None, None)
+    _held(session)[task_id] = task
+    return task, account
+
+
+def _held(session: Session) -> dict[str, Task | None]:
+    """The task rows locked in ``session``'s current transaction, by id."""
     transaction = session.get_transaction()
     held = session.info.get(_LOCKED)
     if held is None or held[0] is not transaction:
         held = (transaction, {})
         session.info[_LOCKED] = held
     rows: dict[str, Task | None] = held[1]
-    if task_id not in rows:
-        rows[task_id] = session.get(Task, task_id, with_for_update=True)
-    return rows[task_id]
+    return rows
 
 
 class TaskReport:
