@@ -46,7 +46,8 @@ def rotated(
 
 def _key_ids(runtime: Runtime) -> dict[str, str]:
     with runtime.db.transaction(system=True) as session:
-        return dict(session.execute(select(Account.id, Account.password_key_id)).tuples().all())
+        rows = session.execute(select(Account.id, Account.password_key_id)).all()
+        return {account_id: key_id for account_id, key_id in rows}
 
 
 def test_a_locked_row_is_waited_for_not_skipped(
