@@ -6,8 +6,8 @@ bench messages and one of 25 MB), then syncs it into a new account with each che
 code in turn (``bench.sync_child`` started in that checkout with it on ``PYTHONPATH``;
 attachments on local disk, the search index off unless ``--index``). Rounds alternate
 the order. Prints each sync's CPU per message (the sync process and its database
-backends), the fetching thread's share, msg/s and the database statements, and the
-medians.
+backends), the fetching thread's share and the rest (the storing thread and the
+database), msg/s and the database statements, and the medians.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def main() -> None:
         name: str(Path(path).resolve())
         for name, path in (item.split("=", 1) for item in args.trees.split(","))
     }
-    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in trees}
+    runs: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in trees}
     with bench_env() as env:
         user = env.dovecot.new_user("ab-sync")
         mail = [*bulk(args.messages, seed=1), sync_bench.big_message()]
@@ -55,19 +55,22 @@ def main() -> None:
                 cpu = (figures["cpu_seconds"] - figures["index_cpu_seconds"]) / total * 1000
                 fetching = figures["main_thread_cpu_seconds"] / total * 1000
                 rate = total / (figures["seconds"] - figures["index_seconds"])
-                runs[name].append((cpu, fetching, rate))
+                runs[name].append((cpu, fetching, cpu - fetching, rate))
                 print(
                     f"round {number} {name}: {cpu:.3f} ms CPU/msg ({fetching:.3f} in the "
-                    f"fetching thread), {rate:.0f} msg/s, {figures['statements']} statements, "
+                    f"fetching thread, {cpu - fetching:.3f} the rest), {rate:.0f} msg/s, "
+                    f"{figures['statements']} statements, "
                     f"{figures['db_round_trips']} round trips (load {load:.1f})",
                     flush=True,
                 )
         sync_bench._search_btree(env, present=True)
     for name, rows in runs.items():
-        cpu, fetching, rate = (statistics.median(column) for column in zip(*rows, strict=True))
+        cpu, fetching, rest, rate = (
+            statistics.median(column) for column in zip(*rows, strict=True)
+        )
         print(
-            f"{name}: median {cpu:.3f} ms CPU/msg ({fetching:.3f} fetching thread), "
-            f"{rate:.0f} msg/s"
+            f"{name}: median {cpu:.3f} ms CPU/msg ({fetching:.3f} fetching thread, "
+            f"{rest:.3f} the rest), {rate:.0f} msg/s"
         )
 
 
