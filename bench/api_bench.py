@@ -124,8 +124,8 @@ def server(command: list[str], env: dict[str, str], port: int) -> Iterator[subpr
 def wrk(url: str, headers: dict[str, str], seconds: int) -> tuple[float, float]:
     """Requests/s and p99 latency (ms) of ``wrk`` with 64 connections."""
     command = ["wrk", "-t2", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "--timeout", "10s"]
-    for name, value in headers.items():
-        command += ["-H", f"{name}: {value}"]
+    for name, header in headers.items():
+        command += ["-H", f"{name}: {header}"]
     out = subprocess.run([*command, url], check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)

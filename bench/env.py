@@ -77,7 +77,7 @@ def bench_env() -> Iterator[BenchEnv]:
     owner_url = f"postgresql+psycopg://{owner}@127.0.0.1:5432/{name}"
     with psycopg.connect(owner_url.replace("+psycopg", ""), autocommit=True) as conn:
         for statement in runtime_grants(owner, role):
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
         # The sync benchmark empties the tables between its runs.
         conn.execute(
             f'ALTER DEFAULT PRIVILEGES FOR ROLE "{owner}" IN SCHEMA public '

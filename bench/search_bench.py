@@ -92,7 +92,7 @@ def seed(env: BenchEnv, total: int) -> tuple[Caller, list[str], list[str]]:
     try:
         with open_scope(runtime, caller) as scope:
             for n in range(ACCOUNTS):
-                account = accounts.create_account(
+                made = accounts.create_account(
                     scope,
                     {
                         "accountName": f"Account {n}",
@@ -101,15 +101,15 @@ def seed(env: BenchEnv, total: int) -> tuple[Caller, list[str], list[str]]:
                         "encryption": "tls", "username": f"p9-{n}", "password": "p9-password",
                     },
                 )  # fmt: skip
-                account_ids.append(account["id"])
+                account_ids.append(made["id"])
                 ids = []
                 for name, kind in (("INBOX", "inbox"), ("Sent", "sent"), ("Archive", "custom")):
-                    folder = Folder(
-                        id=new_id(), tenant_id=caller.tenant_id, account_id=account["id"],
+                    box = Folder(
+                        id=new_id(), tenant_id=caller.tenant_id, account_id=made["id"],
                         name=name, display_name=name.title(), type=kind,
                     )  # fmt: skip
-                    scope.session.add(folder)
-                    ids.append(folder.id)
+                    scope.session.add(box)
+                    ids.append(box.id)
                 inboxes.append(ids[0])
                 folders.append(ids)
         owner = make_engine(env.owner_url or env.database_url)
@@ -132,7 +132,7 @@ def seed(env: BenchEnv, total: int) -> tuple[Caller, list[str], list[str]]:
                 sender = f"{rng.choice(_FIRST)}.{rng.choice(_LAST)}@example.test"
                 name = sender.split("@")[0].replace(".", " ").title()
                 attached = rng.random() < 0.1
-                row = {
+                row: dict[str, Any] = {
                     "id": new_id(), "tenant_id": caller.tenant_id,
                     "account_id": account_ids[account], "folder_id": folder, "uid": n + 1,
                     "from_address": sender, "from_name": name,

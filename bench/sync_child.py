@@ -154,8 +154,8 @@ def _without_search_index() -> None:
     """P1's comparison run: the mail store writes no search index (nor builds its text)."""
     from email_service.mailstore import messages as store
 
-    store._documents = lambda rows, _attachments: [None] * len(rows)  # type: ignore[assignment,misc]
-    store.index_messages = lambda *_args, **_kwargs: None  # type: ignore[assignment]
+    store._documents = lambda rows, _attachments: [None] * len(rows)  # type: ignore[assignment,list-item]
+    store.index_messages = lambda *_args, **_kwargs: None
 
 
 def main() -> None:

@@ -282,7 +282,7 @@ def _database() -> Iterator[tuple[str, dict[str, str]]]:
     try:
         with psycopg.connect(owner_url.replace("+psycopg", ""), autocommit=True) as conn:
             for statement in runtime_grants(owner, role):
-                conn.execute(statement)  # type: ignore[arg-type]
+                conn.execute(statement)
         engine = make_engine(owner_url)
         upgrade(engine)
         engine.dispose()
