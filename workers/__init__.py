@@ -6,6 +6,7 @@ jobs (API, worker, scheduler) calls it once after building its runtime.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import dramatiq
@@ -29,11 +30,18 @@ def install(runtime: Runtime) -> DramatiqJobs:
     return jobs
 
 
+_booted: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
 def start_worker(jobs: DramatiqJobs, threads: int) -> dramatiq.Worker:
     """Start consuming every queue of ``jobs`` on ``threads`` threads of this process."""
     broker: Any = jobs.broker
-    # Middleware such as TimeLimit only starts its machinery on process boot.
-    broker.emit_after("process_boot")
+    # Middleware such as TimeLimit only starts its machinery on process boot, once per
+    # broker: a worker started after another one stopped finds it running (TimeLimit's
+    # thread cannot be started twice).
+    if broker not in _booted:
+        broker.emit_after("process_boot")
+        _booted.add(broker)
     worker = dramatiq.Worker(broker, worker_threads=threads, worker_timeout=100)
     worker.start()
     return worker

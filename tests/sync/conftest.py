@@ -85,8 +85,12 @@ def sync_app(sync_runtime: Runtime):  # type: ignore[no-untyped-def]
     return create_app(runtime=sync_runtime, validate_responses=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def worker(sync_runtime: Runtime) -> Iterator[Any]:
+    # One per package that uses it (sync, compose, changes), stopped when its package is
+    # done: an idle worker polls Redis several times a second, and each poll draws from
+    # the global ``random`` (Dramatiq's backoff jitter and maintenance chance), which
+    # Hypothesis reports when it happens during a property test of a later package.
     jobs = sync_runtime.jobs
     assert isinstance(jobs, workers.DramatiqJobs)
     running = workers.start_worker(jobs, threads=2)
