@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import dramatiq
@@ -10,8 +12,18 @@ from dramatiq.middleware import CurrentMessage
 
 from email_service.jobs import Attempt, RetryLater, infrastructure_trouble
 from email_service.runtime import Runtime
-from email_service.services import compose, delivery, purge, syncing, webhooks, writeback
+from email_service.services import (
+    compose,
+    delivery,
+    purge,
+    syncing,
+    tasks,
+    webhooks,
+    writeback,
+)
 from email_service.services.search import fullindex
+
+log = logging.getLogger(__name__)
 
 
 def _attempt(max_retries: int) -> Attempt:
@@ -33,6 +45,24 @@ def declare_actors(
         # Anything else is a bug that another run would only repeat.
         transient = isinstance(exc, RetryLater) or infrastructure_trouble(exc) is not None
         return transient and retries < max_retries
+
+    def failing_for_good(run: Callable[[str, str], None]) -> Callable[[str, str], None]:
+        # A job whose service met an error it did not expect, and which no retry would
+        # pass (a bug, a database error such as a program limit), would leave its task
+        # active, and the outbox would send it again and again: its task says why.
+        def job(task_id: str, tenant_id: str) -> None:
+            try:
+                run(task_id, tenant_id)
+            except Exception as exc:
+                if not isinstance(exc, RetryLater) and infrastructure_trouble(exc) is None:
+                    reason = tasks.describe_failure(exc)
+                    try:
+                        tasks.fail_unfinished(runtime, uuid.UUID(tenant_id), task_id, reason)
+                    except Exception:
+                        log.exception("task %s: its failure could not be recorded", task_id)
+                raise
+
+        return job
 
     options: dict[str, Any] = {
         "broker": broker,
@@ -89,7 +119,7 @@ def declare_actors(
             queue_name="sync",
             time_limit=settings.sync_time_limit_ms,
             **options,
-        )(sync_account),
+        )(failing_for_good(sync_account)),
         # Search entries completed after a sync's commits: on the sync queue, behind the
         # syncs that made them; a failed run is left to the scheduler's sweep.
         fullindex.INDEX_ACTOR: declare(
@@ -101,15 +131,15 @@ def declare_actors(
         )(complete_search_index),
         # Sends get a queue of their own: a backlog of syncs must not hold up mail.
         compose.SEND_ACTOR: declare(actor_name=compose.SEND_ACTOR, queue_name="send", **options)(
-            send_email
+            failing_for_good(send_email)
         ),
         compose.DRAFT_ACTOR: declare(
             actor_name=compose.DRAFT_ACTOR, queue_name="writeback", **options
-        )(save_draft),
+        )(failing_for_good(save_draft)),
         purge.PURGE_ACTOR: declare(actor_name=purge.PURGE_ACTOR, queue_name="writeback", **options)(
-            purge_account
+            failing_for_good(purge_account)
         ),
         writeback.FLAGS_ACTOR: declare(
             actor_name=writeback.FLAGS_ACTOR, queue_name="writeback", **options
-        )(write_flags),
+        )(failing_for_good(write_flags)),
     }

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from db.models import Account, Task, new_id, now_ms
 from email_service import metrics, present
 from email_service.errors import TaskNotFound
+from email_service.runtime import Runtime
 from email_service.scope import JobUnit, Scope
 from email_service.services import events
 
@@ -220,3 +223,32 @@ class TaskReport:
         if result is not None:
             values["result"] = result
         self._update(**values)
+
+
+def fail_unfinished(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, error: str) -> bool:
+    """Record ``failure`` with ``error`` for a task its job left active when it failed for
+    good (an error its service did not expect, which no retry would pass); returns
+    whether it was recorded. A finished task is left alone, and so is a send whose
+    server has taken the message for some recipients: ``failure`` would invite sending
+    it again (README, "Untrusted servers and failures"); its run is taken up again.
+    """
+    unit = JobUnit(runtime, tenant_id)
+    with unit.step() as session:
+        row = locked_task(session, task_id)
+        if row is None or row.status not in ACTIVE:
+            return False
+        payload = row.payload or {}
+        if row.kind == "send" and (
+            "acceptedAt" in payload or payload.get("batches") or payload.get("retries")
+        ):
+            return False
+        TaskReport(unit, task_id).failed(error)
+    return True
+
+
+def describe_failure(exc: BaseException) -> str:
+    """What a task's ``error`` says of an error its job did not expect."""
+    if isinstance(exc, DBAPIError):  # one that no retry passes (``jobs.infrastructure_trouble``)
+        state = getattr(exc.orig, "sqlstate", None) or type(exc.orig).__name__
+        return f"The task failed: the database refused it ({state})"
+    return "The task failed because of an internal error"

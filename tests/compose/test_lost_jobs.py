@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from db.models import Task
@@ -159,3 +161,38 @@ def test_a_run_that_died_after_acceptance_never_sends_again(
     assert again.status == "success", again.error
     assert again.payload["accepted"] == [to.email]
     assert delivered(smtp_server, queued["messageId"]) == 1
+
+
+def test_a_send_meeting_a_database_error_no_retry_passes_fails_at_once_saying_why(
+    api: Any, sync_runtime: Runtime, alice: Identity, sender: Mailbox, dovecot: Dovecot,
+    smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    # Given a send job that meets a real PostgreSQL program limit (SQLSTATE 54000)
+    # before it talks to the SMTP server: an error its service does not expect, which
+    # every other attempt would meet again
+    endpoint = delivery.account_endpoint
+    attempts: list[int] = []
+
+    def too_long(runtime: Runtime, account: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        with runtime.db.transaction(account.tenant_id) as session:
+            session.execute(
+                text(
+                    "SELECT to_tsvector('simple', string_agg(md5(i::text), ' '))"
+                    " FROM generate_series(1, 40000) AS i"
+                )
+            )
+        return endpoint(runtime, account, **kwargs)
+
+    monkeypatch.setattr(delivery, "account_endpoint", too_long)
+    to = dovecot.new_user("to")
+
+    # When a message is sent
+    queued = send(api, sender, to=[to.email], body="Never sent.")
+    row = await_task(sync_runtime, alice, queued["taskId"], timeout=30)
+
+    # Then the first attempt fails for good and the task says why; nothing was sent
+    assert row.status == "failure", (row.status, row.error)
+    assert row.error == "The task failed: the database refused it (54000)"
+    assert attempts == [1]
+    assert delivered(smtp_server, queued["messageId"]) == 0
