@@ -270,7 +270,6 @@ def _apply_scope(session: Session, transaction: Any, connection: Any) -> None:
     lost is invalidated with the pool's older ones, as SQLAlchemy's own handling does
     (``Database._begin`` then starts the unit of work once more, on a fresh one).
     """
-    import psycopg
     from psycopg import pq
 
     if transaction.nested:
@@ -288,6 +287,23 @@ def _apply_scope(session: Session, transaction: Any, connection: Any) -> None:
         # Begun already (a session joining a connection's transaction): set it in there.
         connection.exec_driver_sql(query.split(b"; ", 1)[1].decode())
         return
+    simple_query(connection, query)
+
+
+def simple_query(connection: Any, query: bytes) -> str | None:
+    """Run ``query`` on ``connection`` as one simple query; the first value of its result.
+
+    Straight through libpq, without the driver's and SQLAlchemy's statement machinery:
+    for the statements every unit of work or lock runs (``BEGIN`` with the settings, an
+    advisory lock). Outside a transaction it runs in an implicit one of its own (no BEGIN
+    is sent). Only literals the caller made safe may be in ``query``. Errors are raised
+    as SQLAlchemy's, and a connection found lost is invalidated with the pool's older
+    ones, as SQLAlchemy's own handling does.
+    """
+    import psycopg
+    from psycopg import pq
+
+    raw = connection.connection.dbapi_connection
     try:
         with raw.lock:
             result = raw.pgconn.exec_(query)
@@ -312,6 +328,10 @@ def _apply_scope(session: Session, transaction: Any, connection: Any) -> None:
         raise exc.DBAPIError.instance(
             query.decode(), None, error, psycopg.Error, connection_invalidated=lost
         ) from error
+    if result.ntuples == 0 or result.nfields == 0:
+        return None
+    value = result.get_value(0, 0)
+    return None if value is None else bytes(value).decode()
 
 
 # The tenant's settings of ``Database.commit_one`` (a parameter there: a pipeline uses

@@ -13,10 +13,9 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from db.session import Database
+from db.session import Database, simple_query
 
 _local_locks: dict[str, threading.Lock] = {}
 _local_guard = threading.Lock()
@@ -35,16 +34,17 @@ def try_lock(db: Database, name: str) -> Iterator[bool]:
     """
     if db.is_postgres:
         key = _advisory_key(name)
-        # Autocommit: a session lock needs no transaction, so taking and releasing it
-        # is one round trip each (no BEGIN, no COMMIT).
-        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            taken = bool(conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+        # A session lock needs no transaction: taking and releasing it is one simple
+        # query each, straight through libpq (no BEGIN, no COMMIT, and none of the
+        # driver's or SQLAlchemy's per-statement work; the key is an integer literal).
+        with db.engine.connect() as conn:
+            taken = simple_query(conn, f"SELECT pg_try_advisory_lock({key})".encode()) == "t"
             try:
                 yield taken
             finally:
                 if taken:
                     try:
-                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                        simple_query(conn, f"SELECT pg_advisory_unlock({key})".encode())
                     except DBAPIError as exc:
                         # The session is gone (a database restart), and the lock with it;
                         # the work done under it is not undone by that.

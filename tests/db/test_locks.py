@@ -1,0 +1,55 @@
+"""``locks.try_lock`` on PostgreSQL: one holder at a time, released at the block's end,
+one simple query each way, and the pooled connection left as it was."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from psycopg import pq
+from sqlalchemy import text
+
+from db.session import Database
+from email_service import locks
+from tests.conftest import PgDatabase
+from tests.db.test_begin import _client_messages
+
+
+def test_one_holder_at_a_time_and_released_at_the_end(
+    pg_database: PgDatabase, tmp_path: Path
+) -> None:
+    database = Database.from_url(pg_database.url, pool_size=2)
+    name = f"test:{uuid.uuid4()}"
+    try:
+        with database.transaction(None) as session:  # one of the pool's connections
+            raw = session.connection().connection.dbapi_connection
+        assert raw is not None
+        path = tmp_path / "trace"
+        with path.open("w") as out:
+            raw.pgconn.trace(out.fileno())
+            raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
+            try:
+                # Another holder (the pool's other connection) cannot have it meanwhile
+                with (
+                    locks.try_lock(database, name) as first,
+                    locks.try_lock(database, name) as second,
+                ):
+                    pass
+            finally:
+                raw.pgconn.untrace()
+        sent = _client_messages(path.read_text())
+        with locks.try_lock(database, name) as again:
+            pass
+        # The connection that held it goes on in transactions as before
+        with database.transaction(None) as session:
+            held = session.execute(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            ).scalar()
+            in_transaction = session.execute(text("SELECT now() = statement_timestamp()")).scalar()
+    finally:
+        database.dispose()
+    assert first and not second and again
+    assert held == 0
+    assert in_transaction is False  # now() is the transaction's start: a real transaction
+    # The lock's connection sent its take and its release as one simple query each
+    assert sent == ["Query", "Query"], sent
