@@ -53,6 +53,12 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 PREVIEW_LENGTH = 200
+#: What an attachment whose type cannot be stored as it is (see ``storable_media_type``)
+#: is stored and served as.
+UNKNOWN_MEDIA_TYPE = "application/octet-stream"
+# RFC 6838 section 4.2: a type and a subtype name are each at most 127 characters of
+# these, so a valid type/subtype fits attachments.mime_type (String(255)).
+_STORABLE_MEDIA_TYPE = re.compile(r"[a-z0-9!#$&^_.+-]{1,127}/[a-z0-9!#$&^_.+-]{1,127}")
 
 
 @dataclass(frozen=True)
@@ -169,7 +175,7 @@ def _with_sections(raw: bytes, parsed: ParsedMessage) -> ParsedMessage:
     ]
     attachments = parsed.attachments
     if len(listed) != len(attachments) or any(
-        leaf.content_type != attachment.mime_type.lower()
+        storable_media_type(leaf.content_type) != attachment.mime_type.lower()
         for leaf, attachment in zip(listed, attachments, strict=True)
     ):
         return parsed
@@ -180,6 +186,18 @@ def _with_sections(raw: bytes, parsed: ParsedMessage) -> ParsedMessage:
             for leaf, attachment in zip(listed, attachments, strict=True)
         ),
     )
+
+
+def storable_media_type(value: str) -> str:
+    """``value`` (a lower-case type/subtype, as both parsers give it) if it is a valid
+    media type (RFC 6838 section 4.2: 127 characters at most on each side of the slash),
+    else ``UNKNOWN_MEDIA_TYPE``.
+
+    What a server or sender wrote there is stored in a String(255) column and sent back
+    as a download's Content-Type: an overlong type would be refused by PostgreSQL (and
+    lose the message), one with control or non-ASCII characters is no header value.
+    """
+    return value if _STORABLE_MEDIA_TYPE.fullmatch(value) else UNKNOWN_MEDIA_TYPE
 
 
 def parse_message_fast(raw: bytes) -> ParsedMessage | None:
@@ -294,6 +312,15 @@ def _finish(draft: _Draft) -> ParsedMessage:
     # scheme are not seen in practice.
     if raw_html is not None and ("cid:" in raw_html or "CID:" in raw_html or "Cid:" in raw_html):
         referenced_cids = {unquote(cid) for cid in _CID_REFERENCE.findall(raw_html)}
+    for part in draft.attachments:
+        mime_type = storable_media_type(part.mime_type)
+        if mime_type != part.mime_type:
+            defects.append(
+                f"an attachment's Content-Type is not a valid media type "
+                f"({part.mime_type[:80]!r}, {len(part.mime_type)} characters); "
+                f"it is kept as {mime_type}"
+            )
+            part.mime_type = mime_type
     attachments = tuple(
         _finish_attachment(part, position, referenced_cids)
         for position, part in enumerate(draft.attachments, start=1)

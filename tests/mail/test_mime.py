@@ -549,6 +549,48 @@ def test_attachments_are_decoded_with_names_types_and_sizes() -> None:
     assert parsed.attachments[0].data == PDF
 
 
+def _with_attachment_type(content_type: str) -> bytes:
+    return (
+        "From: a@example.test\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
+        "--XX\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        f'--XX\r\nContent-Type: {content_type}; name="f.bin"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n--XX--\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/x-" + "y" * 286,  # 300 characters: more than attachments.mime_type holds
+        "x" * 128 + "/pdf",  # a type name longer than RFC 6838's 127
+        "application/x\x00y",  # PostgreSQL text cannot hold NUL
+        "application/x-\u00e9",  # no header value
+    ],
+)
+def test_an_attachment_type_that_is_no_valid_media_type_is_kept_as_octet_stream(
+    content_type: str,
+) -> None:
+    raw = _with_attachment_type(content_type)
+    for parse_with in (parse_message, parse_message_stdlib, parse_message_fast):
+        parsed = parse_with(raw)
+        if parsed is None:
+            continue  # the fast parser declined
+        [attachment] = parsed.attachments
+        assert (attachment.filename, attachment.mime_type) == ("f.bin", "application/octet-stream")
+        assert attachment.data == b"hello"
+        assert any("not a valid media type" in defect for defect in parsed.defects), parse_with
+    # The part is still found by its IMAP section for a later download.
+    assert parse_message(raw).attachments[0].section == "2"
+
+
+def test_an_attachment_type_of_127_characters_each_side_is_kept() -> None:
+    longest = "a" * 127 + "/" + "b" * 127
+    parsed = parse_message(_with_attachment_type(longest))
+    assert parsed.attachments[0].mime_type == longest
+    assert parsed.defects == ()
+
+
 def test_rfc2231_and_rfc2047_filenames_are_decoded() -> None:
     names = [a.filename for a in parse("rfc2231-filenames").attachments]
     assert names == ["résumé ✓.pdf", "日本語.txt", "café.bin", "élène.pdf"]

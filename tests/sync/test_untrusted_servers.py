@@ -370,3 +370,46 @@ def test_pop3_message_above_max_message_bytes_is_kept_with_headers_only(
     big = detail(api, box, listed["pop big"]["id"])
     assert stored_size(sync_runtime, big["id"]) > 200_000
     assert "line of text" not in big["body"]
+
+
+def test_an_attachment_whose_content_type_is_too_long_is_stored_as_octet_stream(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser, sync_runtime: Runtime
+) -> None:
+    # Given a message whose attachment's type/subtype is 300 characters long (more than
+    # attachments.mime_type holds, and no valid media type), and an honest message
+    overlong = "application/x-" + "y" * 286
+    attachment = EmailMessage()
+    attachment["From"] = "Sender <sender@example.test>"
+    attachment["Subject"] = "overlong type"
+    attachment["Date"] = "Tue, 02 Jan 2024 03:04:05 +0000"
+    attachment.set_content("See the file.\n")
+    attachment.add_attachment(b"the file's bytes", "application", "octet-stream", filename="f.bin")
+    raw = attachment.as_bytes().replace(b"application/octet-stream", overlong.encode())
+    assert raw.count(overlong.encode()) == 1
+    dovecot.append(mail_user, "INBOX", raw)
+    dovecot.append(mail_user, "INBOX", message("honest"))
+    box = account_for(api, alice, dovecot, mail_user)
+
+    # When it is synced
+    task = sync(api, box)
+
+    # Then both are stored, none skipped, the attachment listed as octet-stream
+    assert task["status"] == "success", task
+    assert task["result"]["messagesAdded"] == 2
+    assert not task["result"].get("skipped"), task["result"]
+    listed = {
+        m["subject"]: m for m in all_messages(api, box, folders_by_name(api, box)["INBOX"]["id"])
+    }
+    [stored] = detail(api, box, listed["overlong type"]["id"])["attachments"]
+    assert (stored["filename"], stored["mimeType"]) == ("f.bin", "application/octet-stream")
+    with sync_runtime.db.transaction(system=True) as session:
+        defects = session.scalar(
+            sa.select(Message.defects).where(Message.id == listed["overlong type"]["id"])
+        )
+    assert any("300 characters" in defect for defect in defects or []), defects
+
+    # and it downloads with its bytes, sent as application/octet-stream
+    response = api.get(f"/api/{box.id}/attachments/{stored['id']}/download", headers=box.headers)
+    assert response.status_code == 200, response.text
+    assert response.content == b"the file's bytes"
+    assert response.headers["content-type"] == "application/octet-stream"
