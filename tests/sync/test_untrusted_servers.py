@@ -413,3 +413,51 @@ def test_an_attachment_whose_content_type_is_too_long_is_stored_as_octet_stream(
     assert response.status_code == 200, response.text
     assert response.content == b"the file's bytes"
     assert response.headers["content-type"] == "application/octet-stream"
+
+
+def test_a_pop3_message_whose_uidl_is_too_long_is_skipped_with_its_reason_not_retrieved(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser
+) -> None:
+    # Given a POP3 server that gives its second message a UIDL of 300 characters (RFC 1939
+    # allows 70; messages.pop_uidl holds 255, and cutting it could make two messages one)
+    dovecot.append(mail_user, "INBOX", message("pop kept"))
+    dovecot.append(mail_user, "INBOX", message("pop long uidl"))
+    with hostile.HostileProxy(dovecot.pop3_port) as pop_proxy:
+        long_uidl = b"U" * 300
+        retrieved: list[bytes] = []
+
+        def lengthen_second_uidl(line: bytes) -> bytes | None:
+            return re.sub(rb"^2 \S+\r\n$", b"2 " + long_uidl + b"\r\n", line)
+
+        def note_retr(line: bytes) -> bytes:
+            if line.upper().startswith(b"RETR "):
+                retrieved.append(line.split()[1])
+            return line
+
+        pop_proxy.rules = [lengthen_second_uidl]
+        pop_proxy.client_rules = [note_retr]
+        box = account_for(
+            api,
+            alice,
+            dovecot,
+            mail_user,
+            protocol="pop3",
+            hostname="127.0.0.1",
+            port=pop_proxy.port,
+            encryption="none",
+        )
+
+        # When it is synced, twice
+        first, second = sync(api, box), sync(api, box)
+
+    # Then the other message is stored, and this one is named as skipped each time, with
+    # a reason in words and its UIDL shortened; it was never downloaded
+    for task in (first, second):
+        assert task["status"] == "success", task
+        [skipped] = task["result"]["skipped"]
+        assert "UIDL" in skipped["reason"] and "300 characters" in skipped["reason"]
+        assert skipped["uidl"] == "U" * 70 + "..."
+    assert first["result"]["messagesAdded"] == 1
+    assert second["result"]["messagesAdded"] == 0
+    assert retrieved == [b"1"]
+    assert inbox_subjects(api, box) == ["pop kept"]

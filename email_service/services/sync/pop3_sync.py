@@ -8,6 +8,7 @@ vanished ids are removed. Read/starred/label changes made through the API stay l
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import replace
 
 from sqlalchemy import select
@@ -25,6 +26,7 @@ from email_service.mailstore.folders import (
 from email_service.mailstore.messages import (
     FolderTarget,
     Incoming,
+    Skipped,
     adjust_counts,
     remove_messages,
 )
@@ -34,6 +36,31 @@ from email_service.services.sync.plan import plan_pop3
 log = logging.getLogger(__name__)
 
 INBOX = POP3_INBOX
+
+#: Longest UIDL kept (messages.pop_uidl is String(255)). RFC 1939 allows 1 to 70
+#: characters 0x21-0x7E; longer ones seen in the wild are kept as long as they fit.
+MAX_UIDL = 255
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def unstorable_uidl(uidl: str) -> str | None:
+    """Why the message with this UIDL cannot be stored, or None.
+
+    The UIDL is the message's identity across sessions: cutting it to fit could make two
+    messages one, so a message whose UIDL does not fit, or has control characters (no
+    valid UIDL has; PostgreSQL text cannot hold NUL), is not retrieved at all.
+    """
+    if len(uidl) > MAX_UIDL:
+        return (
+            f"the server's unique id (UIDL) for this message is {len(uidl)} characters "
+            f"long, more than the {MAX_UIDL} kept (RFC 1939 allows 70): it was not retrieved"
+        )
+    if _CONTROL.search(uidl):
+        return (
+            "the server's unique id (UIDL) for this message has control characters "
+            "(RFC 1939 allows printable ASCII only): it was not retrieved"
+        )
+    return None
 
 
 def _read_local(job: SyncJob) -> tuple[str, bool, dict[str, str]]:
@@ -101,6 +128,12 @@ def sync_pop3(job: SyncJob, pop: Pop3Session) -> None:
     items: list[Incoming] = []
     batch_bytes = 0
     for number, uidl in plan.fetch:
+        reason = unstorable_uidl(uidl)
+        if reason is not None:
+            log.warning("skipping POP3 message %d: %s", number, reason)
+            shown = repr(uidl[:70])[1:-1] + ("..." if len(uidl) > 70 else "")
+            job.counts.skipped.append(Skipped(INBOX, reason, pop_uidl=shown))
+            continue
         item = _retrieve(pop, number, uidl, sizes.get(number, 0))
         items.append(item)
         batch_bytes += item.size
