@@ -9,6 +9,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.middleware import CurrentMessage
+from sqlalchemy.exc import DBAPIError
 
 from email_service.jobs import Attempt, RetryLater, infrastructure_trouble
 from email_service.runtime import Runtime
@@ -47,14 +48,15 @@ def declare_actors(
         return transient and retries < max_retries
 
     def failing_for_good(run: Callable[[str, str], None]) -> Callable[[str, str], None]:
-        # A job whose service met an error it did not expect, and which no retry would
-        # pass (a bug, a database error such as a program limit), would leave its task
-        # active, and the outbox would send it again and again: its task says why.
+        # A job that met a database error no retry passes (a program limit, say) would
+        # leave its task active, and the outbox would send it again and again: its task
+        # says why. Other errors its service did not expect are left as they were: they
+        # stand for a worker that died (the task stays ``started`` and is taken up again).
         def job(task_id: str, tenant_id: str) -> None:
             try:
                 run(task_id, tenant_id)
-            except Exception as exc:
-                if not isinstance(exc, RetryLater) and infrastructure_trouble(exc) is None:
+            except DBAPIError as exc:
+                if infrastructure_trouble(exc) is None:
                     reason = tasks.describe_failure(exc)
                     try:
                         tasks.fail_unfinished(runtime, uuid.UUID(tenant_id), task_id, reason)

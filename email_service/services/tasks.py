@@ -227,7 +227,7 @@ class TaskReport:
 
 def fail_unfinished(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, error: str) -> bool:
     """Record ``failure`` with ``error`` for a task its job left active when it failed for
-    good (an error its service did not expect, which no retry would pass); returns
+    good (a database error no retry would pass); returns
     whether it was recorded. A finished task is left alone, and so is a send whose
     server has taken the message for some recipients: ``failure`` would invite sending
     it again (README, "Untrusted servers and failures"); its run is taken up again.
@@ -246,9 +246,7 @@ def fail_unfinished(runtime: Runtime, tenant_id: uuid.UUID, task_id: str, error:
     return True
 
 
-def describe_failure(exc: BaseException) -> str:
-    """What a task's ``error`` says of an error its job did not expect."""
-    if isinstance(exc, DBAPIError):  # one that no retry passes (``jobs.infrastructure_trouble``)
-        state = getattr(exc.orig, "sqlstate", None) or type(exc.orig).__name__
-        return f"The task failed: the database refused it ({state})"
-    return "The task failed because of an internal error"
+def describe_failure(exc: DBAPIError) -> str:
+    """What a task's ``error`` says of a database error no retry passes."""
+    state = getattr(exc.orig, "sqlstate", None) or type(exc.orig).__name__
+    return f"The task failed: the database refused it ({state})"
