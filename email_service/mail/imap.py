@@ -609,7 +609,7 @@ class ImapSession:
                 folders.append(
                     RemoteFolder(
                         name=name,
-                        delimiter=_text(delimiter) if delimiter is not None else None,
+                        delimiter=_delimiter(delimiter),
                         flags=flags,
                         special_use=special,
                         selectable=not lowered & {"\\noselect", "\\nonexistent"},
@@ -1454,6 +1454,16 @@ def _parse_internaldate(value: bytes) -> datetime | None:
     except ValueError:
         return None
     return local - offset if sign == b"+" else local + offset
+
+
+def _delimiter(value: object) -> str | None:
+    # One character or NIL (RFC 3501 mailbox-list). Anything else is no hierarchy we can
+    # follow, nor fits folders.delimiter (String(8)): the folder is read as flat, its name
+    # (the folder's identity) kept whole.
+    if value is None:
+        return None
+    text = _text(value)
+    return text if len(text) == 1 and text != "\x00" else None
 
 
 def _text(value: object) -> str:

@@ -461,3 +461,31 @@ def test_a_pop3_message_whose_uidl_is_too_long_is_skipped_with_its_reason_not_re
     assert second["result"]["messagesAdded"] == 0
     assert retrieved == [b"1"]
     assert inbox_subjects(api, box) == ["pop kept"]
+
+
+def test_a_hierarchy_delimiter_longer_than_one_character_reads_the_folders_as_flat(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser, proxy: hostile.HostileProxy
+) -> None:
+    # Given a server whose LIST names a 20-character hierarchy delimiter (RFC 3501 allows
+    # one character or NIL; folders.delimiter holds 8)
+    dovecot.append(mail_user, "INBOX", message("in inbox"))
+    dovecot.append(mail_user, "Work/Projects", message("in projects"))
+
+    def long_delimiter(line: bytes) -> bytes | None:
+        return re.sub(rb'^(\* LIST \([^)]*\) )"/"', rb'\1"' + b"=" * 20 + b'"', line)
+
+    proxy.rules = [long_delimiter]
+    box = proxied_account(api, alice, dovecot, mail_user, proxy)
+
+    # When it is synced
+    task = sync(api, box)
+
+    # Then every folder and message is stored, each folder under its whole name, flat
+    assert task["status"] == "success", task
+    assert task["result"]["messagesAdded"] == 2
+    folders = folders_by_name(api, box)
+    projects = folders["Work/Projects"]
+    assert projects["displayName"] == "Work/Projects"
+    assert projects["parentId"] is None
+    subjects = [m["subject"] for m in all_messages(api, box, projects["id"])]
+    assert subjects == ["in projects"]
