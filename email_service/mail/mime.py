@@ -485,7 +485,7 @@ def _codec_for(label: str | None) -> str | None:
     name = _WHATWG_CODECS.get(label, label)
     try:
         codec = codecs.lookup(name)
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: a label with a NUL in it
         return "unknown"
     if codec.name in _NOT_CHARSETS:
         return "unknown"

@@ -591,6 +591,16 @@ def test_an_attachment_type_of_127_characters_each_side_is_kept() -> None:
     assert parsed.defects == ()
 
 
+def test_a_charset_label_with_a_nul_is_an_unknown_charset_not_a_lost_body() -> None:
+    raw = (
+        b"From: a@example.test\r\nDate: Thu, 03 Dec 2026 10:00:00 +0000\r\n"
+        b'Content-Type: text/plain; charset="ut\x00f-8"\r\n\r\nthe body\r\n'
+    )
+    parsed = parse_message(raw)
+    assert parsed.body_text == "the body\n"
+    assert not any("could not be parsed" in defect for defect in parsed.defects)
+
+
 def test_rfc2231_and_rfc2047_filenames_are_decoded() -> None:
     names = [a.filename for a in parse("rfc2231-filenames").attachments]
     assert names == ["résumé ✓.pdf", "日本語.txt", "café.bin", "élène.pdf"]
