@@ -606,6 +606,12 @@ class ImapSession:
                     (_SPECIAL_BY_LOWER[f] for f in lowered if f in _SPECIAL_BY_LOWER), None
                 )
                 name = str(raw_name) if isinstance(raw_name, int) else decode_utf7(raw_name)
+                if "\x00" in name:
+                    # IMAP allows no NUL anywhere (RFC 3501 CHAR8), PostgreSQL text holds
+                    # none, and a folder is known by its whole name: such a folder cannot
+                    # be mirrored, and the others are.
+                    log.warning("leaving out a folder whose name has a NUL: %r", name[:200])
+                    continue
                 folders.append(
                     RemoteFolder(
                         name=name,

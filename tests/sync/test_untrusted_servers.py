@@ -489,3 +489,30 @@ def test_a_hierarchy_delimiter_longer_than_one_character_reads_the_folders_as_fl
     assert projects["parentId"] is None
     subjects = [m["subject"] for m in all_messages(api, box, projects["id"])]
     assert subjects == ["in projects"]
+
+
+def test_a_folder_whose_name_has_a_nul_is_left_out_and_the_others_are_synced(
+    api: Any, alice: Identity, dovecot: Dovecot, mail_user: MailUser, proxy: hostile.HostileProxy
+) -> None:
+    # Given a server that lists a folder under a name with a NUL (IMAP allows none;
+    # PostgreSQL refused the folder row and failed the whole sync)
+    dovecot.append(mail_user, "INBOX", message("in inbox"))
+    dovecot.append(mail_user, "Projects", message("in projects"))
+
+    def nul_in_name(line: bytes) -> bytes | None:
+        if not line.startswith(b"* LIST "):
+            return line
+        nul = b' "Pro\x00jects"\r\n'
+        return line.replace(b' "Projects"\r\n', nul).replace(b" Projects\r\n", nul)
+
+    proxy.rules = [nul_in_name]
+    box = proxied_account(api, alice, dovecot, mail_user, proxy)
+
+    # When it is synced
+    task = sync(api, box)
+
+    # Then the other folders and their messages are stored; that one is left out
+    assert task["status"] == "success", task
+    assert task["result"]["messagesAdded"] == 1
+    assert inbox_subjects(api, box) == ["in inbox"]
+    assert not any("jects" in name for name in folders_by_name(api, box))
