@@ -3,6 +3,7 @@ from __future__ import annotations
 import flask
 
 from email_service.blobstore import content_disposition
+from email_service.mail.mime import storable_media_type
 from email_service.runtime import get_runtime
 from email_service.services import attachments, mailbox
 from email_service.web.context import request_scope
@@ -17,7 +18,9 @@ def download_attachment(account_id: str, attachment_id: str) -> flask.Response:
         content = attachments.download(get_runtime(), content)
     return flask.Response(
         content.chunks,
-        mimetype=content.mime_type,
+        # Rows stored before types were bounded at parsing may hold one that is no
+        # safe header value.
+        mimetype=storable_media_type(content.mime_type),
         headers={
             "Content-Disposition": content_disposition(content.filename),
             "Content-Length": str(content.size),

@@ -11,6 +11,7 @@ from db.models import Account, Attachment, Folder, Message
 from email_service import present
 from email_service.blobstore import BlobNotFound
 from email_service.errors import AttachmentNotFound, FolderNotFound, MessageNotFound
+from email_service.mail.mime import storable_media_type
 from email_service.mailstore.messages import sanitized_html
 from email_service.scope import Scope
 from email_service.services.accounts import load_account
@@ -255,7 +256,9 @@ def message_detail(scope: Scope, row: Message) -> dict[str, Any]:
                 item,
                 # Not yet fetched from the mail server: no blob to sign a URL for; the
                 # client downloads through downloadAttachment.
-                blobs.presigned_url(item.storage_key, ttl, item.filename, item.mime_type)
+                blobs.presigned_url(
+                    item.storage_key, ttl, item.filename, storable_media_type(item.mime_type)
+                )
                 if item.stored_at is not None
                 else None,
             )

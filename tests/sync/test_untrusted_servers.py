@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import resource
 import time
+import urllib.request
 from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from db.models import Folder, Message
+from db.models import Attachment, Folder, Message
 from email_service.config import Settings
 from email_service.runtime import Runtime
 from tests.conftest import Identity
@@ -413,6 +414,22 @@ def test_an_attachment_whose_content_type_is_too_long_is_stored_as_octet_stream(
     assert response.status_code == 200, response.text
     assert response.content == b"the file's bytes"
     assert response.headers["content-type"] == "application/octet-stream"
+
+    # and a row stored before types were bounded, with one that is no header value, is
+    # served as application/octet-stream too, through the API and its presigned URL
+    with sync_runtime.db.transaction(system=True) as session:
+        session.execute(
+            sa.update(Attachment)
+            .where(Attachment.id == stored["id"])
+            .values(mime_type="application/x-\u00e9" + "z" * 200)
+        )
+    response = api.get(f"/api/{box.id}/attachments/{stored['id']}/download", headers=box.headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    [again] = detail(api, box, listed["overlong type"]["id"])["attachments"]
+    with urllib.request.urlopen(again["downloadUrl"], timeout=10) as blob:
+        assert blob.read() == b"the file's bytes"
+        assert blob.headers["Content-Type"] == "application/octet-stream"
 
 
 def test_a_pop3_message_whose_uidl_is_too_long_is_skipped_with_its_reason_not_retrieved(
