@@ -12,8 +12,8 @@ from db.models import Message
 from email_service.blobstore import BlobStore
 from email_service.mail.imap import RemoteFolder
 from email_service.mail.mime import parse_message
-from email_service.mailstore.folders import local_folder, refresh_counts
-from email_service.mailstore.messages import FolderTarget, Incoming, MessageStore
+from email_service.mailstore.folders import local_folder
+from email_service.mailstore.messages import FolderTarget, Incoming, MessageStore, adjust_counts
 
 
 def store_own_copy(
@@ -53,10 +53,10 @@ def store_own_copy(
             uid=uid,
         )
         # A sync that stored this UID meanwhile wins; the store skips our duplicate.
-        store.add_batch(session, target, [item])
+        outcome = store.add_batch(session, target, [item])
     finally:
         store.close()
-    refresh_counts(session, row.id)
+    adjust_counts(session, row.id, outcome.added, outcome.unread)
     return _message_at(session, row.id, uid)
 
 

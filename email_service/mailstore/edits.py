@@ -10,13 +10,14 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
+from sqlalchemy.orm.attributes import set_committed_value
 
 from db.models import Message, now_ms
 from email_service.mail.imap import RemoteFolder
 from email_service.mailstore import changes
-from email_service.mailstore.folders import local_folder, refresh_counts
-from email_service.mailstore.messages import remove_messages
+from email_service.mailstore.folders import local_folder
+from email_service.mailstore.messages import adjust_counts, remove_messages
 
 
 def edit_message(
@@ -32,7 +33,16 @@ def edit_message(
 ) -> None:
     """Store an edit of ``row`` (a ``message.updated``); ``pending`` when it is still to be
     written to the server (a sync then leaves the row's flags alone)."""
-    row.is_read = is_read
+    # The folder's stored counts move by this edit alone (a recount would scan the whole
+    # folder per PATCH). Whether the read state changes is what the database holds now,
+    # not what was read before: on SQLite the read ran outside the write lock.
+    flipped = session.execute(
+        update(Message)
+        .where(Message.id == row.id, Message.is_read.is_not(is_read))
+        .values(is_read=is_read)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    set_committed_value(row, "is_read", is_read)
     row.is_starred = is_starred
     row.is_spam = is_spam
     row.labels = labels
@@ -41,7 +51,8 @@ def edit_message(
     if pending:
         row.pending_changes += 1
     session.flush()
-    refresh_counts(session, row.folder_id)
+    if flipped:
+        adjust_counts(session, row.folder_id, 0, -1 if is_read else 1)
     changes.message_updated(session, row)
 
 
@@ -64,6 +75,7 @@ def move_message(
     the blob keys to delete.
     """
     old_folder = row.folder_id
+    unread = 0 if row.is_read else 1
     target = local_folder(session, tenant_id, row.account_id, moved_to, create=True)
     assert target is not None
     result["folder"] = target.name
@@ -80,7 +92,7 @@ def move_message(
         # brings) the message in its new folder.
         keys = remove_messages(session, [row.id])
         result["removed"] = True
-        refresh_counts(session, old_folder)
+        adjust_counts(session, old_folder, -1, -unread)
         return keys
     row.folder_id = target.id
     row.uid = new_uid
@@ -88,7 +100,7 @@ def move_message(
     row.updated_at = now_ms()
     result["uid"] = new_uid
     session.flush()
-    refresh_counts(session, old_folder)
-    refresh_counts(session, target.id)
+    adjust_counts(session, old_folder, -1, -unread)
+    adjust_counts(session, target.id, 1, unread)
     changes.message_updated(session, row, previousFolderId=old_folder)
     return []

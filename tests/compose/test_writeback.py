@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from db.models import Message, Task
 from email_service import locks
@@ -150,6 +150,43 @@ def test_spam_moves_the_message_to_junk_and_back(
     sync_now(api, sync_runtime, sender, alice)
     assert [m["id"] for m in listed(api, sender, "INBOX")] == [message["id"]]
     assert detail(api, sender, message["id"])["isSpam"] is False
+
+
+def test_folder_counts_follow_edits_and_moves_without_a_recount(
+    api: Any, sync_runtime: Runtime, alice: Identity, sender: Mailbox, dovecot: Dovecot
+) -> None:
+    # Given three unread messages in INBOX
+    for subject in ("One", "Two", "Three"):
+        dovecot.append(sender.user, "INBOX", plain(subject))
+    sync_now(api, sync_runtime, sender, alice)
+    first, second, _ = listed(api, sender, "INBOX")
+    statements: list[str] = []
+
+    def note(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.lower())
+
+    # When one is marked read (twice, the second a no-op), then marked read and
+    # unread again, and another is moved to Junk by its write-back
+    event.listen(sync_runtime.db.engine, "before_cursor_execute", note)
+    try:
+        for body in ({"isRead": True}, {"isRead": True}, {"isRead": False}, {"isRead": True}):
+            assert patch(api, sender, first["id"], **body).status_code == 200
+        assert patch(api, sender, second["id"], isSpam=True).status_code == 200
+        assert all(row.status == "success" for row in await_writes(sync_runtime, alice, sender))
+    finally:
+        event.remove(sync_runtime.db.engine, "before_cursor_execute", note)
+
+    # Then the stored counts moved by each change, before any sync
+    folders = folders_by_name(api, sender)
+    assert (folders["INBOX"]["messageCount"], folders["INBOX"]["unreadCount"]) == (2, 1)
+    assert (folders["Junk"]["messageCount"], folders["Junk"]["unreadCount"]) == (1, 1)
+    # and no step counted a folder's messages to get there
+    assert statements and not [s for s in statements if "count(" in s and "messages" in s]
+    # and a sync (which recounts a folder it mirrors) agrees
+    sync_now(api, sync_runtime, sender, alice)
+    again = folders_by_name(api, sender)
+    assert (again["INBOX"]["messageCount"], again["INBOX"]["unreadCount"]) == (2, 1)
+    assert (again["Junk"]["messageCount"], again["Junk"]["unreadCount"]) == (1, 1)
 
 
 def test_the_write_waits_for_a_running_sync_and_the_local_change_wins(
