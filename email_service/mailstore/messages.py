@@ -153,6 +153,10 @@ class BatchOutcome:
     skipped: list[Skipped] = field(default_factory=list)
 
 
+#: The largest messages.size (a 32-bit integer column).
+MAX_STORED_SIZE = 2**31 - 1
+
+
 def _clean(value: str) -> str:
     # PostgreSQL text and JSONB cannot hold NUL; mail sometimes does.
     return value.replace("\x00", "") if "\x00" in value else value
@@ -278,7 +282,9 @@ def message_row(target: FolderTarget, item: Incoming) -> dict[str, Any]:
         "body_html": None,
         "body_html_source": None,
         "headers": {_clean(k): _clean(v) for k, v in parsed.headers.items()},
-        "size": item.size,
+        # The size a server announces for a message not downloaded is only its word:
+        # beyond what messages.size holds it is stored as the most it holds.
+        "size": min(item.size, MAX_STORED_SIZE),
         "attachment_count": len(parsed.attachments),
         "received_at": received,
         "defects": list(parsed.defects),

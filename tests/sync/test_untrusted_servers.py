@@ -533,3 +533,31 @@ def test_a_folder_whose_name_has_a_nul_is_left_out_and_the_others_are_synced(
     assert task["result"]["messagesAdded"] == 1
     assert inbox_subjects(api, box) == ["in inbox"]
     assert not any("jects" in name for name in folders_by_name(api, box))
+
+
+def test_an_announced_size_beyond_what_messages_size_holds_is_stored_as_its_largest(
+    api: Any,
+    alice: Identity,
+    dovecot: Dovecot,
+    mail_user: MailUser,
+    proxy: hostile.HostileProxy,
+    sync_runtime: Runtime,
+) -> None:
+    # Given a server that announces 5,000,000,000 bytes for a message (messages.size is a
+    # 32-bit integer: PostgreSQL refused the row and the message was lost)
+    dovecot.append(mail_user, "INBOX", message("claims to be huge"))
+    proxy.rules = [hostile.lying_size(5_000_000_000)]
+    box = proxied_account(api, alice, dovecot, mail_user, proxy)
+
+    # When it is synced
+    task = sync(api, box)
+
+    # Then it is kept with its headers, as any message above the cap, its size at the most
+    # the column holds, and the announced size named in the reason
+    assert task["status"] == "success", task
+    assert task["result"]["messagesAdded"] == 1
+    [skipped] = task["result"]["skipped"]
+    assert "5000000000 bytes" in skipped["reason"] and "MAX_MESSAGE_BYTES" in skipped["reason"]
+    [listed] = all_messages(api, box, folders_by_name(api, box)["INBOX"]["id"])
+    assert listed["subject"] == "claims to be huge"
+    assert stored_size(sync_runtime, listed["id"]) == 2**31 - 1
