@@ -15,6 +15,22 @@ from tests.conftest import PgDatabase
 from tests.db.test_begin import _client_messages
 
 
+def _holders(database: Database, name: str) -> int:
+    """Sessions holding this lock: pg_locks lists the whole cluster's (other tests' and
+    other databases' too), so the count is of this database's lock of this key alone."""
+    key = locks._advisory_key(name) & 0xFFFFFFFFFFFFFFFF
+    with database.transaction(None) as session:
+        found = session.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " AND classid = CAST(:high AS oid) AND objid = CAST(:low AS oid) AND objsubid = 1"
+            ),
+            {"high": str(key >> 32), "low": str(key & 0xFFFFFFFF)},
+        ).scalar()
+    return int(found or 0)
+
+
 def test_one_holder_at_a_time_and_released_at_the_end(
     pg_database: PgDatabase, tmp_path: Path
 ) -> None:
@@ -39,17 +55,15 @@ def test_one_holder_at_a_time_and_released_at_the_end(
                 raw.pgconn.untrace()
         sent = _client_messages(path.read_text())
         with locks.try_lock(database, name) as again:
-            pass
+            held_inside = _holders(database, name)
         # The connection that held it goes on in transactions as before
         with database.transaction(None) as session:
-            held = session.execute(
-                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
-            ).scalar()
+            held = _holders(database, name)
             in_transaction = session.execute(text("SELECT now() = statement_timestamp()")).scalar()
     finally:
         database.dispose()
     assert first and not second and again
-    assert held == 0
+    assert (held_inside, held) == (1, 0)
     assert in_transaction is False  # now() is the transaction's start: a real transaction
     # The lock's connection sent its take and its release as one simple query each
     assert sent == ["Query", "Query"], sent
