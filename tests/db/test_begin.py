@@ -6,21 +6,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from psycopg import pq
 from sqlalchemy import text
 
 from db.session import Database
 from tests.conftest import PgDatabase
-
-
-def _client_messages(trace: str) -> list[str]:
-    """The protocol messages the client sent (``F`` lines of libpq's trace)."""
-    kinds = []
-    for line in trace.splitlines():
-        fields = line.split("\t")
-        if len(fields) >= 3 and fields[0] == "F":
-            kinds.append(fields[2].split(" ")[0])
-    return kinds
+from tests.db.protocol import traced
 
 
 def test_begin_and_the_tenant_go_to_the_server_in_one_round_trip(
@@ -29,21 +19,8 @@ def test_begin_and_the_tenant_go_to_the_server_in_one_round_trip(
     database = Database.from_url(pg_database.url, pool_size=1)
     tenant = uuid.uuid4()
     try:
-        with database.transaction(tenant) as session:  # the pool's one connection
-            raw = session.connection().connection.dbapi_connection
-        assert raw is not None
-        path = tmp_path / "trace"
-        with path.open("w") as out:
-            raw.pgconn.trace(out.fileno())
-            raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-            try:
-                with database.transaction(tenant) as session:
-                    setting = session.execute(
-                        text("SELECT current_setting('app.tenant_id')")
-                    ).scalar()
-            finally:
-                raw.pgconn.untrace()
-        sent = _client_messages(path.read_text())
+        with traced(database, tenant, tmp_path) as sent, database.transaction(tenant) as session:
+            setting = session.execute(text("SELECT current_setting('app.tenant_id')")).scalar()
     finally:
         database.dispose()
     assert setting == str(tenant)
@@ -60,24 +37,13 @@ def test_a_savepoint_keeps_the_tenant_without_setting_it_again(
     tenant = uuid.uuid4()
     query = text("SELECT current_setting('app.tenant_id')")
     try:
-        with database.transaction(tenant) as session:  # the pool's one connection
-            raw = session.connection().connection.dbapi_connection
-        assert raw is not None
-        path = tmp_path / "trace"
-        with path.open("w") as out:
-            raw.pgconn.trace(out.fileno())
-            raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-            try:
-                with database.transaction(tenant) as session:
-                    with session.begin_nested():
-                        inside = session.execute(query).scalar()
-                    with pytest.raises(RuntimeError), session.begin_nested():
-                        session.execute(text("SELECT 1"))
-                        raise RuntimeError("rolled back to the savepoint")
-                    after = session.execute(query).scalar()
-            finally:
-                raw.pgconn.untrace()
-        sent = _client_messages(path.read_text())
+        with traced(database, tenant, tmp_path) as sent, database.transaction(tenant) as session:
+            with session.begin_nested():
+                inside = session.execute(query).scalar()
+            with pytest.raises(RuntimeError), session.begin_nested():
+                session.execute(text("SELECT 1"))
+                raise RuntimeError("rolled back to the savepoint")
+            after = session.execute(query).scalar()
     finally:
         database.dispose()
     # The tenant is in force inside a savepoint and after one rolled back

@@ -7,7 +7,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from psycopg import pq
 from psycopg.types.json import Jsonb
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -16,7 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from db.models import Task
 from db.session import Database
 from tests.conftest import PgDatabase
-from tests.db.test_begin import _client_messages
+from tests.db.protocol import traced
 
 MERGE = """
 UPDATE tasks SET payload = payload || %(values)s
@@ -54,20 +53,10 @@ def test_commit_one_merges_and_commits_in_one_round_trip(
     tenant = uuid.uuid4()
     try:
         task_id = _task(database, tenant)
-        with database.transaction(tenant) as session:  # the pool's one connection
-            raw = session.connection().connection.dbapi_connection
-        assert raw is not None
-        path = tmp_path / "trace"
-        with path.open("w") as out:
-            raw.pgconn.trace(out.fileno())
-            raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-            try:
-                rows = database.commit_one(
-                    tenant, MERGE, {"values": Jsonb({"acceptedAt": 1}), "task_id": task_id}
-                )
-            finally:
-                raw.pgconn.untrace()
-        sent = _client_messages(path.read_text())
+        with traced(database, tenant, tmp_path) as sent:
+            rows = database.commit_one(
+                tenant, MERGE, {"values": Jsonb({"acceptedAt": 1}), "task_id": task_id}
+            )
         # Then the row has the merged payload, committed (read by another transaction)
         assert rows == [({"messageId": "m@example.test", "acceptedAt": 1},)]
         assert _payload(database, tenant, task_id) == rows[0][0]

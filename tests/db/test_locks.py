@@ -6,13 +6,12 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from psycopg import pq
 from sqlalchemy import text
 
 from db.session import Database
 from email_service import locks
 from tests.conftest import PgDatabase
-from tests.db.test_begin import _client_messages
+from tests.db.protocol import traced
 
 
 def _holders(database: Database, name: str) -> int:
@@ -37,23 +36,13 @@ def test_one_holder_at_a_time_and_released_at_the_end(
     database = Database.from_url(pg_database.url, pool_size=2)
     name = f"test:{uuid.uuid4()}"
     try:
-        with database.transaction(None) as session:  # one of the pool's connections
-            raw = session.connection().connection.dbapi_connection
-        assert raw is not None
-        path = tmp_path / "trace"
-        with path.open("w") as out:
-            raw.pgconn.trace(out.fileno())
-            raw.pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS | pq.Trace.REGRESS_MODE)
-            try:
-                # Another holder (the pool's other connection) cannot have it meanwhile
-                with (
-                    locks.try_lock(database, name) as first,
-                    locks.try_lock(database, name) as second,
-                ):
-                    pass
-            finally:
-                raw.pgconn.untrace()
-        sent = _client_messages(path.read_text())
+        # Another holder (the pool's other connection) cannot have it meanwhile
+        with (
+            traced(database, None, tmp_path) as sent,
+            locks.try_lock(database, name) as first,
+            locks.try_lock(database, name) as second,
+        ):
+            pass
         with locks.try_lock(database, name) as again:
             held_inside = _holders(database, name)
         # The connection that held it goes on in transactions as before
